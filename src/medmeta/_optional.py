@@ -1,0 +1,36 @@
+"""Optional dependencies, imported on first use with an error that says what to install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# module name -> the pip extra that provides it
+_EXTRAS: dict[str, str] = {
+    "nibabel": "medmeta[nifti]",
+    "pydicom": "medmeta[dicom]",
+    "monai": "medmeta[monai]",
+}
+
+
+class OptionalDependencyError(ImportError):
+    """An optional dependency is needed for the feature just used."""
+
+
+def optional_import(module: str, feature: str) -> ModuleType:
+    """Import `module` or raise an error naming the feature and the install command.
+
+    Args:
+        module: importable module name, for example ``"pydicom"``.
+        feature: what the user tried to do, for example ``"reading DICOM files"``.
+
+    Raises:
+        OptionalDependencyError: the module is not installed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = _EXTRAS.get(module, module)
+        raise OptionalDependencyError(
+            f"{feature} needs the optional package '{module}': run `pip install '{extra}'`"
+        ) from exc

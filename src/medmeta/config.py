@@ -1,0 +1,187 @@
+"""Run configuration: frozen pydantic models, one per concern, composed into `RunConfig`.
+
+Only the CLI reads YAML or flags; everything else receives these objects. A bad value raises a
+`ConfigError` naming the field, the value and the allowed range. Checkpoints store the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medmeta.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """Which images to train, validate and test on.
+
+    Domain specs are ``NAME[@SPLIT][:CLASS,CLASS,...]`` (see `medmeta.data.registry.DomainSpec`).
+
+    Attributes:
+        train: meta-training domains.
+        val: validation domains; empty means a held-out fraction of the training images.
+        test: test domains, each evaluated separately.
+        image_size: side of the square images.
+        channels: 1 (grey) or 3 (RGB; grey images are repeated).
+        val_fraction: share of training images held out for validation when `val` is empty.
+        data_dir: data root (default ``$MEDMETA_DATA``).
+        skip_bad: skip unreadable image files instead of stopping.
+        allow_class_overlap: allow a test class that is also a training class of the same dataset.
+    """
+
+    train: list[str] = Field(default_factory=lambda: ["synthetic"], min_length=1)
+    val: list[str] = Field(default_factory=list)
+    test: list[str] = Field(default_factory=list)
+    image_size: int = Field(64, ge=8, le=512)
+    channels: Literal[1, 3] = 3
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    data_dir: str | None = None
+    skip_bad: bool = False
+    allow_class_overlap: bool = False
+
+
+class EpisodeConfig(_Frozen):
+    """Shape of episodes. ``n_way: null`` means every class of the domain."""
+
+    n_way: int | None = Field(5, ge=2)
+    n_shot: int = Field(5, ge=1)
+    n_query: int = Field(15, ge=1)
+
+
+class ModelConfig(_Frozen):
+    """The backbone."""
+
+    backbone: Literal["conv4", "resnet12"] = "conv4"
+
+
+class MethodConfig(_Frozen):
+    """The method and its options (validated by the method's own ``Options`` model)."""
+
+    name: str = "protonet"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Frozen):
+    """Meta-training.
+
+    Attributes:
+        epochs: passes of `episodes_per_epoch` episodes.
+        episodes_per_epoch: training episodes per epoch.
+        meta_batch: episodes averaged per optimiser step.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+        lr_schedule: ``constant`` or ``cosine`` (annealed to 0 over all steps).
+        val_episodes: validation episodes after each epoch (0: no validation, last epoch kept).
+        seed: seeds weights and episodes.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        amp: mixed precision on CUDA.
+        threads: torch intra-op threads (0: torch's default).
+    """
+
+    epochs: int = Field(10, ge=1)
+    episodes_per_epoch: int = Field(100, ge=1)
+    meta_batch: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    val_episodes: int = Field(100, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False
+    threads: int = Field(0, ge=0)
+
+
+class EvalConfig(_Frozen):
+    """Evaluation on the test domains (``n_way: null``: all classes of each test domain)."""
+
+    episodes: int = Field(600, ge=1)
+    n_way: int | None = Field(None, ge=2)
+    n_shot: int = Field(5, ge=1)
+    n_query: int = Field(15, ge=1)
+    seed: int = 12345
+
+
+class RunConfig(_Frozen):
+    """Everything a training-and-evaluation run needs; stored in every checkpoint."""
+
+    data: DataConfig = DataConfig()
+    episodes: EpisodeConfig = EpisodeConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: MethodConfig) -> MethodConfig:
+        from medmeta.methods import METHODS
+
+        if v.name not in METHODS:
+            raise ValueError(f"unknown method '{v.name}'; choose one of {', '.join(sorted(METHODS))}")
+        try:
+            METHODS[v.name].Options(**v.options)
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc)) from None
+        return v
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """One line from a pydantic error: ``field.path=value: reason`` for each problem."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f"={value!r}"
+        parts.append(f"{loc}{shown}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def make_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a plain dict into a `RunConfig`.
+
+    Raises:
+        ConfigError: one line naming every bad field, its value and the rule.
+    """
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config and apply dotted `overrides` (for example ``{"train.epochs": 3}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: check the path")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(raw).__name__}")
+    return make_config(apply_overrides(raw, overrides or {}), source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``"train.epochs"``) in a nested dict, returning a new dict."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[leaf] = value
+    return out

@@ -1,0 +1,35 @@
+"""Few-shot methods behind one interface; `METHODS` maps a name to its class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from medmeta.errors import ConfigError
+from medmeta.methods.base import FewShotMethod, MethodOptions, Predictor
+from medmeta.methods.protonet import ProtoNet
+
+METHODS: dict[str, type[FewShotMethod]] = {
+    "protonet": ProtoNet,
+}
+
+
+def build_method(name: str, backbone: nn.Module, options: dict[str, Any] | None = None) -> FewShotMethod:
+    """Build a registered method around `backbone`.
+
+    Raises:
+        ConfigError: unknown method name, or an option the method does not have or out of range.
+    """
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}'; choose one of {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    try:
+        return cls.from_options(backbone, options)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        from medmeta.config import describe_validation_error
+
+        raise ConfigError(f"method '{name}': {describe_validation_error(exc)}") from exc
+
+
+__all__ = ["METHODS", "FewShotMethod", "MethodOptions", "Predictor", "build_method"]

@@ -1,0 +1,77 @@
+"""The one interface every few-shot method implements.
+
+A method is an `nn.Module` holding meta-learned state. ``adapt(support)`` builds a `Predictor` for one
+task and never changes the method; ``episode_loss(episode)`` is what meta-training minimises.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from medmeta.episodes.episode import Episode, Support
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What `FewShotMethod.adapt` returns: a classifier for one task's classes."""
+
+    def predict(self, query_images: Tensor) -> Tensor:
+        """``(n_query, C, *spatial)`` float -> ``(n_query, n_way)`` logits."""
+        ...
+
+
+class MethodOptions(BaseModel):
+    """Hyper-parameters of a method; each method subclasses this with its own fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FewShotMethod(nn.Module, abc.ABC):
+    """Base class of every few-shot method.
+
+    Subclasses set `Options` (a `MethodOptions` subclass), build their state in ``__init__(backbone,
+    options)`` and implement `adapt`. Images reaching a method are normalised float tensors.
+    """
+
+    transductive: ClassVar[bool] = False
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, backbone: nn.Module, options: MethodOptions | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def from_options(cls, backbone: nn.Module, options: dict[str, Any] | None = None) -> FewShotMethod:
+        """Build from a plain dict of options (validated by ``cls.Options``)."""
+        return cls(backbone, cls.Options(**(options or {})))
+
+    @abc.abstractmethod
+    def adapt(self, support: Support, query_images: Tensor | None = None) -> Predictor:
+        """Build a predictor from the support set; never mutates ``self``.
+
+        Args:
+            support: images ``(n_way * n_shot, C, *spatial)`` and labels ``(n_way * n_shot,)``.
+            query_images: the query images, used only by transductive methods.
+        """
+
+    def episode_logits(self, episode: Episode) -> Tensor:
+        """Query logits ``(n_query_total, n_way)`` after adapting on the episode's support."""
+        query = episode.query_images if self.transductive else None
+        return self.adapt(episode.support, query).predict(episode.query_images)
+
+    def episode_loss(self, episode: Episode) -> Tensor:
+        """Meta-training loss of one episode (default: query cross-entropy)."""
+        return F.cross_entropy(self.episode_logits(episode), episode.query_labels)
+
+    def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
+        """Mean `episode_loss` over a meta-batch; methods that vectorise across tasks override this."""
+        losses = [self.episode_loss(ep) for ep in episodes]
+        return torch.stack(losses).mean()

@@ -1,0 +1,242 @@
+"""From a `RunConfig` to a trained, evaluated method: the Python API behind ``medmeta train/evaluate``.
+
+Example:
+    >>> from medmeta.config import make_config
+    >>> from medmeta.pipeline import run
+    >>> cfg = make_config({"data": {"train": ["synthetic"], "test": ["synthetic@test"]},
+    ...                    "train": {"epochs": 1, "episodes_per_epoch": 5, "val_episodes": 2},
+    ...                    "eval": {"episodes": 5, "n_way": 5}, "data.allow_class_overlap": True})
+    ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmeta import __version__
+from medmeta.config import RunConfig, make_config
+from medmeta.data.datasets import ImageDataset
+from medmeta.data.registry import DomainSpec, resolve
+from medmeta.data.transforms import Normalization
+from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
+from medmeta.errors import CheckpointError, ConfigError
+from medmeta.eval.evaluate import EvalResult, evaluate
+from medmeta.methods import build_method
+from medmeta.methods.base import FewShotMethod
+from medmeta.models.backbones import build_backbone
+from medmeta.train.checkpoint import load_checkpoint
+from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+def default_normalization(channels: int) -> Normalization:
+    return Normalization(mean=(0.5,) * channels, std=(0.25,) * channels)
+
+
+@dataclass
+class RunData:
+    """The datasets of a run, loaded and split."""
+
+    train: list[ImageDataset]
+    val: list[ImageDataset]
+    test: list[ImageDataset]
+    test_specs: list[DomainSpec] = field(default_factory=list)
+
+
+def _load(spec: DomainSpec, cfg: RunConfig) -> ImageDataset:
+    return spec.load(
+        root=cfg.data.data_dir,
+        image_size=cfg.data.image_size,
+        channels=cfg.data.channels,
+        skip_bad=cfg.data.skip_bad,
+    )
+
+
+def _check_overlap(train_specs: list[DomainSpec], train: list[ImageDataset], cfg: RunConfig) -> None:
+    if cfg.data.allow_class_overlap:
+        return
+    seen: dict[str, set[str]] = {}
+    for spec, ds in zip(train_specs, train, strict=True):
+        seen.setdefault(resolve(spec.name, cfg.data.data_dir).name, set()).update(ds.class_names)
+    for text in cfg.data.test:
+        spec = DomainSpec.parse(text)
+        shared = seen.get(resolve(spec.name, cfg.data.data_dir).name, set())
+        if not shared:
+            continue
+        wanted = set(spec.classes) if spec.classes else None
+        test_classes = wanted if wanted is not None else set(_load(spec, cfg).class_names)
+        both = sorted(shared & test_classes)
+        if both:
+            raise ConfigError(
+                f"test domain '{spec}' shares class(es) {both} with training: few-shot testing needs "
+                "unseen classes; list disjoint classes (NAME:CLASS,...) or set data.allow_class_overlap"
+            )
+
+
+def load_run_data(cfg: RunConfig) -> RunData:
+    """Load training, validation and test datasets as configured.
+
+    Validation is the ``data.val`` domains, else a held-out ``data.val_fraction`` of each training
+    domain's images (by patient when patient ids exist).
+    """
+    train_specs = [DomainSpec.parse(t) for t in cfg.data.train]
+    loaded = [_load(s, cfg) for s in train_specs]
+    _check_overlap(train_specs, loaded, cfg)
+    if cfg.data.val:
+        train = loaded
+        val = [_load(DomainSpec.parse(v), cfg) for v in cfg.data.val]
+    else:
+        train, val = [], []
+        for ds in loaded:
+            rest, held = ds.split_holdout(cfg.data.val_fraction, seed=cfg.train.seed)
+            train.append(rest)
+            val.append(held)
+    test_specs = [DomainSpec.parse(t) for t in cfg.data.test]
+    test = [_load(s, cfg) for s in test_specs]
+    return RunData(train=train, val=val, test=test, test_specs=test_specs)
+
+
+def _val_sampler(ds: ImageDataset, cfg: RunConfig) -> EpisodeSampler | None:
+    """Validation episodes that fit the (possibly small) held-out set; None when impossible."""
+    n_shot = cfg.episodes.n_shot
+    usable = [c for c, n in enumerate(ds.class_counts().values()) if n >= n_shot + 1]
+    if len(usable) < 2:
+        logger.warning("%s: too few held-out images for validation episodes; skipping", ds.display_name)
+        return None
+    if len(usable) < ds.n_classes:
+        ds = ds.subset(np.concatenate([ds.indices_of_class(c) for c in usable]))
+    min_count = min(ds.class_counts().values())
+    n_way = None if cfg.episodes.n_way is None else min(cfg.episodes.n_way, ds.n_classes)
+    n_query = max(1, min(cfg.episodes.n_query, min_count - n_shot))
+    return EpisodeSampler(
+        ds, n_way, n_shot, n_query, seed=cfg.train.seed + 1, n_episodes=cfg.train.val_episodes
+    )
+
+
+def build_method_from_config(cfg: RunConfig, *, channels: int, spatial_dims: int) -> FewShotMethod:
+    """The configured backbone and method, freshly initialised."""
+    backbone = build_backbone(
+        cfg.model.backbone,
+        in_channels=channels,
+        spatial_dims=spatial_dims,
+        image_size=cfg.data.image_size,
+    )
+    return build_method(cfg.method.name, backbone, cfg.method.options)
+
+
+def train_method(
+    cfg: RunConfig,
+    *,
+    out_dir: str | Path | None = None,
+    data: RunData | None = None,
+    progress: ProgressHook | None = None,
+) -> tuple[FewShotMethod, FitResult, RunData]:
+    """Seed, load data, build the method and meta-train it (see `medmeta.train.loop.fit`)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = data or load_run_data(cfg)
+    first = data.train[0]
+    torch.manual_seed(cfg.train.seed)
+    method = build_method_from_config(cfg, channels=first.channels, spatial_dims=first.spatial_dims)
+    sampler = MultiDomainSampler(
+        data.train,
+        cfg.episodes.n_way,
+        cfg.episodes.n_shot,
+        cfg.episodes.n_query,
+        seed=cfg.train.seed,
+        n_episodes=cfg.train.episodes_per_epoch,
+    )
+    val = [s for s in (_val_sampler(d, cfg) for d in data.val) if s is not None]
+    norm = default_normalization(first.channels)
+    meta = {
+        "method": cfg.method.name,
+        "config": cfg.model_dump(mode="json"),
+        "train_domains": [d.display_name for d in data.train],
+        "train_classes": {d.display_name: list(d.class_names) for d in data.train},
+        "image_shape": list(first.image_shape),
+        "spatial_dims": first.spatial_dims,
+        "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
+        "torch_version": torch.__version__,
+        "medmeta_version": __version__,
+    }
+    result = fit(method, sampler, val, cfg.train, prepare=norm, out_dir=out_dir, meta=meta, progress=progress)
+    return method, result, data
+
+
+def evaluate_on_tests(
+    method: FewShotMethod,
+    cfg: RunConfig,
+    test_sets: list[ImageDataset],
+    *,
+    normalization: Normalization,
+    progress: ProgressHook | None = None,
+) -> list[EvalResult]:
+    """Evaluate on every test domain with the configured (seeded, shared) episodes."""
+    device = resolve_device(cfg.train.device)
+    method.to(device)
+    results = []
+    for ds in test_sets:
+        sampler = EpisodeSampler(
+            ds,
+            cfg.eval.n_way,
+            cfg.eval.n_shot,
+            cfg.eval.n_query,
+            seed=cfg.eval.seed,
+            n_episodes=cfg.eval.episodes,
+        )
+        if progress is not None:
+            progress.start(f"test {ds.display_name} {sampler.n_way}-way {sampler.n_shot}-shot", len(sampler))
+        try:
+            results.append(
+                evaluate(
+                    method,
+                    sampler,
+                    prepare=normalization,
+                    device=device,
+                    progress=None if progress is None else (lambda _d, _t: progress.advance(1)),
+                )
+            )
+        finally:
+            if progress is not None:
+                progress.stop()
+    return results
+
+
+def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[str, Any]]:
+    """Rebuild a method from a checkpoint written by `train_method` (nothing is unpickled).
+
+    Returns:
+        ``(method in eval mode, its RunConfig, the checkpoint's JSON description)``.
+    """
+    state, meta = load_checkpoint(checkpoint)
+    try:
+        cfg = make_config(meta["config"], source=f"config stored in {checkpoint}")
+        shape = meta["image_shape"]
+        spatial_dims = int(meta["spatial_dims"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} lacks field {exc}: it was not written by train"
+        ) from None
+    method = build_method_from_config(cfg, channels=int(shape[0]), spatial_dims=spatial_dims)
+    try:
+        method.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit its own config: {first}") from None
+    method.eval()
+    return method, cfg, meta
+
+
+def normalization_from_meta(meta: dict[str, Any]) -> Normalization:
+    try:
+        n = meta["normalization"]
+        return Normalization(mean=tuple(n["mean"]), std=tuple(n["std"]))
+    except (KeyError, TypeError):
+        raise CheckpointError("checkpoint has no normalization record: retrain with this medmeta") from None
