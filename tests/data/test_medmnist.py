@@ -25,9 +25,7 @@ from medmeta.data.medmnist import (
 )
 from medmeta.errors import DataError
 
-SHARED_DATA = Path(
-    os.environ.get("MEDMETA_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
-)
+SHARED_DATA = Path(os.environ.get("MEDMETA_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 MEDMNIST_DIR = SHARED_DATA / "medmnist"
 
 
@@ -104,9 +102,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.state = state  # type: ignore[attr-defined]
     httpd.timeout = 5
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield Server(f"http://127.0.0.1:{httpd.server_address[1]}", state)
@@ -308,9 +304,7 @@ def test_adrenalmnist3d_loads_as_volumes() -> None:
 # --- downloads ---------------------------------------------------------------------------------
 
 
-def test_download_fetches_and_verifies_a_file(
-    server: Server, payload: bytes, tmp_path: Path
-) -> None:
+def test_download_fetches_and_verifies_a_file(server: Server, payload: bytes, tmp_path: Path) -> None:
     server.serve(payload, "bloodmnist_64.npz")
     path = download(server, tmp_path / "root", size=64, expected_md5=_md5(payload))
     assert path == tmp_path / "root" / "medmnist" / "bloodmnist_64.npz"
@@ -325,9 +319,7 @@ def test_a_corrupted_download_raises_a_checksum_error_and_leaves_no_file(
     corrupted = bytearray(payload)
     corrupted[100:110] = bytes(b ^ 0xFF for b in corrupted[100:110])
     server.serve(bytes(corrupted), "bloodmnist.npz")
-    with pytest.raises(
-        DataError, match=rf"checksum mismatch for bloodmnist\.npz: expected {_md5(payload)}"
-    ):
+    with pytest.raises(DataError, match=rf"checksum mismatch for bloodmnist\.npz: expected {_md5(payload)}"):
         download(server, tmp_path, expected_md5=_md5(payload))
     assert list((tmp_path / "medmnist").iterdir()) == []
 
@@ -372,9 +364,7 @@ def test_a_dropped_connection_keeps_the_part_and_the_next_call_resumes(
 ) -> None:
     server.serve(payload, "bloodmnist.npz")
     server.state.cut_after = 1000
-    with pytest.raises(
-        DataError, match=r"download of http://127\.0\.0\.1:\d+/bloodmnist\.npz stopped"
-    ):
+    with pytest.raises(DataError, match=r"download of http://127\.0\.0\.1:\d+/bloodmnist\.npz stopped"):
         download(server, tmp_path, expected_md5=_md5(payload))
     part = tmp_path / "medmnist" / "bloodmnist.npz.part"
     assert part.stat().st_size == 1000
@@ -421,18 +411,12 @@ def test_an_unknown_name_raises_a_data_error_listing_valid_names(tmp_path: Path)
 
 
 def test_an_unpublished_size_raises_a_data_error_listing_sizes(tmp_path: Path) -> None:
-    with pytest.raises(
-        DataError, match="adrenalmnist3d has no size 128: available sizes are 28, 64"
-    ):
+    with pytest.raises(DataError, match="adrenalmnist3d has no size 128: available sizes are 28, 64"):
         download_medmnist("adrenalmnist3d", 128, root=tmp_path, progress=False)
 
 
-def test_a_missing_remote_file_raises_a_data_error_naming_the_url(
-    server: Server, tmp_path: Path
-) -> None:
-    with pytest.raises(
-        DataError, match=r"cannot download http://127\.0\.0\.1:\d+/octmnist\.npz: HTTP 404"
-    ):
+def test_a_missing_remote_file_raises_a_data_error_naming_the_url(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:\d+/octmnist\.npz: HTTP 404"):
         download(server, tmp_path, name="octmnist")
 
 
@@ -457,9 +441,7 @@ def test_a_real_file_served_under_its_official_name_downloads_and_loads(
 
 
 @pytest.mark.data
-def test_adrenalmnist3d_downloads_by_name_with_the_official_checksum(
-    server: Server, tmp_path: Path
-) -> None:
+def test_adrenalmnist3d_downloads_by_name_with_the_official_checksum(server: Server, tmp_path: Path) -> None:
     shutil.copy(real_file("adrenalmnist3d.npz"), server.state.folder / "adrenalmnist3d.npz")
     path = download(server, tmp_path, name="adrenalmnist3d")
     assert path.name == "adrenalmnist3d.npz"
@@ -467,9 +449,7 @@ def test_adrenalmnist3d_downloads_by_name_with_the_official_checksum(
 
 
 @pytest.mark.data
-def test_a_corrupted_official_file_fails_the_official_checksum(
-    server: Server, tmp_path: Path
-) -> None:
+def test_a_corrupted_official_file_fails_the_official_checksum(server: Server, tmp_path: Path) -> None:
     data = bytearray(real_file("adrenalmnist3d.npz").read_bytes())
     data[-2000] ^= 0xFF
     server.serve(bytes(data), "adrenalmnist3d.npz")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,12 @@ class FewShotMethod(nn.Module, abc.ABC):
     """
 
     transductive: ClassVar[bool] = False
+    #: False for methods whose meta-learned head ties classes to label positions (MAML and kin):
+    #: permuting the support labels then does not simply permute the logits.
+    permutation_invariant: ClassVar[bool] = True
+    #: "episodic": meta-trained by `medmeta.train.loop.fit` on `batch_loss`; "supervised": pretrained
+    #: on the union of training classes by `medmeta.pretrain.supervised.fit_supervised`.
+    training: ClassVar[Literal["episodic", "supervised"]] = "episodic"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, backbone: nn.Module, options: MethodOptions | None = None) -> None:
@@ -61,6 +67,9 @@ class FewShotMethod(nn.Module, abc.ABC):
             support: images ``(n_way * n_shot, C, *spatial)`` and labels ``(n_way * n_shot,)``.
             query_images: the query images, used only by transductive methods.
         """
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Called by the training loop before each epoch (0-based); for schedules such as MAML++'s."""
 
     def episode_logits(self, episode: Episode) -> Tensor:
         """Query logits ``(n_query_total, n_way)`` after adapting on the episode's support."""

@@ -177,6 +177,7 @@ def fit(
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
+        method.set_epoch(epoch, cfg.epochs)
         if progress is not None:
             progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
         try:

@@ -1,0 +1,58 @@
+"""Shared fixtures: synthetic episodes, and the real data root (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from medmeta.episodes.episode import Episode
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$MEDMETA_DATA``, else ``../shared/data`` beside the repo."""
+    env = os.environ.get("MEDMETA_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The real data root; the test is skipped (with the reason) when it is absent."""
+    root = shared_data_dir()
+    if not (root / "classification").is_dir():
+        pytest.skip(f"real data not found at {root}: set MEDMETA_DATA to the shared data folder")
+    return root
+
+
+def make_episode(
+    n_way: int = 3,
+    n_shot: int = 2,
+    n_query: int = 3,
+    shape: tuple[int, ...] = (3, 16, 16),
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Episode:
+    """A random float episode whose classes differ in mean intensity (so methods can learn them)."""
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.linspace(-1, 1, n_way)
+
+    def images(n_per: int) -> torch.Tensor:
+        x = torch.randn(n_way * n_per, *shape, generator=g, dtype=dtype)
+        return x + offsets.repeat_interleave(n_per).view(-1, *([1] * len(shape))).to(dtype)
+
+    return Episode(
+        support_images=images(n_shot),
+        support_labels=torch.arange(n_way).repeat_interleave(n_shot),
+        query_images=images(n_query),
+        query_labels=torch.arange(n_way).repeat_interleave(n_query),
+        class_ids=torch.arange(n_way),
+    )
+
+
+@pytest.fixture
+def episode() -> Episode:
+    return make_episode()
