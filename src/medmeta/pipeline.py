@@ -166,7 +166,16 @@ def train_method(
         "torch_version": torch.__version__,
         "medmeta_version": __version__,
     }
-    result = fit(method, sampler, val, cfg.train, prepare=norm, out_dir=out_dir, meta=meta, progress=progress)
+    if method.training == "supervised":
+        from medmeta.pretrain.supervised import fit_supervised
+
+        result = fit_supervised(
+            method, data.train, val, cfg.train, prepare=norm, out_dir=out_dir, meta=meta, progress=progress
+        )
+    else:
+        result = fit(
+            method, sampler, val, cfg.train, prepare=norm, out_dir=out_dir, meta=meta, progress=progress
+        )
     return method, result, data
 
 

@@ -68,7 +68,7 @@ class FewShotMethod(nn.Module, abc.ABC):
             query_images: the query images, used only by transductive methods.
         """
 
-    def set_epoch(self, epoch: int, epochs: int) -> None:  # noqa: B027 (optional hook, no-op by default)
+    def set_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the training loop before each epoch (0-based); for schedules such as MAML++'s."""
 
     def episode_logits(self, episode: Episode) -> Tensor:
