@@ -166,7 +166,7 @@ def train_method(
         "torch_version": torch.__version__,
         "medmeta_version": __version__,
     }
-    if method.training == "supervised":
+    if method.trainer == "supervised":
         from medmeta.pretrain.supervised import fit_supervised
 
         result = fit_supervised(

@@ -43,7 +43,7 @@ def test_logits_have_shape_query_by_way_and_no_nan(name: str) -> None:
     assert predictor.predict(ep.query_images).shape == (12, 3)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if METHODS[n].training == "episodic"])
+@pytest.mark.parametrize("name", [n for n in NAMES if METHODS[n].trainer == "episodic"])
 def test_every_trainable_parameter_gets_a_gradient_from_episode_loss(name: str) -> None:
     method = small_method(name).train()
     loss = method.episode_loss(make_episode())

@@ -46,7 +46,7 @@ class FewShotMethod(nn.Module, abc.ABC):
     permutation_invariant: ClassVar[bool] = True
     #: "episodic": meta-trained by `medmeta.train.loop.fit` on `batch_loss`; "supervised": pretrained
     #: on the union of training classes by `medmeta.pretrain.supervised.fit_supervised`.
-    training: ClassVar[Literal["episodic", "supervised"]] = "episodic"
+    trainer: ClassVar[Literal["episodic", "supervised"]] = "episodic"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, backbone: nn.Module, options: MethodOptions | None = None) -> None:
