@@ -8,10 +8,18 @@ from torch import nn
 
 from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions, Predictor
+from medmeta.methods.baseline_pp import BaselinePP
+from medmeta.methods.finetune import Finetune
+from medmeta.methods.linear_probe import LinearProbe
 from medmeta.methods.protonet import ProtoNet
+from medmeta.methods.simpleshot import SimpleShot
 
 METHODS: dict[str, type[FewShotMethod]] = {
     "protonet": ProtoNet,
+    "finetune": Finetune,
+    "linear_probe": LinearProbe,
+    "simpleshot": SimpleShot,
+    "baseline_pp": BaselinePP,
 }
 
 

@@ -1,0 +1,302 @@
+"""Supervised pretraining on the union of training images: the training loop of the transfer baselines.
+
+`fit_supervised` mirrors `medmeta.train.loop.fit` (same optimiser, schedule, `step`, NaN check,
+validation episodes after every epoch and checkpoint layout) but draws mini-batches of labelled images
+instead of episodes. An epoch is ``cfg.episodes_per_epoch`` mini-batches of ``options.batch_size``
+images, so a supervised run takes as many optimiser steps as an episodic run with ``meta_batch=1``.
+Mini-batches walk through seeded permutations of the union set: batch ``b`` depends only on
+``(seed, b)``, and every image is seen once per pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmeta.config import TrainConfig
+from medmeta.data.datasets import ImageDataset
+from medmeta.episodes.sampler import EpisodeSampler
+from medmeta.errors import DataError, TrainingError
+from medmeta.eval.evaluate import evaluate
+from medmeta.methods.base import FewShotMethod
+from medmeta.pretrain.base import SupervisedMethod
+from medmeta.train.checkpoint import _atomic_write_text, save_checkpoint
+from medmeta.train.loop import FitResult, ProgressHook, resolve_device, step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """The training domains as one labelled set, without copying their images.
+
+    Attributes:
+        datasets: the training domains (equal image shapes).
+        offsets: ``(n_domains + 1,)`` start of each domain in the global index.
+        per_domain: True: each domain keeps its own labels and head; False: one union label space.
+        head_sizes: classes per head (one entry for the union label space).
+        class_names: ``domain/class`` names of every head's classes, head by head.
+    """
+
+    datasets: tuple[ImageDataset, ...]
+    offsets: np.ndarray
+    per_domain: bool
+    head_sizes: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def build(cls, datasets: Sequence[ImageDataset], *, per_domain: bool = False) -> LabelledImages:
+        """Label space over `datasets`: the union (class ``c`` of domain ``k`` -> ``sum(n_j, j<k) + c``).
+
+        Raises:
+            DataError: no dataset, or datasets whose image shapes differ.
+        """
+        if not datasets:
+            raise DataError("no training domain given: name at least one dataset")
+        shapes = {d.image_shape for d in datasets}
+        if len(shapes) > 1:
+            raise DataError(
+                f"domains differ in image shape {sorted(shapes)}: load them with one image_size and channels"
+            )
+        sizes = [d.n_classes for d in datasets]
+        names = tuple(f"{d.display_name}/{c}" for d in datasets for c in d.class_names)
+        return cls(
+            datasets=tuple(datasets),
+            offsets=np.cumsum([0, *(len(d) for d in datasets)]),
+            per_domain=per_domain,
+            head_sizes=tuple(sizes) if per_domain else (sum(sizes),),
+            class_names=names,
+        )
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def gather(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(n, C, *spatial)`` uint8, labels ``(n,)`` and heads ``(n,)`` of global indices `index`."""
+        domain = np.searchsorted(self.offsets, index, side="right") - 1  # (n,)
+        images, labels, heads = [], [], []
+        for k in np.unique(domain):
+            local = index[domain == k] - self.offsets[k]
+            ds = self.datasets[k]
+            images.append(ds.images[local])
+            offset = 0 if self.per_domain else sum(d.n_classes for d in self.datasets[:k])
+            labels.append(ds.labels[local].astype(np.int64) + offset)
+            heads.append(np.full(len(local), k if self.per_domain else 0, dtype=np.int64))
+        return (
+            torch.from_numpy(np.concatenate(images)),
+            torch.from_numpy(np.concatenate(labels)),
+            torch.from_numpy(np.concatenate(heads)),
+        )
+
+
+def batch_indices(n: int, batch_size: int, seed: int, batch: int) -> np.ndarray:
+    """Global indices of mini-batch `batch`: positions ``[b*B, (b+1)*B)`` of a stream of permutations.
+
+    Pass ``p`` of the stream is ``default_rng((seed, p)).permutation(n)``; a batch may span two passes.
+
+    Returns:
+        ``(min(batch_size, n),)`` int64 indices.
+    """
+    size = min(batch_size, n)
+    start = batch * size
+    out: list[int] = []
+    while len(out) < size:
+        p, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng((seed, p)).permutation(n)
+        out.extend(perm[offset : offset + size - len(out)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+def random_flips(images: torch.Tensor, seed: int, batch: int) -> torch.Tensor:
+    """Flip each image along each spatial axis with probability 1/2, seeded by ``(seed, batch)``.
+
+    Args:
+        images: ``(n, C, *spatial)``.
+    """
+    rng = np.random.default_rng((seed, batch, 2))
+    spatial = images.ndim - 2
+    masks = torch.from_numpy(rng.random((spatial, images.shape[0])) < 0.5)  # (spatial, n)
+    for axis in range(spatial):
+        m = masks[axis].to(images.device).view(-1, *([1] * (images.ndim - 1)))  # (n, 1, ...)
+        images = torch.where(m, images.flip(2 + axis), images)
+    return images
+
+
+@torch.no_grad()
+def training_feature_mean(
+    method: SupervisedMethod,
+    data: LabelledImages,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    max_images: int,
+    seed: int,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Mean backbone feature ``(d,)`` over up to `max_images` training images (seeded choice), eval mode."""
+    n = len(data)
+    pick = np.sort(np.random.default_rng((seed, 3)).choice(n, min(n, max_images), replace=False))
+    was_training = method.training
+    method.eval()
+    total = torch.zeros(method.width, dtype=torch.float64, device=device)
+    try:
+        for i in range(0, len(pick), chunk):
+            images, _, _ = data.gather(pick[i : i + chunk])
+            total += method.features(prepare(images.to(device))).double().sum(0)
+    finally:
+        method.train(was_training)
+    return (total / len(pick)).float()
+
+
+def _record_heads(
+    meta: dict[str, Any] | None, method: SupervisedMethod, data: LabelledImages
+) -> dict[str, Any]:
+    """Checkpoint meta whose stored config rebuilds the heads (``method.options.head_sizes``)."""
+    out = copy.deepcopy(meta or {})
+    config = out.get("config")
+    if isinstance(config, dict):
+        options = config.setdefault("method", {}).setdefault("options", {})
+        options["head_sizes"] = list(method.options.head_sizes)
+    out["pretrain"] = {
+        "label_space": method.options.label_space,
+        "head_sizes": list(method.options.head_sizes),
+        "classes": list(data.class_names),
+        "images": len(data),
+    }
+    return out
+
+
+def fit_supervised(
+    method: FewShotMethod,
+    train_sets: Sequence[ImageDataset],
+    val_samplers: Sequence[EpisodeSampler],
+    cfg: TrainConfig,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    out_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: ProgressHook | None = None,
+) -> FitResult:
+    """Pretrain `method` with cross-entropy on all training classes; keep the best validation checkpoint.
+
+    Args:
+        method: a transfer baseline (`SupervisedMethod`); its pretraining heads are created here.
+        train_sets: training domains (their union is the training set).
+        val_samplers: fixed validation episodes, evaluated with the method's own `adapt` after every
+            epoch (accuracy is their mean); empty: the last epoch is kept.
+        cfg: ``epochs`` x ``episodes_per_epoch`` mini-batches; Adam ``lr``/``weight_decay``,
+            ``grad_clip``, ``lr_schedule``, ``seed``, ``device``, ``amp``, ``val_episodes`` as in `fit`.
+        prepare: uint8 images -> normalised float images.
+        out_dir: where ``best.json``/``last.json`` checkpoints and ``history.json`` go (None: not saved).
+        meta: JSON stored in the checkpoints; its ``config`` gains ``method.options.head_sizes``.
+        progress: progress receiver.
+
+    Returns:
+        The history and checkpoint paths; `method` ends holding the best weights.
+
+    Raises:
+        TypeError: `method` is not a `SupervisedMethod`.
+        TrainingError: the loss became NaN/inf (checkpoints already written are kept).
+    """
+    if not isinstance(method, SupervisedMethod):
+        raise TypeError(
+            f"fit_supervised trains transfer baselines (SupervisedMethod), got {type(method).__name__}: "
+            "use medmeta.train.loop.fit for episodic methods"
+        )
+    opts = method.options
+    data = LabelledImages.build(train_sets, per_domain=opts.label_space == "per_domain")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        method.set_head_sizes(data.head_sizes)
+    meta = _record_heads(meta, method, data)
+    device = resolve_device(cfg.device)
+    method.to(device)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.episodes_per_epoch
+    scheduler = None
+    if cfg.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    out = Path(out_dir) if out_dir is not None else None
+    result = FitResult()
+    best = -math.inf
+    best_state: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        method.set_epoch(epoch, cfg.epochs)
+        method.train()
+        if progress is not None:
+            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps)
+        total_loss = 0.0
+        try:
+            for s in range(steps):
+                b = epoch * steps + s
+                images, labels, heads = data.gather(batch_indices(len(data), opts.batch_size, cfg.seed, b))
+                images = prepare(images.to(device))
+                if opts.flip:
+                    images = random_flips(images, cfg.seed, b)
+                with torch.autocast(device.type, enabled=scaler is not None):
+                    loss = method.supervised_loss(images, labels.to(device), heads.to(device))
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"training loss became {value} at epoch {epoch + 1}, step {s + 1}: lower train.lr "
+                        "or set train.grad_clip; checkpoints saved so far are kept"
+                    )
+                step(loss, optimizer, params, scaler=scaler, grad_clip=cfg.grad_clip)
+                if scheduler is not None:
+                    scheduler.step()
+                total_loss += value
+                if progress is not None:
+                    progress.advance(1, loss=value)
+        finally:
+            if progress is not None:
+                progress.stop()
+        method.feature_mean.copy_(
+            training_feature_mean(
+                method, data, prepare=prepare, device=device, max_images=opts.mean_images, seed=cfg.seed
+            )
+        )
+        record: dict[str, float] = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / steps,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        val_acc = math.nan
+        if val_samplers and cfg.val_episodes > 0:
+            per = max(1, cfg.val_episodes // len(val_samplers))
+            results = [
+                evaluate(method, vs, prepare=prepare, device=device, n_episodes=per) for vs in val_samplers
+            ]
+            val_acc = sum(r.accuracy for r in results) / len(results)
+            record["val_accuracy"] = val_acc
+            record["val_ci95"] = max(r.ci95 for r in results)
+        record["seconds"] = time.perf_counter() - t0
+        result.history.append(record)
+        logger.info("epoch %d: %s", epoch + 1, record)
+        score = val_acc if math.isfinite(val_acc) else float(epoch)
+        if out is not None:
+            ckpt_meta = {**meta, "epoch": epoch + 1, "history": result.history}
+            result.last_checkpoint = save_checkpoint(out / "last", method.state_dict(), ckpt_meta)
+            if score > best:
+                result.best_checkpoint = save_checkpoint(out / "best", method.state_dict(), ckpt_meta)
+            _atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
+        if score > best:
+            best = score
+            result.best_val_accuracy = val_acc
+            best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    method.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return result
