@@ -90,7 +90,9 @@ class ImageDataset:
 
     @property
     def display_name(self) -> str:
-        return f"{self.domain} (synthetic)" if self.synthetic else self.domain
+        if self.synthetic and "synthetic" not in self.domain:
+            return f"{self.domain} (synthetic)"
+        return self.domain
 
     def indices_of_class(self, class_id: int) -> np.ndarray:
         """Indices (into `images`) of every image of `class_id`, ascending."""

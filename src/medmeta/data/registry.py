@@ -19,6 +19,8 @@ from medmeta.data.synthetic import make_synthetic
 from medmeta.errors import DataError
 
 SYNTHETIC = "synthetic"
+# folders of the data root that hold datasets of other tasks or formats, not a class-folder dataset
+_CONTAINERS = frozenset({"classification", "medmnist", "segmentation", "detection"})
 _SPEC = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<split>[A-Za-z]+))?(?::(?P<classes>.+))?$")
 
 
@@ -38,7 +40,9 @@ def list_datasets(root: str | Path | None = None) -> list[DatasetEntry]:
     for parent in (base / "classification", base):
         if parent.is_dir():
             for d in sorted(parent.iterdir()):
-                if d.is_dir() and not d.name.startswith(".") and _looks_like_image_folder(d):
+                if d.name in _CONTAINERS or d.name.startswith(".") or not d.is_dir():
+                    continue
+                if _looks_like_image_folder(d):
                     found.append(DatasetEntry(d.name, "folder", d))
     med = base / "medmnist"
     if med.is_dir():
@@ -59,7 +63,7 @@ def _looks_like_image_folder(d: Path) -> bool:
     subs = [s for s in sorted(d.iterdir()) if s.is_dir() and not s.name.startswith(".")]
     if subs and all(s.name in SPLIT_NAMES for s in subs):
         return any(has_images(c) for s in subs for c in sorted(s.iterdir())[:4] if c.is_dir())
-    return any(has_images(s) for s in subs[:8])
+    return sum(has_images(s) for s in subs[:8]) >= 2  # at least two class folders
 
 
 def resolve(name_or_path: str, root: str | Path | None = None) -> DatasetEntry:

@@ -60,9 +60,10 @@ class EpisodeSampler:
         counts = np.bincount(dataset.labels, minlength=dataset.n_classes)
         small = [(dataset.class_names[c], int(n)) for c, n in enumerate(counts) if n < need]
         if small:
-            listed = ", ".join(f"'{name}' has {n}" for name, n in small)
+            listed = ", ".join(f"'{name}' has {n} images" for name, n in small[:4])
+            more = f" and {len(small) - 4} more classes" if len(small) > 4 else ""
             raise DataError(
-                f"{dataset.display_name}: {listed} images, fewer than n_shot + n_query = "
+                f"{dataset.display_name}: {listed}{more}, fewer than n_shot + n_query = "
                 f"{n_shot} + {n_query}: lower --n-shot/--n-query or add images to that class"
             )
         if dataset.n_classes < n_way:

@@ -1,0 +1,99 @@
+"""``medmeta data ...``: list, inspect, picture and download datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from medmeta.cli.ui import console
+from medmeta.data.root import data_root
+
+app = typer.Typer(help="List, inspect, picture and download datasets.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_cmd(
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+) -> None:
+    """Every dataset found under the data root, plus the built-in synthetic set."""
+    from medmeta.data.registry import list_datasets
+
+    root = data_root(data_dir)
+    table = Table(title=f"datasets under {root}")
+    table.add_column("name")
+    table.add_column("kind")
+    table.add_column("path")
+    for e in list_datasets(data_dir):
+        label = "built-in synthetic (generated, not medical)" if e.kind == "builtin" else e.kind
+        table.add_row(e.name, label, "" if e.path is None else str(e.path))
+    console.print(table)
+
+
+@app.command("info")
+def info_cmd(
+    name: str = typer.Argument(..., help="Registered name or folder / .npz path."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+) -> None:
+    """Classes, image counts per split, stored image sizes and unreadable files."""
+    from medmeta.data.inspect import describe_dataset
+
+    rep = describe_dataset(name, data_dir)
+    title = f"{rep.name}{' (synthetic)' if rep.synthetic else ''}: {rep.kind}, {rep.total} images"
+    splits = sorted({s for counts in rep.classes.values() for s in counts})
+    table = Table(title=title)
+    table.add_column("class")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for cls, counts in rep.classes.items():
+        table.add_row(cls, *(str(counts.get(s, 0)) for s in splits))
+    console.print(table)
+    if rep.path:
+        console.print(f"path: {rep.path}", markup=False)
+    sizes = ", ".join(f"{k} ({n})" for k, n in list(rep.image_sizes.items())[:6])
+    console.print(f"stored image sizes: {sizes}", markup=False)
+    if rep.unreadable:
+        console.print(f"unreadable files ({len(rep.unreadable)}): use --skip-bad to skip them", markup=False)
+        for f, why in rep.unreadable[:50]:
+            console.print(f"  {f}: {why}", markup=False)
+    else:
+        console.print("unreadable files: none")
+
+
+@app.command("show")
+def show_cmd(
+    name: str = typer.Argument(..., help="Dataset NAME[@SPLIT][:CLASS,...] or folder path."),
+    out: Path = typer.Option(Path("episode.png"), "--out", help="PNG file to write."),
+    n_way: int = typer.Option(5, "--n-way"),
+    n_shot: int = typer.Option(5, "--n-shot"),
+    n_query: int = typer.Option(3, "--n-query"),
+    seed: int = typer.Option(0, "--seed"),
+    index: int = typer.Option(0, "--index", help="Which episode of the seeded sequence."),
+    image_size: int = typer.Option(64, "--image-size"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+) -> None:
+    """Draw one episode (support | query, one row per class, with class names) to a PNG."""
+    from medmeta.data.registry import DomainSpec
+    from medmeta.episodes.sampler import EpisodeSampler
+    from medmeta.plots.episode import save_episode_grid
+
+    ds = DomainSpec.parse(name).load(root=data_dir, image_size=image_size, skip_bad=skip_bad)
+    sampler = EpisodeSampler(ds, min(n_way, ds.n_classes), n_shot, n_query, seed=seed)
+    save_episode_grid(sampler.episode(index), ds, out)
+    console.print(f"wrote {out} ({ds.display_name}, episode {index} of seed {seed})", markup=False)
+
+
+@app.command("download")
+def download_cmd(
+    name: str = typer.Argument(..., help="MedMNIST v2 name, e.g. bloodmnist."),
+    size: int = typer.Option(28, "--size", help="28, 64, 128 or 224 (3D: 28 or 64)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    base_url: str | None = typer.Option(None, "--base-url", help="Mirror serving the official files."),
+) -> None:
+    """Download an official MedMNIST file into DATA_ROOT/medmnist, checked against the official MD5."""
+    from medmeta.data.medmnist import download_medmnist
+
+    path = download_medmnist(name, size, root=data_root(data_dir), base_url=base_url)
+    console.print(f"ready: {path}", markup=False)

@@ -1,0 +1,219 @@
+"""The ``medmeta`` command: data inspection, training, evaluation and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.markup import escape
+
+from medmeta._optional import OptionalDependencyError
+from medmeta.cli import data_cmds
+from medmeta.cli.overrides import collect, parse_options, parse_way
+from medmeta.cli.ui import RichProgress, console, err_console, results_table
+from medmeta.config import RunConfig, apply_overrides, load_config, make_config
+from medmeta.errors import MedmetaError
+
+app = typer.Typer(
+    name="medmeta",
+    help="Few-shot (meta-)learning for medical images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cmds.app, name="data")
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    _state["debug"] = debug or bool(os.environ.get("MEDMETA_DEBUG"))
+
+
+def _build_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    if config is not None:
+        return load_config(config, overrides)
+    return make_config(apply_overrides({}, overrides), source="options")
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, history, results."),
+    config: Path | None = typer.Option(None, "--config", help="YAML run config (flags override it)."),
+    train_data: list[str] | None = typer.Option(
+        None, "--train", help="Training domain NAME[@SPLIT][:CLASS,...]."
+    ),
+    test_data: list[str] | None = typer.Option(None, "--test", help="Test domain NAME[@SPLIT][:CLASS,...]."),
+    val_data: list[str] | None = typer.Option(
+        None, "--val", help="Validation domain (default: held-out images)."
+    ),
+    method: str | None = typer.Option(None, "--method", help="Method name, e.g. protonet."),
+    option: list[str] | None = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
+    backbone: str | None = typer.Option(None, "--backbone", help="conv4 or resnet12."),
+    n_way: str | None = typer.Option(None, "--n-way", help="Classes per training episode, or 'all'."),
+    n_shot: int | None = typer.Option(None, "--n-shot"),
+    n_query: int | None = typer.Option(None, "--n-query"),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    episodes_per_epoch: int | None = typer.Option(None, "--episodes-per-epoch"),
+    meta_batch: int | None = typer.Option(None, "--meta-batch"),
+    lr: float | None = typer.Option(None, "--lr"),
+    seed: int | None = typer.Option(None, "--seed"),
+    image_size: int | None = typer.Option(None, "--image-size"),
+    channels: int | None = typer.Option(None, "--channels"),
+    eval_episodes: int | None = typer.Option(None, "--eval-episodes"),
+    eval_n_way: str | None = typer.Option(None, "--eval-n-way", help="Test ways, or 'all' (default)."),
+    eval_n_shot: int | None = typer.Option(None, "--eval-n-shot"),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+    allow_class_overlap: bool = typer.Option(False, "--allow-class-overlap"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Meta-train a method, keep the best checkpoint (OUT/best.json) and evaluate on the test domains."""
+    from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
+
+    ov = collect(
+        {
+            "data.train": train_data,
+            "data.test": test_data,
+            "data.val": val_data,
+            "method.name": method,
+            "model.backbone": backbone,
+            "episodes.n_shot": n_shot,
+            "episodes.n_query": n_query,
+            "train.epochs": epochs,
+            "train.episodes_per_epoch": episodes_per_epoch,
+            "train.meta_batch": meta_batch,
+            "train.lr": lr,
+            "train.seed": seed,
+            "train.device": device,
+            "data.image_size": image_size,
+            "data.channels": channels,
+            "data.data_dir": None if data_dir is None else str(data_dir),
+            "data.skip_bad": skip_bad or None,
+            "data.allow_class_overlap": allow_class_overlap or None,
+            "eval.episodes": eval_episodes,
+            "eval.n_shot": eval_n_shot,
+        }
+    )
+    if option:
+        ov["method.options"] = parse_options(option)
+    for key, text in (("episodes.n_way", n_way), ("eval.n_way", eval_n_way)):
+        way = parse_way(text)
+        if way != "unset":
+            ov[key] = way
+    cfg = _build_config(config, ov)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    console.print(
+        f"training {cfg.method.name} ({cfg.model.backbone}) on {', '.join(cfg.data.train)} -> {out}",
+        markup=False,
+    )
+    progress = RichProgress(enabled=not quiet)
+    method_obj, fit_result, data = train_method(cfg, out_dir=out, progress=progress)
+    console.print(
+        f"best validation accuracy {100 * fit_result.best_val_accuracy:.2f}% "
+        f"(checkpoint {fit_result.best_checkpoint}, {fit_result.seconds:.0f} s)",
+        markup=False,
+    )
+    if data.test:
+        norm = default_normalization(data.train[0].channels)
+        results = evaluate_on_tests(method_obj, cfg, data.test, normalization=norm, progress=progress)
+        console.print(results_table(results, f"{cfg.method.name}: test episodes"))
+        _write_json(out / "results.json", [r.to_dict() for r in results])
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="Checkpoint (RUN/best.json)."),
+    test_data: list[str] | None = typer.Option(None, "--test", help="Test domains (default: the run's)."),
+    n_way: str | None = typer.Option(None, "--n-way", help="Ways, or 'all' (default: the run's)."),
+    n_shot: int | None = typer.Option(None, "--n-shot"),
+    n_query: int | None = typer.Option(None, "--n-query"),
+    episodes: int | None = typer.Option(None, "--episodes"),
+    seed: int | None = typer.Option(None, "--seed"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the results as JSON here."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Evaluate a checkpoint on seeded test episodes: accuracy with a 95% CI per domain."""
+    from medmeta.data.registry import DomainSpec
+    from medmeta.pipeline import (
+        evaluate_on_tests,
+        load_domain,
+        load_method,
+        normalization_from_meta,
+    )
+
+    method_obj, cfg, meta = load_method(model)
+    ov = collect(
+        {
+            "data.test": test_data,
+            "data.data_dir": None if data_dir is None else str(data_dir),
+            "eval.n_shot": n_shot,
+            "eval.n_query": n_query,
+            "eval.episodes": episodes,
+            "eval.seed": seed,
+        }
+    )
+    way = parse_way(n_way)
+    if way != "unset":
+        ov["eval.n_way"] = way
+    cfg = make_config(apply_overrides(cfg.model_dump(mode="json"), ov), source="options")
+    if not cfg.data.test:
+        raise MedmetaError("no test domain: pass --test NAME[@SPLIT][:CLASS,...]")
+    tests = [load_domain(DomainSpec.parse(t), cfg) for t in cfg.data.test]
+    results = evaluate_on_tests(
+        method_obj, cfg, tests, normalization=normalization_from_meta(meta), progress=RichProgress(not quiet)
+    )
+    console.print(results_table(results, f"{meta.get('method')}: test episodes"))
+    if out is not None:
+        _write_json(out, [r.to_dict() for r in results])
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    episodes: int = typer.Option(300, "--episodes", help="Training episodes."),
+    eval_episodes: int = typer.Option(300, "--eval-episodes", help="Test episodes per domain."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """The main job: meta-train ProtoNet and test it on unseen classes and an unseen domain."""
+    from medmeta.cli.demo import run_demo
+
+    run_demo(out=out, data_dir=data_dir, episodes=episodes, eval_episodes=eval_episodes, quiet=quiet)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one line (no traceback unless --debug) and exit with code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="medmeta")  # usage errors: typer prints them and exits with code 2
+    except (MedmetaError, OptionalDependencyError) as exc:
+        if _state["debug"] or "--debug" in args:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: checkpoints saved so far are kept")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Figures: episode grids (and, later, report plots). matplotlib with the Agg backend, files only."""
