@@ -50,7 +50,8 @@ class RunData:
     test_specs: list[DomainSpec] = field(default_factory=list)
 
 
-def _load(spec: DomainSpec, cfg: RunConfig) -> ImageDataset:
+def load_domain(spec: DomainSpec, cfg: RunConfig) -> ImageDataset:
+    """Load one domain spec at the run's image size and channels."""
     return spec.load(
         root=cfg.data.data_dir,
         image_size=cfg.data.image_size,
@@ -71,7 +72,7 @@ def _check_overlap(train_specs: list[DomainSpec], train: list[ImageDataset], cfg
         if not shared:
             continue
         wanted = set(spec.classes) if spec.classes else None
-        test_classes = wanted if wanted is not None else set(_load(spec, cfg).class_names)
+        test_classes = wanted if wanted is not None else set(load_domain(spec, cfg).class_names)
         both = sorted(shared & test_classes)
         if both:
             raise ConfigError(
@@ -87,11 +88,11 @@ def load_run_data(cfg: RunConfig) -> RunData:
     domain's images (by patient when patient ids exist).
     """
     train_specs = [DomainSpec.parse(t) for t in cfg.data.train]
-    loaded = [_load(s, cfg) for s in train_specs]
+    loaded = [load_domain(s, cfg) for s in train_specs]
     _check_overlap(train_specs, loaded, cfg)
     if cfg.data.val:
         train = loaded
-        val = [_load(DomainSpec.parse(v), cfg) for v in cfg.data.val]
+        val = [load_domain(DomainSpec.parse(v), cfg) for v in cfg.data.val]
     else:
         train, val = [], []
         for ds in loaded:
@@ -99,7 +100,7 @@ def load_run_data(cfg: RunConfig) -> RunData:
             train.append(rest)
             val.append(held)
     test_specs = [DomainSpec.parse(t) for t in cfg.data.test]
-    test = [_load(s, cfg) for s in test_specs]
+    test = [load_domain(s, cfg) for s in test_specs]
     return RunData(train=train, val=val, test=test, test_specs=test_specs)
 
 
