@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from medmeta.cli.ui import console
+from medmeta.cli.ui import console, say
 from medmeta.data.root import data_root
 
 app = typer.Typer(help="List, inspect, picture and download datasets.", no_args_is_help=True)
@@ -42,7 +42,8 @@ def info_cmd(
     rep = describe_dataset(name, data_dir)
     title = f"{rep.name}{' (synthetic)' if rep.synthetic else ''}: {rep.kind}, {rep.total} images"
     splits = sorted({s for counts in rep.classes.values() for s in counts})
-    table = Table(title=title)
+    say(title)
+    table = Table()
     table.add_column("class")
     for s in splits:
         table.add_column(s, justify="right")
@@ -50,15 +51,15 @@ def info_cmd(
         table.add_row(cls, *(str(counts.get(s, 0)) for s in splits))
     console.print(table)
     if rep.path:
-        console.print(f"path: {rep.path}", markup=False)
+        say(f"path: {rep.path}")
     sizes = ", ".join(f"{k} ({n})" for k, n in list(rep.image_sizes.items())[:6])
-    console.print(f"stored image sizes: {sizes}", markup=False)
+    say(f"stored image sizes: {sizes}")
     if rep.unreadable:
-        console.print(f"unreadable files ({len(rep.unreadable)}): use --skip-bad to skip them", markup=False)
+        say(f"unreadable files ({len(rep.unreadable)}): use --skip-bad to skip them")
         for f, why in rep.unreadable[:50]:
-            console.print(f"  {f}: {why}", markup=False)
+            say(f"  {f}: {why}")
     else:
-        console.print("unreadable files: none")
+        say("unreadable files: none")
 
 
 @app.command("show")
@@ -82,7 +83,7 @@ def show_cmd(
     ds = DomainSpec.parse(name).load(root=data_dir, image_size=image_size, skip_bad=skip_bad)
     sampler = EpisodeSampler(ds, min(n_way, ds.n_classes), n_shot, n_query, seed=seed)
     save_episode_grid(sampler.episode(index), ds, out)
-    console.print(f"wrote {out} ({ds.display_name}, episode {index} of seed {seed})", markup=False)
+    say(f"wrote {out} ({ds.display_name}, episode {index} of seed {seed})")
 
 
 @app.command("download")
@@ -96,4 +97,4 @@ def download_cmd(
     from medmeta.data.medmnist import download_medmnist
 
     path = download_medmnist(name, size, root=data_root(data_dir), base_url=base_url)
-    console.print(f"ready: {path}", markup=False)
+    say(f"ready: {path}")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medmeta.cli.ui import RichProgress, console, results_table
+from medmeta.cli.ui import RichProgress, console, results_table, say
 from medmeta.config import make_config
 from medmeta.data.registry import resolve
 from medmeta.data.root import data_root
@@ -73,35 +73,29 @@ def run_demo(out: Path, data_dir: Path | None, episodes: int, eval_episodes: int
     root = data_root(data_dir)
     real = _has_real_data(data_dir)
     if real:
-        console.print(
+        say(
             f"medmeta demo: REAL medical images from {root} (blood_pbc blood-cell microscopy, "
-            "brain_tumor_mri MRI)",
-            markup=False,
+            "brain_tumor_mri MRI)"
         )
     else:
-        console.print(
+        say(
             f"medmeta demo: no real data under {root}: using the built-in SYNTHETIC set "
-            "(set MEDMETA_DATA or --data-dir to the data folder for real images)",
-            markup=False,
+            "(set MEDMETA_DATA or --data-dir to the data folder for real images)"
         )
     cfg = make_config(demo_config(real, data_dir, episodes, eval_episodes), source="demo config")
-    console.print(
+    say(
         f"meta-training ProtoNet (Conv4) 5-way 5-shot on {', '.join(cfg.data.train)} "
-        f"for {cfg.train.epochs * cfg.train.episodes_per_epoch} episodes",
-        markup=False,
+        f"for {cfg.train.epochs * cfg.train.episodes_per_epoch} episodes"
     )
     progress = RichProgress(enabled=not quiet)
     method, fit_result, data = train_method(cfg, out_dir=out, progress=progress)
-    console.print(
+    say(
         f"best validation accuracy {100 * fit_result.best_val_accuracy:.2f}% on held-out images of the "
-        f"training classes; checkpoint {fit_result.best_checkpoint}",
-        markup=False,
+        f"training classes; checkpoint {fit_result.best_checkpoint}"
     )
     results = evaluate_on_tests(
         method, cfg, data.test, normalization=default_normalization(cfg.data.channels), progress=progress
     )
     console.print(results_table(results, "ProtoNet on classes never seen in training"))
     (out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
-    console.print(
-        f"results: {out / 'results.json'}; total training time {fit_result.seconds:.0f} s", markup=False
-    )
+    say(f"results: {out / 'results.json'}; total training time {fit_result.seconds:.0f} s")

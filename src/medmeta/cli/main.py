@@ -15,7 +15,7 @@ from rich.markup import escape
 from medmeta._optional import OptionalDependencyError
 from medmeta.cli import data_cmds
 from medmeta.cli.overrides import collect, parse_options, parse_way
-from medmeta.cli.ui import RichProgress, console, err_console, results_table
+from medmeta.cli.ui import RichProgress, console, err_console, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
 
@@ -120,16 +120,12 @@ def train(
     cfg = _build_config(config, ov)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    console.print(
-        f"training {cfg.method.name} ({cfg.model.backbone}) on {', '.join(cfg.data.train)} -> {out}",
-        markup=False,
-    )
+    say(f"training {cfg.method.name} ({cfg.model.backbone}) on {', '.join(cfg.data.train)} -> {out}")
     progress = RichProgress(enabled=not quiet)
     method_obj, fit_result, data = train_method(cfg, out_dir=out, progress=progress)
-    console.print(
+    say(
         f"best validation accuracy {100 * fit_result.best_val_accuracy:.2f}% "
-        f"(checkpoint {fit_result.best_checkpoint}, {fit_result.seconds:.0f} s)",
-        markup=False,
+        f"(checkpoint {fit_result.best_checkpoint}, {fit_result.seconds:.0f} s)"
     )
     if data.test:
         norm = default_normalization(data.train[0].channels)
@@ -208,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     except (MedmetaError, OptionalDependencyError) as exc:
         if _state["debug"] or "--debug" in args:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted: checkpoints saved so far are kept")

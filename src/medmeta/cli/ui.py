@@ -24,6 +24,11 @@ console = Console() if sys.stdout.isatty() else Console(width=120)
 err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=120)
 
 
+def say(message: str) -> None:
+    """Print a plain line to stdout (no markup, no wrapping: safe for paths and piping)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 class RichProgress:
     """`medmeta.train.loop.ProgressHook` on a rich progress bar (one bar per phase)."""
 

@@ -69,7 +69,7 @@ class EpisodeSampler:
         if dataset.n_classes < n_way:
             raise DataError(
                 f"{dataset.display_name} has {dataset.n_classes} classes, fewer than n_way={n_way}: "
-                "lower --n-way or add classes"
+                "lower --n-way, use --n-way all, or add classes"
             )
         self.dataset = dataset
         self.n_way = n_way
@@ -119,11 +119,12 @@ class EpisodeSampler:
 class MultiDomainSampler:
     """Episodes from several domains: each episode (or each batch) comes from one domain.
 
-    A domain with fewer classes than `n_way` gives episodes with all of its classes (variable ways).
+    With ``n_way=None`` each episode has every class of its domain (variable ways: a 4-class domain
+    gives 4-way episodes); with a number, every domain must have at least that many classes.
 
     Args:
         datasets: one dataset per domain.
-        n_way: upper bound on classes per episode (None: all classes of the chosen domain).
+        n_way: classes per episode (None: all classes of the chosen domain).
         n_shot: support images per class.
         n_query: query images per class.
         seed: base seed.
@@ -152,7 +153,7 @@ class MultiDomainSampler:
         self.samplers = [
             EpisodeSampler(
                 d,
-                None if n_way is None else min(n_way, d.n_classes),
+                n_way,
                 n_shot,
                 n_query,
                 seed=seed + 7919 * (i + 1),
