@@ -1,0 +1,47 @@
+"""The YAML configs shipped in configs/ validate, and config errors name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medmeta.config import apply_overrides, load_config, make_config
+from medmeta.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.data.train
+
+
+def test_overrides_set_nested_keys_without_touching_the_input() -> None:
+    raw = {"train": {"epochs": 3}}
+    out = apply_overrides(raw, {"train.lr": 0.1, "eval.episodes": 7})
+    assert out == {"train": {"epochs": 3, "lr": 0.1}, "eval": {"episodes": 7}}
+    assert raw == {"train": {"epochs": 3}}
+
+
+def test_an_unknown_field_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"train\.epoch"):
+        make_config({"train": {"epoch": 3}})
+
+
+def test_an_unknown_method_lists_the_registered_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown method 'nope'; choose one of .*protonet"):
+        make_config({"method": {"name": "nope"}})
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_invalid_yaml_is_reported_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad)
