@@ -1,25 +1,46 @@
-"""The contract every registered method keeps (one suite over `METHODS`)."""
+"""The contract every registered method keeps (one suite over `METHODS`, and over option variants)."""
 
 from __future__ import annotations
 
 import copy
+import re
+from typing import Any
 
 import pytest
 import torch
 
 from medmeta.episodes.episode import Episode
+from medmeta.errors import ConfigError
 from medmeta.methods import METHODS, build_method
-from medmeta.methods.base import FewShotMethod
+from medmeta.methods.base import FewShotMethod, MethodOptions
 from medmeta.models.backbones import Conv4
 from tests.conftest import make_episode
 
 NAMES = sorted(METHODS)
 
+#: Option sets that change a method's computation graph, checked with the defaults.
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "protonet": [{"distance": "euclidean"}, {"distance": "cosine", "scale": 10.0, "learn_scale": True}],
+    "matching": [{"fce": True, "fce_steps": 2}, {"learn_scale": True}],
+    "relation": [{"loss": "ce", "aggregate": "sum"}],
+    "siamese": [{"rule": "mean", "normalize": False}],
+}
+CASES = [
+    pytest.param(name, options, id=name + "".join(f"-{k}={v}" for k, v in options.items()))
+    for name in NAMES
+    for options in [{}, *VARIANTS.get(name, [])]
+]
+EPISODIC = [c for c in CASES if METHODS[c.values[0]].trainer == "episodic"]  # type: ignore[index]
+INVARIANT = [c for c in CASES if METHODS[c.values[0]].permutation_invariant]  # type: ignore[index]
+FROZEN = [c for c in CASES if METHODS[c.values[0]].frozen_backbone]  # type: ignore[index]
 
-def small_method(name: str, spatial_dims: int = 2, channels: int = 3) -> FewShotMethod:
+
+def small_method(
+    name: str, spatial_dims: int = 2, channels: int = 3, options: dict[str, Any] | None = None
+) -> FewShotMethod:
     torch.manual_seed(0)
     backbone = Conv4(in_channels=channels, spatial_dims=spatial_dims, hidden=8, image_size=16)
-    return build_method(name, backbone)
+    return build_method(name, backbone, options)
 
 
 def _state(method: FewShotMethod) -> dict[str, torch.Tensor]:
@@ -32,9 +53,9 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"state '{k}' changed")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_logits_have_shape_query_by_way_and_no_nan(name: str) -> None:
-    method = small_method(name).eval()
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_logits_have_shape_query_by_way_and_no_nan(name: str, options: dict[str, Any]) -> None:
+    method = small_method(name, options=options).eval()
     ep = make_episode(n_way=3, n_shot=2, n_query=4)
     logits = method.episode_logits(ep)
     assert logits.shape == (12, 3)
@@ -43,9 +64,11 @@ def test_logits_have_shape_query_by_way_and_no_nan(name: str) -> None:
     assert predictor.predict(ep.query_images).shape == (12, 3)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if METHODS[n].trainer == "episodic"])
-def test_every_trainable_parameter_gets_a_gradient_from_episode_loss(name: str) -> None:
-    method = small_method(name).train()
+@pytest.mark.parametrize(("name", "options"), EPISODIC)
+def test_every_trainable_parameter_gets_a_gradient_from_episode_loss(
+    name: str, options: dict[str, Any]
+) -> None:
+    method = small_method(name, options=options).train()
     loss = method.episode_loss(make_episode())
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
@@ -53,10 +76,10 @@ def test_every_trainable_parameter_gets_a_gradient_from_episode_loss(name: str) 
     assert not missing, f"no gradient for {missing}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("name", "options"), CASES)
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_adapt_does_not_mutate_method(name: str, mode: str) -> None:
-    method = small_method(name)
+def test_adapt_does_not_mutate_method(name: str, options: dict[str, Any], mode: str) -> None:
+    method = small_method(name, options=options)
     method.train(mode == "train")
     ep = make_episode()
     before = _state(method)
@@ -70,9 +93,9 @@ def test_adapt_does_not_mutate_method(name: str, mode: str) -> None:
         _assert_same_state({k: before[k] for k in params}, {k: after[k] for k in params})
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if METHODS[n].permutation_invariant])
-def test_permuting_the_class_order_permutes_the_logits(name: str) -> None:
-    method = small_method(name).eval()
+@pytest.mark.parametrize(("name", "options"), INVARIANT)
+def test_permuting_the_class_order_permutes_the_logits(name: str, options: dict[str, Any]) -> None:
+    method = small_method(name, options=options).eval()
     ep = make_episode(n_way=4, n_shot=2, n_query=2)
     perm = torch.tensor([2, 0, 3, 1])  # old class c -> new label perm[c]
     permuted = Episode(
@@ -89,11 +112,13 @@ def test_permuting_the_class_order_permutes_the_logits(name: str) -> None:
     torch.testing.assert_close(logits_p[:, perm], logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_method_works_on_3d_volumes(name: str) -> None:
-    method = small_method(name, spatial_dims=3, channels=1).eval()
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_method_works_on_3d_volumes(name: str, options: dict[str, Any]) -> None:
+    method = small_method(name, spatial_dims=3, channels=1, options=options).eval()
     ep = make_episode(n_way=2, n_shot=2, n_query=2, shape=(1, 16, 16, 16))
-    assert method.episode_logits(ep).shape == (4, 2)
+    logits = method.episode_logits(ep)
+    assert logits.shape == (4, 2)
+    assert torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -104,3 +129,55 @@ def test_deepcopy_gives_an_independent_method(name: str) -> None:
         p.data.add_(1.0)
     for (n, p), (_, q) in zip(method.named_parameters(), clone.named_parameters(), strict=True):
         assert not torch.equal(p, q), n
+
+
+@pytest.mark.parametrize(("name", "options"), FROZEN)
+def test_a_frozen_backbone_method_scores_features_as_it_scores_images(
+    name: str, options: dict[str, Any]
+) -> None:
+    """What cached evaluation relies on: `logits_from_features` on backbone outputs = `episode_logits`."""
+    method = small_method(name, options=options).eval()
+    ep = make_episode(n_way=3, n_shot=2, n_query=3)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = method.episode_logits(ep)
+        support = method.backbone(ep.support_images)[None]  # (1, n_support, d)
+        query = method.backbone(ep.query_images)[None]  # (1, n_query, d)
+        torch.manual_seed(1)
+        got = method.logits_from_features(support, ep.support_labels[None], ep.n_way, query)
+    assert got.shape == (1, 9, 3)
+    torch.testing.assert_close(got[0], expected, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize(("name", "options"), FROZEN)
+def test_a_stack_of_episodes_is_scored_like_each_episode_alone(name: str, options: dict[str, Any]) -> None:
+    method = small_method(name, options=options).eval()
+    episodes = [make_episode(n_way=3, n_shot=2, n_query=2, seed=s) for s in (0, 1)]
+    with torch.no_grad():
+        support = torch.stack([method.backbone(e.support_images) for e in episodes])  # (2, n_support, d)
+        query = torch.stack([method.backbone(e.query_images) for e in episodes])  # (2, n_query, d)
+        labels = torch.stack([e.support_labels for e in episodes])  # (2, n_support)
+        torch.manual_seed(1)
+        stacked = method.logits_from_features(support, labels, 3, query)
+        for t in range(2):
+            torch.manual_seed(1)
+            alone = method.logits_from_features(support[t : t + 1], labels[t : t + 1], 3, query[t : t + 1])
+            torch.testing.assert_close(stacked[t], alone[0], rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_method_class_docstring_opens_with_its_paper_and_year(name: str) -> None:
+    doc = (METHODS[name].__doc__ or "").strip()
+    first_paragraph = doc.split("\n\n")[0]
+    assert re.search(r"(19|20)\d\d", first_paragraph), (
+        f"{name}: docstring should open with the paper citation"
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_are_frozen_and_unknown_options_are_refused_by_name(name: str) -> None:
+    assert issubclass(METHODS[name].Options, MethodOptions)
+    assert METHODS[name].Options.model_config.get("frozen") is True
+    backbone = Conv4(in_channels=1, hidden=4, image_size=16)
+    with pytest.raises(ConfigError, match="no_such_option"):
+        build_method(name, backbone, {"no_such_option": 1})

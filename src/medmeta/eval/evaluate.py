@@ -1,4 +1,8 @@
-"""Evaluate a method on seeded episodes and report the mean of each metric with its 95% CI."""
+"""Evaluate a method on seeded episodes and report the mean of each metric with its 95% CI.
+
+Methods with a frozen backbone are scored from cached embeddings (see `medmeta.eval.cache`): each test
+image is embedded once, so thousands of episodes take seconds. Other methods adapt on every episode.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,19 @@ from typing import Any
 import torch
 
 from medmeta.episodes.sampler import EpisodeSampler
-from medmeta.eval.metrics import episode_metrics, mean_ci
+from medmeta.eval.cache import cached_episode_logits
+from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, ece_from_bins, mean_ci
 from medmeta.methods.base import FewShotMethod
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Metrics over episodes; ``metrics[name] = (mean, ci95_half_width)`` in [0, 1] units."""
+    """Metrics over episodes; ``metrics[name] = (mean, ci95_half_width)`` in [0, 1] units.
+
+    ``metrics`` holds the per-episode means of accuracy, balanced_accuracy, macro_f1, auc (macro
+    one-vs-rest) and ece (15 bins). ``pooled`` holds metrics over all queries of all episodes at once:
+    ``ece`` there is the usual dataset-level calibration error (a 75-query episode's own ECE is biased up).
+    """
 
     domain: str
     n_way: int
@@ -24,6 +34,7 @@ class EvalResult:
     episodes: int
     metrics: dict[str, tuple[float, float]]
     per_episode_accuracy: list[float] = field(repr=False, default_factory=list)
+    pooled: dict[str, float] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -53,6 +64,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     n_episodes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    use_cache: bool | None = None,
 ) -> EvalResult:
     """Evaluate `method` on episodes ``0..n_episodes-1`` of `sampler`.
 
@@ -66,28 +78,43 @@ def evaluate(
         device: where the method runs.
         n_episodes: number of episodes (default: ``len(sampler)``).
         progress: called as ``progress(done, total)``.
+        use_cache: score episodes from embeddings computed once per image; None (default) does so
+            whenever ``method.frozen_backbone`` is True.
+
+    Raises:
+        ValueError: ``use_cache=True`` for a method whose backbone changes per task.
     """
     total = len(sampler) if n_episodes is None else n_episodes
+    cached = method.frozen_backbone if use_cache is None else use_cache
     was_training = method.training
     method.eval()
-    values: dict[str, list[float]] = {}
     try:
         with torch.no_grad():
-            for i in range(total):
-                ep = sampler.episode(i).to(device).map_images(prepare)
-                logits = method.episode_logits(ep)
-                for k, v in episode_metrics(logits, ep.query_labels).items():
-                    values.setdefault(k, []).append(v)
-                if progress is not None:
-                    progress(i + 1, total)
+            if cached:
+                logits, target = cached_episode_logits(
+                    method, sampler, prepare=prepare, device=device, n_episodes=total, progress=progress
+                )
+            else:
+                logits_list, target_list = [], []
+                for i in range(total):
+                    ep = sampler.episode(i).to(device).map_images(prepare)
+                    logits_list.append(method.episode_logits(ep).float().cpu())
+                    target_list.append(ep.query_labels.cpu())
+                    if progress is not None:
+                        progress(i + 1, total)
+                logits, target = torch.stack(logits_list), torch.stack(target_list)
     finally:
         method.train(was_training)
+    values = batch_episode_metrics(logits, target)
+    probs = torch.softmax(logits.detach().cpu().double(), dim=-1)
+    pooled_bins = calibration_bins(probs, target.cpu()).sum(0)  # (n_bins, 3)
     return EvalResult(
         domain=sampler.dataset.display_name,
         n_way=sampler.n_way,
         n_shot=sampler.n_shot,
         n_query=sampler.n_query,
         episodes=total,
-        metrics={k: mean_ci(v) for k, v in values.items()},
-        per_episode_accuracy=values.get("accuracy", []),
+        metrics={k: mean_ci(v.numpy()) for k, v in values.items()},
+        per_episode_accuracy=values["accuracy"].tolist(),
+        pooled={"ece": float(ece_from_bins(pooled_bins))},
     )

@@ -11,11 +11,17 @@ from medmeta.methods.base import FewShotMethod, MethodOptions, Predictor
 from medmeta.methods.baseline_pp import BaselinePP
 from medmeta.methods.finetune import Finetune
 from medmeta.methods.linear_probe import LinearProbe
+from medmeta.methods.matching import MatchingNet
 from medmeta.methods.protonet import ProtoNet
+from medmeta.methods.relation import RelationNet
+from medmeta.methods.siamese import SiameseNet
 from medmeta.methods.simpleshot import SimpleShot
 
 METHODS: dict[str, type[FewShotMethod]] = {
     "protonet": ProtoNet,
+    "matching": MatchingNet,
+    "relation": RelationNet,
+    "siamese": SiameseNet,
     "finetune": Finetune,
     "linear_probe": LinearProbe,
     "simpleshot": SimpleShot,

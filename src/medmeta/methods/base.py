@@ -48,6 +48,9 @@ class FewShotMethod(nn.Module, abc.ABC):
     #: on the union of training classes by `medmeta.pretrain.supervised.fit_supervised`.
     trainer: ClassVar[Literal["episodic", "supervised"]] = "episodic"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: True for methods whose backbone is the same for every task (metric methods): evaluation may then
+    #: embed each test image once and score episodes from cached features with `logits_from_features`.
+    frozen_backbone: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, options: MethodOptions | None = None) -> None:
         super().__init__()
@@ -79,6 +82,30 @@ class FewShotMethod(nn.Module, abc.ABC):
     def episode_loss(self, episode: Episode) -> Tensor:
         """Meta-training loss of one episode (default: query cross-entropy)."""
         return F.cross_entropy(self.episode_logits(episode), episode.query_labels)
+
+    def logits_from_features(
+        self, support_features: Tensor, support_labels: Tensor, n_way: int, query_features: Tensor
+    ) -> Tensor:
+        """Query logits from backbone features of T episodes at once (methods with `frozen_backbone`).
+
+        In eval mode this equals `episode_logits` on the images behind the features.
+
+        Args:
+            support_features: ``(T, n_support, d)`` backbone outputs for the support images.
+            support_labels: ``(T, n_support)`` int64 in ``0..n_way-1``.
+            n_way: classes per episode.
+            query_features: ``(T, n_query, d)`` backbone outputs for the query images.
+
+        Returns:
+            ``(T, n_query, n_way)`` logits.
+
+        Raises:
+            NotImplementedError: the method changes its backbone per task (``frozen_backbone`` is False).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} adapts its backbone to each task, so it cannot score cached features: "
+            "evaluate it with use_cache=False, or set frozen_backbone = True and implement this hook"
+        )
 
     def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
         """Mean `episode_loss` over a meta-batch; methods that vectorise across tasks override this."""
