@@ -15,6 +15,7 @@ from medmeta.data.synthetic import make_synthetic
 from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.errors import TrainingError
 from medmeta.pipeline import default_normalization, load_method, train_method
+from medmeta.train.checkpoint import load_checkpoint
 from medmeta.train.loop import fit, step
 
 
@@ -92,7 +93,7 @@ def test_a_nan_loss_stops_training_and_keeps_earlier_checkpoints(tmp_path: Path)
     ):
         fit(method, sampler, val, cfg, prepare=default_normalization(3), out_dir=tmp_path)
     assert (tmp_path / "best.json").read_text() == saved
-    assert load_method(tmp_path / "best.json")[2]["epoch"] == 1
+    assert load_checkpoint(tmp_path / "best.json")[1]["epoch"] == 1
 
 
 def test_protonet_learns_the_synthetic_classes(tmp_path: Path) -> None:

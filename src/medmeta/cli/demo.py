@@ -59,7 +59,7 @@ def demo_config(real: bool, data_dir: Path | None, episodes: int, eval_episodes:
         "train": {
             "epochs": epochs,
             "episodes_per_epoch": max(1, episodes // epochs),
-            "val_episodes": 50,
+            "val_episodes": min(50, max(10, episodes // 3)),
             "lr": 1e-3,
             "seed": 0,
         },
