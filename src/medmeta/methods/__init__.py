@@ -7,13 +7,18 @@ from typing import Any
 from torch import nn
 
 from medmeta.errors import ConfigError
+from medmeta.methods.anil import ANIL
 from medmeta.methods.base import FewShotMethod, MethodOptions, Predictor
 from medmeta.methods.baseline_pp import BaselinePP
 from medmeta.methods.finetune import Finetune
 from medmeta.methods.linear_probe import LinearProbe
+from medmeta.methods.maml import FOMAML, MAML
+from medmeta.methods.maml_plus_plus import MAMLPlusPlus
 from medmeta.methods.matching import MatchingNet
+from medmeta.methods.meta_sgd import MetaSGD
 from medmeta.methods.protonet import ProtoNet
 from medmeta.methods.relation import RelationNet
+from medmeta.methods.reptile import Reptile
 from medmeta.methods.siamese import SiameseNet
 from medmeta.methods.simpleshot import SimpleShot
 
@@ -26,6 +31,12 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "linear_probe": LinearProbe,
     "simpleshot": SimpleShot,
     "baseline_pp": BaselinePP,
+    "maml": MAML,
+    "fomaml": FOMAML,
+    "maml_pp": MAMLPlusPlus,
+    "meta_sgd": MetaSGD,
+    "anil": ANIL,
+    "reptile": Reptile,
 }
 
 

@@ -1,0 +1,375 @@
+"""MAML and first-order MAML, on the functional inner loop of `medmeta.methods.inner_loop`.
+
+`InnerLoopMethod` is the thin class every optimisation-based method builds on (MAML, FOMAML, MAML++,
+Meta-SGD, ANIL, Reptile): a backbone plus a linear head, called only through `functional_call` over a
+parameter dict, so `adapt` returns a predictor holding adapted tensors and never touches the method.
+
+Head and number of ways: the head has ``n_way`` rows (option, default 5); an episode with ``n <= n_way``
+classes uses the first ``n`` rows (a 4-way test domain after 5-way training uses rows 0-3), and an episode
+with more classes raises a `ConfigError` naming the option to raise. Labels are tied to head rows, so
+these methods are not invariant to the order of the classes (``permutation_invariant = False``).
+
+Batch norm: every batch-norm layer normalises with the statistics of the batch it is given (the support
+set at each inner step, the query set when predicting), in training and evaluation alike, as in Finn et
+al. (2017) and learn2learn; the running statistics of the backbone are never read or written. MAML++ adds
+its own per-step running statistics (see `medmeta.methods.maml_plus_plus`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from medmeta.episodes.episode import Episode, Support
+from medmeta.errors import ConfigError
+from medmeta.methods.base import FewShotMethod, MethodOptions
+from medmeta.methods.inner_loop import (
+    InnerUpdate,
+    ParamDict,
+    StepLoss,
+    batchnorm_names,
+    batchnorm_overrides,
+    inner_loop,
+    meta_batch,
+    replica,
+    sgd_update,
+)
+
+_MODEL_PREFIXES = ("backbone.", "head.")
+
+
+def select_adapted(spec: str, names: Sequence[str], exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """Names of the parameters the inner loop adapts.
+
+    Args:
+        spec: ``all``; ``head``; or comma-separated name prefixes such as ``head,backbone.features.12``
+            (a prefix matches a name equal to it or starting with it and a dot).
+        names: candidate parameter names (``backbone.*``, ``head.*``).
+        exclude: names never adapted (MAML++'s per-step batch-norm parameters).
+
+    Raises:
+        ConfigError: a prefix matches nothing, or nothing is selected.
+    """
+    allowed = [n for n in names if n not in set(exclude)]
+    if spec == "all":
+        chosen = allowed
+    else:
+        prefixes = [p.strip() for p in spec.split(",") if p.strip()]
+        chosen = []
+        for p in prefixes:
+            hits = [n for n in allowed if n == p or n.startswith(p + ".")]
+            if not hits:
+                raise ConfigError(
+                    f"adapt='{spec}': '{p}' matches no adaptable parameter; use 'all', 'head' or prefixes "
+                    f"of {', '.join(allowed)}"
+                )
+            chosen += [n for n in hits if n not in chosen]
+    if not chosen:
+        raise ConfigError(f"adapt='{spec}' selects no parameter: use 'all' or 'head'")
+    return tuple(n for n in names if n in chosen)
+
+
+def head_feature_dim(backbone: nn.Module, requested: int | None) -> int:
+    """Width ``d`` of the backbone's ``(N, d)`` output: `requested`, else ``backbone.out_features``.
+
+    Raises:
+        ConfigError: neither is given.
+    """
+    if requested is not None:
+        return requested
+    declared = getattr(backbone, "out_features", None)
+    if isinstance(declared, int):
+        return declared
+    raise ConfigError(
+        f"{type(backbone).__name__} has no integer out_features attribute: set the method option "
+        "feature_dim to the width of its (N, d) output"
+    )
+
+
+class InnerLoopOptions(MethodOptions):
+    """Options shared by the optimisation-based methods.
+
+    Attributes:
+        n_way: rows of the classification head (episodes may have fewer classes, not more).
+        inner_steps: inner-loop updates during meta-training.
+        inner_lr: inner-loop learning rate (initial value where it is learned).
+        eval_steps: inner-loop updates when adapting in eval mode (None: `inner_steps`).
+        adapt: parameters the inner loop updates: ``all``, ``head`` or comma-separated name prefixes.
+        feature_dim: width of the backbone's output (None: the backbone's ``out_features``).
+        task_threads: threads that meta-train the tasks of a meta-batch concurrently, each with an equal
+            share of torch's intra-op threads (0: auto, one per thread on CPU; 1: one task at a time).
+    """
+
+    n_way: int = Field(5, ge=2)
+    inner_steps: int = Field(1, ge=1)
+    inner_lr: float = Field(0.4, gt=0.0)
+    eval_steps: int | None = Field(None, ge=1)
+    adapt: str = "all"
+    feature_dim: int | None = Field(None, ge=1)
+    task_threads: int = Field(0, ge=0)
+
+
+class MAMLOptions(InnerLoopOptions):
+    """Options of `MAML` (see `InnerLoopOptions` for the shared ones).
+
+    Attributes:
+        first_order: drop the second-order terms (first-order MAML).
+        checkpoint_inner: recompute each inner step's graph in the backward pass (second order only):
+            memory of one inner step instead of all, for one more support forward and backward per step.
+    """
+
+    first_order: bool = False
+    checkpoint_inner: bool = False
+
+
+@dataclass(frozen=True)
+class AdaptedPredictor:
+    """A classifier for one task: the method's functional forward with adapted parameters.
+
+    Attributes:
+        method: whose forward is used (never modified).
+        params: adapted parameters (``backbone.*``, ``head.*``).
+        n_way: classes of the task (the first `n_way` head rows).
+        step: inner steps taken (selects per-step parameters in MAML++).
+        backbone: the module `functional_call` runs (the method's backbone, or a worker's replica).
+    """
+
+    method: InnerLoopMethod
+    params: ParamDict
+    n_way: int
+    step: int
+    backbone: nn.Module
+
+    def predict(self, query_images: Tensor) -> Tensor:
+        """``(n_query, C, *spatial)`` -> logits ``(n_query, n_way)``."""
+        return self.method.logits(self.params, query_images, self.n_way, self.step, self.backbone)
+
+
+class InnerLoopMethod(FewShotMethod):
+    """Base of the optimisation-based methods: backbone + linear head adapted by `inner_loop`.
+
+    Subclasses choose the inner optimiser (`inner_update`), the order of differentiation
+    (`second_order`) and may add per-step parameters (`step_parameters`, `batchnorm_buffers`).
+    """
+
+    permutation_invariant = False
+    Options = InnerLoopOptions
+    options: InnerLoopOptions
+
+    def __init__(self, backbone: nn.Module, options: InnerLoopOptions | None = None) -> None:
+        super().__init__(backbone, options or self.Options())
+        opts = self.options
+        self.head = nn.Linear(head_feature_dim(backbone, opts.feature_dim), opts.n_way)
+        self.batchnorm_layers = tuple(batchnorm_names(backbone))
+        names = list(self.model_parameters())
+        self.adapted = select_adapted(opts.adapt, names, self.not_adaptable())
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def not_adaptable(self) -> tuple[str, ...]:
+        """Parameter names the inner loop must not update."""
+        return ()
+
+    def inner_update(self) -> InnerUpdate:
+        """The inner optimiser (default: SGD with `inner_lr`)."""
+        return sgd_update(self.inner_lr)
+
+    def inner_lr(self, step: int, index: int) -> Tensor | float:
+        """Learning rate of adapted parameter ``self.adapted[index]`` at inner step `step`."""
+        return self.options.inner_lr
+
+    def second_order(self) -> bool:
+        """Differentiate through the inner gradients during meta-training."""
+        return False
+
+    def step_parameters(self, params: ParamDict, step: int) -> ParamDict:
+        """Parameters for a forward pass after `step` updates (MAML++ swaps in per-step batch norm)."""
+        return params
+
+    def batchnorm_buffers(self, step: int) -> dict[str, Tensor | None]:
+        """Batch-norm buffers for a forward after `step` updates (default: batch statistics only)."""
+        return batchnorm_overrides(self.backbone)
+
+    # ---------------------------------------------------------------------------------- functional core
+    def model_parameters(self) -> ParamDict:
+        """``theta_0``: the backbone's and head's parameters, named ``backbone.*`` and ``head.*``."""
+        return {n: p for n, p in self.named_parameters() if n.startswith(_MODEL_PREFIXES)}
+
+    def features(self, params: ParamDict, images: Tensor, step: int, backbone: nn.Module) -> Tensor:
+        """Backbone features ``(N, d)`` of ``(N, C, *spatial)`` images under `params`."""
+        p = self.step_parameters(params, step)
+        weights = {k[9:]: v for k, v in p.items() if k.startswith("backbone.")}
+        buffers = dict(self.backbone.named_buffers()) | self.batchnorm_buffers(step)
+        return functional_call(backbone, (weights, buffers), (images,))  # type: ignore[arg-type]
+
+    def classify(self, params: ParamDict, features: Tensor, n_way: int) -> Tensor:
+        """Logits ``(N, n_way)`` from features ``(N, d)`` with the first `n_way` head rows."""
+        rows = params["head.weight"].shape[0]
+        if n_way > rows:
+            raise ConfigError(
+                f"the episode has {n_way} classes but the head has n_way={rows} rows: set the method "
+                f"option n_way={n_way} (or more) and meta-train again"
+            )
+        return F.linear(features, params["head.weight"][:n_way], params["head.bias"][:n_way])
+
+    def logits(
+        self, params: ParamDict, images: Tensor, n_way: int, step: int, backbone: nn.Module | None = None
+    ) -> Tensor:
+        """Logits ``(N, n_way)`` of images ``(N, C, *spatial)`` after `step` inner updates."""
+        module = self.backbone if backbone is None else backbone
+        return self.classify(params, self.features(params, images, step, module), n_way)
+
+    def support_loss(
+        self, params: ParamDict, support: Support, *, backbone: nn.Module, track: bool
+    ) -> StepLoss:
+        """``(theta_k, k) -> cross-entropy on the support``; ANIL-style head-only adaptation embeds once."""
+        head_only = all(n.startswith("head.") for n in self.adapted) and not self.step_dependent_backbone()
+        if head_only:
+            with torch.set_grad_enabled(track):
+                feats = self.features(params, support.images, 0, backbone)  # (n_support, d)
+            return lambda p, k: F.cross_entropy(self.classify(p, feats, support.n_way), support.labels)
+        return lambda p, k: F.cross_entropy(
+            self.logits(p, support.images, support.n_way, k, backbone), support.labels
+        )
+
+    def step_dependent_backbone(self) -> bool:
+        """True when the backbone's forward depends on the inner step (per-step parameters)."""
+        return False
+
+    def trajectory(
+        self,
+        support: Support,
+        steps: int,
+        *,
+        track: bool,
+        backbone: nn.Module | None = None,
+        losses: list[Tensor] | None = None,
+    ) -> list[ParamDict]:
+        """``[theta_0, ..., theta_steps]`` adapted on `support` (see `inner_loop`).
+
+        Args:
+            support: the images and labels to adapt on.
+            steps: inner updates.
+            track: keep the result differentiable with respect to the meta-parameters.
+            backbone: the module to call (a worker's `replica`; default: the method's backbone).
+            losses: if given, receives the detached support loss of every step.
+        """
+        module = self.backbone if backbone is None else backbone
+        params = self.model_parameters()
+        loss_fn = self.support_loss(params, support, backbone=module, track=track)
+        if losses is not None:
+            inner_fn = loss_fn
+
+            def loss_fn(p: ParamDict, k: int) -> Tensor:
+                value = inner_fn(p, k)
+                losses.append(value.detach())
+                return value
+
+        with torch.enable_grad():
+            return inner_loop(
+                loss_fn,
+                params,
+                self.adapted,
+                self.inner_update(),
+                steps,
+                track=track,
+                create_graph=self.second_order(),
+                checkpoint=bool(getattr(self.options, "checkpoint_inner", False)),
+            )
+
+    def eval_steps(self) -> int:
+        """Inner steps used by `adapt`: `inner_steps` in training mode, `eval_steps` in eval mode."""
+        opts = self.options
+        if self.training or opts.eval_steps is None:
+            return opts.inner_steps
+        return opts.eval_steps
+
+    def adapt(self, support: Support, query_images: Tensor | None = None) -> AdaptedPredictor:
+        """Adapt a copy of the parameters on the support set; differentiable when grad mode is on.
+
+        Works under ``torch.no_grad()`` (evaluation): the inner gradients are taken with grad enabled
+        and the adapted tensors are detached.
+        """
+        steps = self.eval_steps()
+        trajectory = self.trajectory(support, steps, track=torch.is_grad_enabled())
+        return AdaptedPredictor(self, trajectory[-1], support.n_way, steps, self.backbone)
+
+    def task_loss(self, episode: Episode, worker: int) -> tuple[Tensor, Any]:
+        """Meta-training loss of one episode on `worker` (-1: this thread) and any side result."""
+        module = replica(self.backbone, worker)
+        steps = self.options.inner_steps
+        final = self.trajectory(episode.support, steps, track=torch.is_grad_enabled(), backbone=module)[-1]
+        logits = self.logits(final, episode.query_images, episode.n_way, steps, module)
+        return F.cross_entropy(logits, episode.query_labels), None
+
+    def finish_batch(self, extras: Sequence[Any]) -> None:
+        """Consume the side results of a meta-batch's tasks, in task order (MAML++: running statistics)."""
+
+    def episode_loss(self, episode: Episode) -> Tensor:
+        loss, extra = self.task_loss(episode, -1)
+        self.finish_batch([extra])
+        return loss
+
+    def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
+        """Mean query loss; each task's meta-gradient is taken right after its loss (one graph alive per
+        worker), on several threads when `task_threads` allows; the result backpropagates exactly that."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not torch.is_grad_enabled() or not named:
+            return super().batch_loss(episodes)
+        params = [p for _, p in named]
+        extras: list[Any] = [None] * len(episodes)
+
+        def task(i: int, worker: int) -> tuple[Tensor, Sequence[Tensor | None]]:
+            loss, extras[i] = self.task_loss(episodes[i], worker)
+            return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+        out = meta_batch(task, len(episodes), params, threads=self.options.task_threads)
+        self.finish_batch(extras)
+        return out
+
+
+class MAML(InnerLoopMethod):
+    """Model-Agnostic Meta-Learning (Finn, Abbeel, Levine, ICML 2017, arXiv:1703.03400).
+
+    Meta-learns an initialisation from which a few gradient steps on a task's support set fit the task:
+    the query loss after the inner steps is differentiated through them (second order, or first order
+    with ``first_order=True``). Batch norm uses per-task batch statistics (see the module docstring).
+
+    Example:
+        >>> from medmeta.models import Conv4
+        >>> method = MAML(Conv4(in_channels=1, image_size=28), MAMLOptions(inner_steps=5, inner_lr=0.1))
+        >>> # loss = method.batch_loss(episodes); predictor = method.adapt(episode.support)
+    """
+
+    Options = MAMLOptions
+    options: MAMLOptions
+
+    def second_order(self) -> bool:
+        return not self.options.first_order
+
+
+class FOMAMLOptions(MAMLOptions):
+    """Options of `FOMAML`: `MAMLOptions` with ``first_order`` on."""
+
+    first_order: bool = True
+
+
+class FOMAML(MAML):
+    """First-order MAML (Finn, Abbeel, Levine, ICML 2017, arXiv:1703.03400, section 5.2).
+
+    MAML without the second-order terms: the query gradient at the adapted parameters is applied to the
+    initialisation. The same class as `MAML` with ``first_order=True`` by default.
+
+    Example:
+        >>> from medmeta.models import Conv4
+        >>> method = FOMAML(Conv4(in_channels=1, image_size=28), FOMAMLOptions(inner_steps=5))
+    """
+
+    Options = FOMAMLOptions
+    options: FOMAMLOptions

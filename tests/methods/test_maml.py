@@ -1,0 +1,268 @@
+"""MAML, first-order MAML, ANIL and Meta-SGD against independent float64 references."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medmeta.config import make_config
+from medmeta.episodes.episode import Episode
+from medmeta.errors import ConfigError
+from medmeta.methods.anil import ANIL, ANILOptions
+from medmeta.methods.maml import FOMAML, MAML, FOMAMLOptions, InnerLoopMethod, MAMLOptions
+from medmeta.methods.meta_sgd import MetaSGD, MetaSGDOptions
+from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
+from tests.conftest import make_episode
+from tests.methods.inner_loop_reference import (
+    N_WAY,
+    central_difference,
+    conv4_logits,
+    episodes,
+    smooth_backbone,
+    tiny_backbone,
+    unrolled_adapt,
+)
+
+TOL = 1e-8  # float64 max abs difference the issue asks for
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread() -> Iterator[None]:
+    """Tiny float64 ops run fastest on one thread (and are not slowed by other processes' load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def meta_gradient(method: InnerLoopMethod, eps: list[Episode]) -> dict[str, Tensor]:
+    method.zero_grad()
+    method.batch_loss(eps).backward()
+    return {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+
+
+def reference_gradient(
+    method: InnerLoopMethod, eps: list[Episode], steps: int, lr: float, *, first_order: bool, names: list[str]
+) -> dict[str, Tensor]:
+    p = method.model_parameters()
+    losses = []
+    for ep in eps:
+        final = unrolled_adapt(p, ep, steps, lambda n, k: lr, names=names, first_order=first_order)[-1]
+        losses.append(F.cross_entropy(conv4_logits(final, ep.query_images), ep.query_labels))
+    grads = torch.autograd.grad(torch.stack(losses).mean(), list(p.values()))
+    return dict(zip(p, grads, strict=True))
+
+
+def max_diff(got: dict[str, Tensor], ref: dict[str, Tensor]) -> float:
+    assert set(ref) <= set(got), set(ref) - set(got)
+    return max(float((got[n] - ref[n]).abs().max()) for n in ref)
+
+
+@pytest.mark.parametrize("task_threads", [1, 2])
+def test_second_order_meta_gradient_equals_unrolled_autograd_in_float64(task_threads: int) -> None:
+    method = MAML(
+        tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=2, inner_lr=0.3, task_threads=task_threads)
+    )
+    method.double()
+    eps = episodes()
+    ref = reference_gradient(method, eps, 2, 0.3, first_order=False, names=list(method.model_parameters()))
+    assert max_diff(meta_gradient(method, eps), ref) < TOL
+
+
+def test_first_order_meta_gradient_equals_a_hand_written_update() -> None:
+    method = FOMAML(tiny_backbone(), FOMAMLOptions(n_way=N_WAY, inner_steps=3, inner_lr=0.2)).double()
+    eps = episodes()
+    ref = reference_gradient(method, eps, 3, 0.2, first_order=True, names=list(method.model_parameters()))
+    assert max_diff(meta_gradient(method, eps), ref) < TOL
+
+
+def test_second_order_meta_gradient_equals_a_central_finite_difference() -> None:
+    method = MAML(smooth_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=2, inner_lr=0.3)).double()
+    eps = episodes(2)
+    grads = meta_gradient(method, eps)
+    params = [p for _, p in method.named_parameters()]
+    g = torch.Generator().manual_seed(1)
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    analytic = sum(
+        float((grads[n] * u).sum()) for (n, _), u in zip(method.named_parameters(), direction, strict=True)
+    )
+    numeric = central_difference(lambda: method.batch_loss(eps), params, direction)
+    assert abs(analytic - numeric) < TOL
+
+
+def test_checkpointing_the_inner_loop_gives_the_same_meta_gradient() -> None:
+    eps = episodes(2)
+    plain = MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=3, inner_lr=0.2)).double()
+    ckpt = MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=3, inner_lr=0.2, checkpoint_inner=True))
+    ckpt.double().load_state_dict(plain.state_dict())
+    assert max_diff(meta_gradient(ckpt, eps), meta_gradient(plain, eps)) < 1e-12
+
+
+def test_anil_adapts_only_the_head_and_its_meta_gradient_equals_unrolled_autograd() -> None:
+    method = ANIL(tiny_backbone(), ANILOptions(n_way=N_WAY, inner_steps=3, inner_lr=0.5)).double()
+    assert method.adapted == ("head.weight", "head.bias")
+    eps = episodes()
+    ref = reference_gradient(method, eps, 3, 0.5, first_order=False, names=["head.weight", "head.bias"])
+    got = meta_gradient(method, eps)
+    assert max_diff(got, ref) < TOL
+    assert float(got["backbone.features.0.weight"].abs().max()) > 0  # the body is meta-learned
+
+
+def test_meta_sgd_learns_per_weight_rates_and_its_meta_gradient_equals_unrolled_autograd() -> None:
+    method = MetaSGD(tiny_backbone(), MetaSGDOptions(n_way=N_WAY, inner_steps=2, inner_lr=0.1)).double()
+    with torch.no_grad():  # distinct rates per weight
+        for a in method.inner_lrs:
+            a.uniform_(0.05, 0.2, generator=torch.Generator().manual_seed(a.numel()))
+    eps = episodes()
+    p = method.model_parameters()
+    alphas = dict(zip(method.adapted, method.inner_lrs, strict=True))
+    losses = []
+    for ep in eps:
+        final = unrolled_adapt(
+            p, ep, 2, lambda n, k: alphas[n], names=list(method.adapted), first_order=False
+        )[-1]
+        losses.append(F.cross_entropy(conv4_logits(final, ep.query_images), ep.query_labels))
+    wrt = list(p.values()) + list(method.inner_lrs)
+    ref_grads = torch.autograd.grad(torch.stack(losses).mean(), wrt)
+    names = list(p) + [f"inner_lrs.{i}" for i in range(len(method.inner_lrs))]
+    assert max_diff(meta_gradient(method, eps), dict(zip(names, ref_grads, strict=True))) < TOL
+    assert method.inner_lrs[0].shape == p[method.adapted[0]].shape
+
+
+def test_adapt_under_no_grad_gives_the_same_logits_without_keeping_a_graph() -> None:
+    method = MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=2)).double().eval()
+    ep = episodes(1)[0]
+    with torch.no_grad():
+        predictor = method.adapt(ep.support)
+        logits = predictor.predict(ep.query_images)
+    assert all(t.grad_fn is None for t in predictor.params.values())
+    expected = method.adapt(ep.support).predict(ep.query_images)
+    torch.testing.assert_close(logits, expected.detach(), rtol=0, atol=1e-12)
+
+
+def test_eval_mode_adapts_with_eval_steps_and_train_mode_with_inner_steps() -> None:
+    method = MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=1, eval_steps=4)).double()
+    support = episodes(1)[0].support
+    assert method.train().adapt(support).step == 1
+    with torch.no_grad():
+        assert method.eval().adapt(support).step == 4
+
+
+@pytest.mark.parametrize("cls", [MAML, FOMAML, ANIL, MetaSGD])
+def test_batch_norm_buffers_are_never_read_or_written(cls: type[InnerLoopMethod]) -> None:
+    method = cls(tiny_backbone(), cls.Options(n_way=N_WAY)).double().train()
+    with torch.no_grad():
+        for name, buf in method.named_buffers():  # absurd statistics: any use of them would show
+            if "running" in name:
+                buf.fill_(50.0)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    ep = episodes(1)[0]
+    logits = method.adapt(ep.support).predict(ep.query_images)
+    method.batch_loss([ep]).backward()
+    for k, v in method.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        logits_eval = method.eval().adapt(ep.support).predict(ep.query_images)
+    torch.testing.assert_close(logits_eval, logits.detach(), rtol=0, atol=1e-12)
+
+
+def test_a_test_episode_with_fewer_classes_uses_the_first_head_rows() -> None:
+    method = MAML(tiny_backbone(), MAMLOptions(n_way=5)).double().eval()
+    ep = make_episode(n_way=3, n_shot=2, n_query=2, shape=(1, 16, 16), dtype=torch.float64)
+    with torch.no_grad():
+        assert method.episode_logits(ep).shape == (6, 3)
+
+
+def test_an_episode_with_more_classes_than_head_rows_names_the_option() -> None:
+    method = MAML(tiny_backbone(), MAMLOptions(n_way=2)).double()
+    with pytest.raises(ConfigError, match="n_way=3"):
+        method.episode_loss(episodes(1)[0])
+
+
+def test_an_adapt_prefix_that_matches_nothing_is_refused_with_the_names() -> None:
+    with pytest.raises(ConfigError, match=r"'backbone\.nope' matches no adaptable parameter.*head\.weight"):
+        MAML(tiny_backbone(), MAMLOptions(adapt="head,backbone.nope"))
+
+
+def test_adapt_prefixes_select_layers() -> None:
+    method = MAML(tiny_backbone(), MAMLOptions(adapt="backbone.features.12, head"))
+    assert method.adapted == (
+        "backbone.features.12.weight",
+        "backbone.features.12.bias",
+        "head.weight",
+        "head.bias",
+    )
+
+
+def test_a_backbone_without_out_features_needs_the_feature_dim_option() -> None:
+    backbone = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    with pytest.raises(ConfigError, match="feature_dim"):
+        MAML(backbone)
+
+
+def test_any_module_with_batch_norm_works_with_the_functional_loop() -> None:
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.BatchNorm1d(4),
+    )
+    method = MAML(backbone, MAMLOptions(n_way=N_WAY, feature_dim=4, inner_steps=2, task_threads=2)).double()
+    eps = episodes(2)
+    p = method.model_parameters()
+
+    def forward(q: dict[str, Tensor], x: Tensor, k: int) -> Tensor:
+        h = F.conv2d(x, q["backbone.0.weight"], q["backbone.0.bias"])
+        h = F.batch_norm(h, None, None, q["backbone.1.weight"], q["backbone.1.bias"], True)
+        h = F.relu(h).mean(dim=(2, 3))
+        h = F.batch_norm(h, None, None, q["backbone.5.weight"], q["backbone.5.bias"], True)
+        return F.linear(h, q["head.weight"], q["head.bias"])
+
+    losses = []
+    for ep in eps:
+        final = unrolled_adapt(p, ep, 2, lambda n, k: 0.4, names=list(p), first_order=False, forward=forward)[
+            -1
+        ]
+        losses.append(F.cross_entropy(forward(final, ep.query_images, 2), ep.query_labels))
+    ref = dict(zip(p, torch.autograd.grad(torch.stack(losses).mean(), list(p.values())), strict=True))
+    assert max_diff(meta_gradient(method, eps), ref) < TOL
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", ["fomaml", "anil"])
+def test_meta_training_on_blood_cells_beats_chance_on_unseen_classes(data_dir: Path, name: str) -> None:
+    """A few first-order/ANIL meta-iterations on 28x28 blood-cell images, tested 3-way on unseen cells."""
+    cfg = make_config(
+        {
+            "data": {
+                "train": ["blood_pbc:basophil,eosinophil,erythroblast,ig,lymphocyte"],
+                "test": ["blood_pbc:monocyte,neutrophil,platelet"],
+                "image_size": 28,
+                "channels": 1,
+                "data_dir": str(data_dir),
+            },
+            "episodes": {"n_way": 5, "n_shot": 5, "n_query": 5},
+            "method": {"name": name, "options": {"inner_steps": 2, "eval_steps": 5, "inner_lr": 0.3}},
+            "train": {
+                "epochs": 1,
+                "episodes_per_epoch": 40,
+                "meta_batch": 4,
+                "val_episodes": 0,
+                "device": "cpu",
+            },
+            "eval": {"episodes": 40, "n_way": 3, "n_shot": 5, "n_query": 5},
+        }
+    )
+    method, _, data = train_method(cfg)
+    (result,) = evaluate_on_tests(method, cfg, data.test, normalization=default_normalization(1))
+    assert result.accuracy - result.ci95 > 1 / 3, result.summary()
