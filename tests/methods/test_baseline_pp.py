@@ -14,7 +14,15 @@ from medmeta.models.backbones import Conv4
 from medmeta.pipeline import load_method
 from medmeta.pretrain.heads import CosineHead
 from tests.conftest import make_episode
-from tests.pretrain.helpers import Flat, as_images, assert_above_chance, real_config, seeded, train_and_test
+from tests.pretrain.helpers import (
+    Flat,
+    as_images,
+    assert_above_chance,
+    real_config,
+    seeded,
+    single_thread,  # noqa: F401  (autouse fixture)
+    train_and_test,
+)
 
 
 def test_pretraining_uses_a_cosine_head_by_default() -> None:

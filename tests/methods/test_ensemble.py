@@ -25,7 +25,13 @@ from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization, train_method
 from medmeta.pretrain.base import switch_method
 from tests.conftest import make_episode
-from tests.pretrain.helpers import assert_above_chance, real_config, seeded, toy_domain
+from tests.pretrain.helpers import (
+    assert_above_chance,
+    real_config,
+    seeded,
+    single_thread,  # noqa: F401  (autouse fixture)
+    toy_domain,
+)
 
 NORM = default_normalization(3)
 

@@ -18,6 +18,7 @@ from tests.pretrain.helpers import (
     assert_above_chance,
     real_config,
     seeded,
+    single_thread,  # noqa: F401  (autouse fixture)
     train_and_test,
 )
 

@@ -9,7 +9,15 @@ import torch
 
 from medmeta.episodes.episode import Support
 from medmeta.methods.linear_probe import LinearProbe, LinearProbeOptions, fit_logistic_regression
-from tests.pretrain.helpers import Flat, as_images, assert_above_chance, real_config, seeded, train_and_test
+from tests.pretrain.helpers import (
+    Flat,
+    as_images,
+    assert_above_chance,
+    real_config,
+    seeded,
+    single_thread,  # noqa: F401  (autouse fixture)
+    train_and_test,
+)
 
 
 def separable(n_per: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,14 @@ import torch
 from medmeta.episodes.episode import Support
 from medmeta.methods.simpleshot import SimpleShot, SimpleShotOptions
 from tests.conftest import make_episode
-from tests.pretrain.helpers import Flat, as_images, assert_above_chance, real_config, train_and_test
+from tests.pretrain.helpers import (
+    Flat,
+    as_images,
+    assert_above_chance,
+    real_config,
+    single_thread,  # noqa: F401  (autouse fixture)
+    train_and_test,
+)
 
 
 def flat_simpleshot(transform: str = "cl2n") -> SimpleShot:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -18,6 +20,19 @@ from medmeta.pipeline import default_normalization, evaluate_on_tests, train_met
 #: Blood-cell classes the real-data tests pretrain on; the other three are the unseen test classes.
 TRAIN_CLASSES = "basophil,eosinophil,erythroblast,ig,lymphocyte"
 TEST_CLASSES = "monocyte,neutrophil,platelet"
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """Run a test on one torch thread, then restore the count (imported by each baseline test module).
+
+    These tests run thousands of tiny ops (per-task optimisers); on a shared 2-core machine, intra-op
+    threads make them ten times slower. The pipeline's ``train.threads`` would change the count for good.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class Flat(nn.Module):

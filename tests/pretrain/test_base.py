@@ -10,7 +10,10 @@ from medmeta.methods import METHODS, build_method
 from medmeta.models.backbones import Conv4
 from medmeta.pretrain.base import SupervisedMethod, backbone_width, switch_method, transform_features
 from medmeta.pretrain.heads import CosineHead, build_head, cosine_logits
-from tests.pretrain.helpers import Flat
+from tests.pretrain.helpers import (
+    Flat,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 SUPERVISED = sorted(n for n, c in METHODS.items() if issubclass(c, SupervisedMethod))
 

@@ -25,7 +25,10 @@ from medmeta.pretrain.supervised import (
     training_feature_mean,
 )
 from medmeta.train.checkpoint import load_checkpoint
-from tests.pretrain.helpers import toy_domain
+from tests.pretrain.helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    toy_domain,
+)
 
 NORM = default_normalization(3)
 

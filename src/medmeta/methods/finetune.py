@@ -166,7 +166,7 @@ class FinetuneOptions(SupervisedOptions):
     lr: float = Field(1e-2, gt=0.0)
     backbone_lr: float = Field(1e-4, gt=0.0)
     head_init: HeadInit = "prototypes"
-    transform: FeatureTransform = "l2n"
+    transform: FeatureTransform = "cl2n"
     seed: int = 0
 
 

@@ -76,7 +76,7 @@ class LinearProbeOptions(SupervisedOptions):
         max_iter: L-BFGS iterations per task.
     """
 
-    transform: FeatureTransform = "l2n"
+    transform: FeatureTransform = "cl2n"
     c: float = Field(1.0, gt=0.0)
     max_iter: int = Field(100, ge=1)
 
