@@ -159,4 +159,4 @@ def test_ten_thousand_cached_episodes_take_seconds() -> None:
     start = time.perf_counter()
     result = evaluate(method, sampler, prepare=NORM)
     assert result.episodes == 10_000
-    assert time.perf_counter() - start < 20.0
+    assert time.perf_counter() - start < 30.0  # adapting on every episode would take minutes

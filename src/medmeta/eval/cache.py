@@ -19,10 +19,13 @@ from torch import Tensor
 
 from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.methods.base import FewShotMethod
+from medmeta.methods.protonet import embed
 
 #: Largest ``episodes * n_query * n_way * d`` scored in one call: keeps the gathered features of a
 #: chunk small enough to stay in cache, and pairwise tensors (Relation Networks) near 16 MB.
 PAIR_BUDGET = 4_000_000
+#: Input values per embedding batch (3x64x64 images: 244 per batch; the first Conv4 layer then holds ~250 MB).
+PIXEL_BUDGET = 3_000_000
 
 
 def episode_indices(sampler: EpisodeSampler, n_episodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,25 +47,29 @@ def embed_images(
     *,
     prepare: Callable[[Tensor], Tensor],
     device: torch.device | str = "cpu",
-    batch_size: int = 128,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Backbone features of uint8 images, in batches, without gradients.
+
+    Batches go through `medmeta.methods.protonet.embed` (channels-last layout for medmeta's backbones).
 
     Args:
         method: a method in eval mode.
         images: ``(N, C, *spatial)`` uint8.
         prepare: uint8 images -> normalised float images.
         device: where the backbone runs.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: as many as `PIXEL_BUDGET` allows, at most 512).
 
     Returns:
         ``(N, d)`` features on `device`.
     """
+    per_image = int(np.prod(images.shape[1:]))
+    size = batch_size or max(1, min(512, PIXEL_BUDGET // per_image))
     chunks = []
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start : start + batch_size]).to(device)  # (B, C, *spatial)
-            chunks.append(method.backbone(prepare(batch)))  # (B, d)
+        for start in range(0, len(images), size):
+            batch = prepare(torch.from_numpy(images[start : start + size]).to(device))  # (B, C, *spatial)
+            chunks.append(embed(method.backbone, batch))  # (B, d)
     return torch.cat(chunks)
 
 
@@ -87,7 +94,7 @@ class EmbeddingCache:
         *,
         prepare: Callable[[Tensor], Tensor],
         device: torch.device | str = "cpu",
-        batch_size: int = 128,
+        batch_size: int | None = None,
     ) -> EmbeddingCache:
         """Embed ``images[used]`` once (duplicates in `used` are embedded once)."""
         unique = np.unique(used)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
+from medmeta.methods.protonet import embed
 
 
 def matching_log_probs(
@@ -114,7 +115,7 @@ class MatchingPredictor:
 
     def predict(self, query_images: Tensor) -> Tensor:
         """``(n_query, C, *spatial)`` -> log-probabilities ``(n_query, n_way)``."""
-        query = self.method.backbone(query_images)[None]  # (1, n_query, d)
+        query = embed(self.method.backbone, query_images)[None]  # (1, n_query, d)
         return self.method.logits_from_features(
             self.support_features[None], self.support_labels[None], self.n_way, query
         )[0]
@@ -166,14 +167,14 @@ class MatchingNet(FewShotMethod):
         return matching_log_probs(query_features, support_features, support_labels, n_way, self.scale)
 
     def adapt(self, support: Support, query_images: Tensor | None = None) -> MatchingPredictor:
-        features = self.backbone(support.images)  # (n_support, d)
+        features = embed(self.backbone, support.images)  # (n_support, d)
         return MatchingPredictor(self, features, support.labels, support.n_way)
 
     def episode_logits(self, episode: Episode) -> Tensor:
         """Support and query embedded in one forward pass, so batch-norm sees one batch."""
         n_support = episode.support_images.shape[0]
-        features = self.backbone(
-            torch.cat([episode.support_images, episode.query_images])
+        features = embed(
+            self.backbone, torch.cat([episode.support_images, episode.query_images])
         )  # (n_support + n_query, d)
         return self.logits_from_features(
             features[None, :n_support],

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.protonet import compute_prototypes
+from medmeta.methods.protonet import compute_prototypes, embed
 
 
 def infer_feature_channels(backbone: nn.Module) -> int:
@@ -151,7 +151,7 @@ class RelationPredictor:
 
     def predict(self, query_images: Tensor) -> Tensor:
         """``(n_query, C, *spatial)`` -> relation logits ``(n_query, n_way)``."""
-        query = self.method.backbone(query_images)[None]  # (1, n_query, d)
+        query = embed(self.method.backbone, query_images)[None]  # (1, n_query, d)
         return self.method.logits_from_features(
             self.support_features[None], self.support_labels[None], self.n_way, query
         )[0]
@@ -200,14 +200,14 @@ class RelationNet(FewShotMethod):
         return self.relation(self._maps(query_features), self._maps(class_features))
 
     def adapt(self, support: Support, query_images: Tensor | None = None) -> RelationPredictor:
-        features = self.backbone(support.images)  # (n_support, d)
+        features = embed(self.backbone, support.images)  # (n_support, d)
         return RelationPredictor(self, features, support.labels, support.n_way)
 
     def episode_logits(self, episode: Episode) -> Tensor:
         """Support and query embedded in one forward pass, so batch-norm sees one batch."""
         n_support = episode.support_images.shape[0]
-        features = self.backbone(
-            torch.cat([episode.support_images, episode.query_images])
+        features = embed(
+            self.backbone, torch.cat([episode.support_images, episode.query_images])
         )  # (n_support + n_query, d)
         return self.logits_from_features(
             features[None, :n_support],

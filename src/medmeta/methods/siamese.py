@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.protonet import squared_distances
+from medmeta.methods.protonet import embed, squared_distances
 
 Rule = Literal["nearest", "mean"]
 _EPS = 1e-12
@@ -112,7 +112,7 @@ class SiamesePredictor:
 
     def predict(self, query_images: Tensor) -> Tensor:
         """``(n_query, C, *spatial)`` -> logits ``(n_query, n_way)``."""
-        query = self.method.backbone(query_images)[None]  # (1, n_query, d)
+        query = embed(self.method.backbone, query_images)[None]  # (1, n_query, d)
         return self.method.logits_from_features(
             self.support_features[None], self.support_labels[None], self.n_way, query
         )[0]
@@ -141,7 +141,7 @@ class SiameseNet(FewShotMethod):
 
     def embed(self, images: Tensor) -> Tensor:
         """``(N, C, *spatial)`` -> ``(N, d)`` embeddings (L2-normalised when ``normalize``)."""
-        return self._finish(self.backbone(images))
+        return self._finish(embed(self.backbone, images))
 
     def _finish(self, features: Tensor) -> Tensor:
         return F.normalize(features, dim=-1) if self.options.normalize else features
@@ -159,14 +159,14 @@ class SiameseNet(FewShotMethod):
         )
 
     def adapt(self, support: Support, query_images: Tensor | None = None) -> SiamesePredictor:
-        features = self.backbone(support.images)  # (n_support, d)
+        features = embed(self.backbone, support.images)  # (n_support, d)
         return SiamesePredictor(self, features, support.labels, support.n_way)
 
     def episode_logits(self, episode: Episode) -> Tensor:
         """Support and query embedded in one forward pass, so batch-norm sees one batch."""
         n_support = episode.support_images.shape[0]
-        features = self.backbone(
-            torch.cat([episode.support_images, episode.query_images])
+        features = embed(
+            self.backbone, torch.cat([episode.support_images, episode.query_images])
         )  # (n_support + n_query, d)
         return self.logits_from_features(
             features[None, :n_support],
