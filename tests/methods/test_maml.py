@@ -13,9 +13,11 @@ from torch import Tensor, nn
 from medmeta.config import make_config
 from medmeta.episodes.episode import Episode
 from medmeta.errors import ConfigError
+from medmeta.methods import build_method
 from medmeta.methods.anil import ANIL, ANILOptions
 from medmeta.methods.maml import FOMAML, MAML, FOMAMLOptions, InnerLoopMethod, MAMLOptions
 from medmeta.methods.meta_sgd import MetaSGD, MetaSGDOptions
+from medmeta.models.backbones import build_backbone
 from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
 from tests.conftest import make_episode
 from tests.methods.inner_loop_reference import (
@@ -236,6 +238,18 @@ def test_any_module_with_batch_norm_works_with_the_functional_loop() -> None:
         losses.append(F.cross_entropy(forward(final, ep.query_images, 2), ep.query_labels))
     ref = dict(zip(p, torch.autograd.grad(torch.stack(losses).mean(), list(p.values())), strict=True))
     assert max_diff(meta_gradient(method, eps), ref) < TOL
+
+
+@pytest.mark.parametrize("name", ["maml", "maml_pp", "meta_sgd", "reptile"])
+def test_resnet12_from_the_backbone_registry_meta_trains_and_adapts(name: str) -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet12", in_channels=1, widths=(4, 4, 4, 4))
+    method = build_method(name, backbone, {"n_way": 5, "inner_steps": 2, "eval_steps": 3})
+    ep = make_episode(n_way=3, n_shot=2, n_query=2, shape=(1, 17, 19))
+    method.batch_loss([ep, ep]).backward()
+    assert all(p.grad is not None for p in method.parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert method.eval().episode_logits(ep).shape == (6, 3)
 
 
 @pytest.mark.data

@@ -24,6 +24,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -283,27 +284,33 @@ def straight_through(value: Tensor, params: Sequence[Tensor], grads: Sequence[Te
 
 
 def meta_batch(
-    task: Callable[[int, int], tuple[Tensor, Sequence[Tensor | None]]],
+    task: Callable[[int, int, AbstractContextManager[Any]], tuple[Tensor, Sequence[Tensor | None]]],
     n_tasks: int,
     params: Sequence[Tensor],
     *,
     threads: int = 0,
+    stagger: bool = True,
 ) -> Tensor:
     """Mean loss over tasks whose gradient is the mean of the tasks' meta-gradients.
 
     Args:
-        task: ``(task index, worker) -> (loss, gradients aligned with params)``; it must call modules
-            only through ``replica(module, worker)`` (the worker is -1 on the calling thread).
+        task: ``(task index, worker, slot) -> (loss, gradients aligned with params)``; it must call modules
+            only through ``replica(module, worker)`` (the worker is -1 on the calling thread) and should
+            build its graph inside ``with slot:`` and differentiate it outside.
         n_tasks: meta-batch size.
         params: the meta-parameters.
         threads: worker threads (`plan_workers`: 0 auto, 1 sequential).
+        stagger: with several workers, let one task at a time build its graph (``slot`` is a shared
+            lock), so a task's graph grows while another's is freed by its backward pass instead of all
+            peaking together: less memory for some idle time at the start of the meta-batch.
 
     Returns:
         A scalar for the training loop's ``backward()``.
     """
     device = params[0].device if params else torch.device("cpu")
     workers, intra = plan_workers(n_tasks, threads, device)
-    results = run_tasks(task, n_tasks, workers, intra)
+    slot: AbstractContextManager[Any] = threading.Lock() if workers > 1 and stagger else nullcontext()
+    results = run_tasks(lambda i, w: task(i, w, slot), n_tasks, workers, intra)
     loss = torch.stack([r[0].detach() for r in results]).mean()
     mean_grads: list[Tensor | None] = []
     for i in range(len(params)):

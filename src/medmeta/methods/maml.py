@@ -18,6 +18,7 @@ its own per-step running statistics (see `medmeta.methods.maml_plus_plus`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,10 +124,13 @@ class MAMLOptions(InnerLoopOptions):
         first_order: drop the second-order terms (first-order MAML).
         checkpoint_inner: recompute each inner step's graph in the backward pass (second order only):
             memory of one inner step instead of all, for one more support forward and backward per step.
+        stagger_tasks: with several task threads, build one task's graph at a time while the others run
+            their backward passes: lower peak memory, a little idle time (see `meta_batch`).
     """
 
     first_order: bool = False
     checkpoint_inner: bool = False
+    stagger_tasks: bool = True
 
 
 @dataclass(frozen=True)
@@ -325,11 +329,20 @@ class InnerLoopMethod(FewShotMethod):
         params = [p for _, p in named]
         extras: list[Any] = [None] * len(episodes)
 
-        def task(i: int, worker: int) -> tuple[Tensor, Sequence[Tensor | None]]:
-            loss, extras[i] = self.task_loss(episodes[i], worker)
+        def task(
+            i: int, worker: int, slot: AbstractContextManager[Any]
+        ) -> tuple[Tensor, Sequence[Tensor | None]]:
+            with slot:  # build the graph (inner loop and query forward) one task at a time
+                loss, extras[i] = self.task_loss(episodes[i], worker)
             return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
-        out = meta_batch(task, len(episodes), params, threads=self.options.task_threads)
+        out = meta_batch(
+            task,
+            len(episodes),
+            params,
+            threads=self.options.task_threads,
+            stagger=bool(getattr(self.options, "stagger_tasks", False)),
+        )
         self.finish_batch(extras)
         return out
 
