@@ -24,7 +24,6 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -183,6 +182,19 @@ def batchnorm_overrides(module: nn.Module) -> dict[str, Tensor | None]:
     return out
 
 
+def channels_last(images: Tensor) -> Tensor:
+    """``(N, C, H, W)`` images in channels-last layout, so convolutions keep that layout downstream.
+
+    One-channel images are given channels-last strides as a view (``.contiguous(channels_last)`` leaves
+    them as they are, and a convolution would then produce a contiguous output).
+    """
+    if images.shape[1] != 1:
+        return images.contiguous(memory_format=torch.channels_last)
+    x = images.contiguous()
+    n, _, h, w = x.shape
+    return x.as_strided((n, 1, h, w), (h * w, 1, w, 1))
+
+
 # ------------------------------------------------------------------------------------------ task parallelism
 
 _REPLICAS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, list[nn.Module]]] = weakref.WeakKeyDictionary()
@@ -284,33 +296,27 @@ def straight_through(value: Tensor, params: Sequence[Tensor], grads: Sequence[Te
 
 
 def meta_batch(
-    task: Callable[[int, int, AbstractContextManager[Any]], tuple[Tensor, Sequence[Tensor | None]]],
+    task: Callable[[int, int], tuple[Tensor, Sequence[Tensor | None]]],
     n_tasks: int,
     params: Sequence[Tensor],
     *,
     threads: int = 0,
-    stagger: bool = True,
 ) -> Tensor:
     """Mean loss over tasks whose gradient is the mean of the tasks' meta-gradients.
 
     Args:
-        task: ``(task index, worker, slot) -> (loss, gradients aligned with params)``; it must call modules
-            only through ``replica(module, worker)`` (the worker is -1 on the calling thread) and should
-            build its graph inside ``with slot:`` and differentiate it outside.
+        task: ``(task index, worker) -> (loss, gradients aligned with params)``; it must call modules
+            only through ``replica(module, worker)`` (the worker is -1 on the calling thread).
         n_tasks: meta-batch size.
         params: the meta-parameters.
         threads: worker threads (`plan_workers`: 0 auto, 1 sequential).
-        stagger: with several workers, let one task at a time build its graph (``slot`` is a shared
-            lock), so a task's graph grows while another's is freed by its backward pass instead of all
-            peaking together: less memory for some idle time at the start of the meta-batch.
 
     Returns:
         A scalar for the training loop's ``backward()``.
     """
     device = params[0].device if params else torch.device("cpu")
     workers, intra = plan_workers(n_tasks, threads, device)
-    slot: AbstractContextManager[Any] = threading.Lock() if workers > 1 and stagger else nullcontext()
-    results = run_tasks(lambda i, w: task(i, w, slot), n_tasks, workers, intra)
+    results = run_tasks(task, n_tasks, workers, intra)
     loss = torch.stack([r[0].detach() for r in results]).mean()
     mean_grads: list[Tensor | None] = []
     for i in range(len(params)):

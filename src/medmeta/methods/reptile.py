@@ -108,10 +108,9 @@ class Reptile(InnerLoopMethod):
     def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
         """Mean over tasks of `episode_loss`, tasks run concurrently as `task_threads` allows."""
         names, params = self._trainable()
-        return meta_batch(  # first order: no graph outlives a task's inner loop, so no staggering needed
-            lambda i, w, slot: self._task(episodes[i], w, names),
+        return meta_batch(
+            lambda i, w: self._task(episodes[i], w, names),
             len(episodes),
             params,
             threads=self.options.task_threads,
-            stagger=False,
         )
