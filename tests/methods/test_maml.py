@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ from tests.methods.inner_loop_reference import (
 )
 
 TOL = 1e-8  # float64 max abs difference the issue asks for
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread() -> Iterator[None]:
-    """Tiny float64 ops run fastest on one thread (and are not slowed by other processes' load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def meta_gradient(method: InnerLoopMethod, eps: list[Episode]) -> dict[str, Tensor]:
