@@ -5,6 +5,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from medmeta.practice.adapted import AdaptedModel, TrainedModel
+    from medmeta.practice.predict import Predictions
+
+
+def adapt(
+    model: str | Path | TrainedModel,
+    support: str | Path,
+    *,
+    out: str | Path | None = None,
+    min_shots: int = 1,
+    skip_bad: bool = False,
+) -> AdaptedModel:
+    """Adapt a meta-trained checkpoint to ``support/CLASS/*`` images (see `medmeta.practice.api.adapt`)."""
+    from medmeta.practice.api import adapt as _adapt
+
+    return _adapt(model, support, out=out, min_shots=min_shots, skip_bad=skip_bad)
+
+
+def predict(
+    model: str | Path | AdaptedModel,
+    images: str | Path | Sequence[str | Path],
+    *,
+    out: str | Path | None = None,
+    explain_dir: str | Path | None = None,
+    skip_bad: bool = True,
+) -> Predictions:
+    """Predict images with an adapted model (see `medmeta.practice.api.predict`)."""
+    from medmeta.practice.api import predict as _predict
+
+    return _predict(model, images, out=out, explain_dir=explain_dir, skip_bad=skip_bad)
+
+
+__all__ = ["__version__", "adapt", "predict"]

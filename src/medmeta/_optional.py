@@ -10,6 +10,11 @@ _EXTRAS: dict[str, str] = {
     "nibabel": "medmeta[nifti]",
     "pydicom": "medmeta[dicom]",
     "monai": "medmeta[monai]",
+    "onnx": "medmeta[export]",
+    "onnxruntime": "medmeta[export]",
+    "starlette": "medmeta[serve]",
+    "uvicorn": "medmeta[serve]",
+    "python_multipart": "medmeta[serve]",
 }
 
 

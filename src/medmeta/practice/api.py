@@ -1,0 +1,79 @@
+"""The practitioner's path in two calls: `adapt` a meta-trained model to a support folder, `predict`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from medmeta.practice.adapted import (
+    AdaptedModel,
+    TrainedModel,
+    adapt_support,
+    load_adapted,
+    load_trained,
+    save_adapted,
+)
+from medmeta.practice.inputs import load_support
+from medmeta.practice.predict import Predictions, predict_files
+
+
+def adapt(
+    model: str | Path | TrainedModel,
+    support: str | Path,
+    *,
+    out: str | Path | None = None,
+    min_shots: int = 1,
+    skip_bad: bool = False,
+) -> AdaptedModel:
+    """Adapt a meta-trained checkpoint to the labelled images in ``support/CLASS/*``.
+
+    Args:
+        model: checkpoint path (``RUN/best.json``) or a loaded `TrainedModel`.
+        support: folder with one sub-folder of images per class (PNG, JPEG, DICOM, NIfTI, ...).
+        out: if given, save the adapted model there (``out.json`` + weights).
+        min_shots: fewest images a class may have.
+        skip_bad: skip unreadable support images instead of stopping.
+
+    Example:
+        >>> import medmeta
+        >>> # adapted = medmeta.adapt("runs/brain_cross/best.json", "my_support/", out="adapted")
+        >>> # medmeta.predict(adapted, ["new_scans/"], out="predictions.csv").predicted_names()
+    """
+    base = model if isinstance(model, TrainedModel) else load_trained(model)
+    ds = load_support(
+        support, image_size=base.image_size, channels=base.channels, min_shots=min_shots, skip_bad=skip_bad
+    )
+    adapted = adapt_support(base, ds)
+    if out is not None:
+        save_adapted(adapted, out)
+    return adapted
+
+
+def predict(
+    model: str | Path | AdaptedModel,
+    images: str | Path | Sequence[str | Path],
+    *,
+    out: str | Path | None = None,
+    explain_dir: str | Path | None = None,
+    skip_bad: bool = True,
+) -> Predictions:
+    """Predict image files or folders with an adapted model; optionally write the CSV and explanations.
+
+    Args:
+        model: adapted checkpoint path or `AdaptedModel`.
+        images: files and/or folders (searched recursively).
+        out: CSV path (one row per image: file, predicted class, probability per class).
+        explain_dir: folder for one explanation PNG per image (saliency overlay, nearest support images).
+        skip_bad: skip unreadable files (listed in ``Predictions.skipped``) instead of stopping.
+    """
+    adapted = model if isinstance(model, AdaptedModel) else load_adapted(model)
+    paths = [images] if isinstance(images, str | Path) else list(images)
+    result = predict_files(adapted, paths, skip_bad=skip_bad)
+    if out is not None:
+        result.write_csv(out)
+    if explain_dir is not None:
+        from medmeta.explain.explanations import explain
+        from medmeta.explain.render import write_panels
+
+        write_panels(explain(adapted, result), explain_dir)
+    return result

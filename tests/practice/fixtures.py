@@ -1,0 +1,100 @@
+"""Shared fixtures of the practitioner's-path tests: a tiny meta-trained ProtoNet and real-image folders.
+
+The checkpoint is trained in the test session (synthetic shapes, 32x32, a few episodes: seconds); no
+weights are committed. Real images come from ``brain_tumor_mri`` (the ``data_dir`` fixture skips without it).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medmeta.config import make_config
+from medmeta.data.synthetic import make_synthetic
+from medmeta.pipeline import train_method
+
+BRAIN = Path("classification") / "brain_tumor_mri"
+PATIENT = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-7731-XQ", "PatientBirthDate": "19610412"}
+
+
+def train_tiny_protonet(out: Path) -> Path:
+    """Meta-train ProtoNet (Conv4, 32x32 RGB) on 8 synthetic classes for 16 episodes; returns best.json."""
+    names = make_synthetic(image_size=8).class_names
+    cfg = make_config(
+        {
+            "data": {"train": ["synthetic:" + ",".join(names[:8])], "image_size": 32},
+            "episodes": {"n_way": 4, "n_shot": 2, "n_query": 4},
+            "model": {"backbone": "conv4"},
+            "train": {"epochs": 1, "episodes_per_epoch": 16, "val_episodes": 4, "device": "cpu"},
+        }
+    )
+    train_method(cfg, out_dir=out)
+    return out / "best.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_protonet(tmp_path_factory.mktemp("tiny_protonet"))
+
+
+def brain_files(data_dir: Path, split: str, per_class: int, offset: int = 0) -> dict[str, list[Path]]:
+    """The first `per_class` images (after `offset`) of each brain MRI class of `split`, sorted by name."""
+    root = data_dir / BRAIN / split
+    out = {}
+    for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        files = sorted((root / cls).iterdir())
+        out[cls] = files[offset : offset + per_class]
+    return out
+
+
+def copy_support(data_dir: Path, dest: Path, per_class: int = 5, classes: int = 4) -> Path:
+    """``dest/CLASS/*.jpg``: `per_class` brain MRI training images of the first `classes` classes."""
+    for cls, files in list(brain_files(data_dir, "train", per_class).items())[:classes]:
+        (dest / cls).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, dest / cls / f.name)
+    return dest
+
+
+def grey(path: Path) -> np.ndarray:
+    """A real image as a 2-D uint8 array."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def write_dicom(pixels: np.ndarray, path: Path, **patient: str) -> Path:
+    """A minimal valid DICOM file (MR, 16-bit monochrome) holding `pixels` and the given patient fields."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    for key, value in {**PATIENT, **patient}.items():
+        setattr(ds, key, value)
+    arr = pixels.astype(np.uint16) * 16  # 12-bit range, like a scanner's output
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = arr.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def write_nifti(pixels: np.ndarray, path: Path) -> Path:
+    """A 3-slice NIfTI volume whose middle slice is `pixels` (float32)."""
+    import nibabel as nib
+
+    vol = np.stack([np.zeros_like(pixels), pixels, np.zeros_like(pixels)], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(path))
+    return path
