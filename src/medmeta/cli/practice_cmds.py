@@ -1,0 +1,116 @@
+"""``medmeta adapt / predict / export / serve``: the practitioner's path from the command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from medmeta.cli.ui import err_console, say
+from medmeta.errors import MedmetaError
+
+
+def adapt(
+    model: Path = typer.Option(..., "--model", help="Meta-trained checkpoint (RUN/best.json)."),
+    support: Path = typer.Option(..., "--support", help="Folder of labelled images: SUPPORT/CLASS/*."),
+    out: Path = typer.Option(..., "--out", help="Adapted checkpoint to write (OUT.json + weights)."),
+    min_shots: int = typer.Option(1, "--min-shots", min=1, help="Fewest images a class may have."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable support images."),
+) -> None:
+    """Adapt a meta-trained model to a new task from a few labelled images per class."""
+    from medmeta.practice.adapted import load_trained, save_adapted
+    from medmeta.practice.api import adapt as adapt_model
+
+    base = load_trained(model)
+    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad)
+    path = save_adapted(adapted, out)
+    counts = ", ".join(
+        f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
+    )
+    say(f"adapted {base.meta.get('method')} to {adapted.n_way} classes: {counts}")
+    say(f"images read as {base.channels}x{base.image_size}x{base.image_size} (centre crop, bilinear resize)")
+    say(f"wrote {path}")
+
+
+def predict(
+    model: Path = typer.Option(..., "--model", help="Adapted checkpoint (from `medmeta adapt`)."),
+    images: list[Path] = typer.Option(..., "--images", help="Image file or folder (repeatable)."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV: file, predicted class, p_CLASS..."),
+    explain: Path | None = typer.Option(None, "--explain", help="Folder for one explanation PNG per image."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at an unreadable image instead of skipping it."
+    ),
+) -> None:
+    """Predict new images with an adapted model; unreadable files are skipped and listed."""
+    from medmeta.practice.adapted import load_adapted
+    from medmeta.practice.predict import predict_files
+
+    adapted = load_adapted(model)
+    result = predict_files(adapted, images, skip_bad=not strict)
+    result.write_csv(out)
+    for path, reason in result.skipped:
+        err_console.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    per_image = 1000 * result.seconds / max(len(result), 1)
+    say(f"predicted {len(result)} image(s) in {result.seconds:.2f} s ({per_image:.1f} ms per image) -> {out}")
+    if result.skipped:
+        say(f"skipped {len(result.skipped)} unreadable file(s), listed above")
+    if explain is not None:
+        from medmeta.explain.explanations import explain as explain_all
+        from medmeta.explain.render import write_panels
+
+        start = time.perf_counter()
+        paths = write_panels(explain_all(adapted, result), explain)
+        say(f"wrote {len(paths)} explanation(s) to {explain} in {time.perf_counter() - start:.1f} s")
+
+
+def export(
+    model: Path = typer.Option(..., "--model", help="Adapted checkpoint (from `medmeta adapt`)."),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+) -> None:
+    """Export an adapted model to ONNX (input: images in [0, 1]; output: logits; classes in metadata)."""
+    from medmeta.practice.adapted import load_adapted
+    from medmeta.practice.export import export_onnx
+
+    adapted = load_adapted(model)
+    path = export_onnx(adapted, out)
+    b = adapted.base
+    say(
+        f"wrote {path}: input 'images' (N, {b.channels}, {b.image_size}, {b.image_size}) float in [0, 1], "
+        f"output 'logits' (N, {adapted.n_way}) for {', '.join(adapted.class_names)}"
+    )
+
+
+def serve(
+    model: Path = typer.Option(..., "--model", help="Meta-trained or adapted checkpoint."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535),
+    max_files: int = typer.Option(200, "--max-files", min=1, help="Most files per upload."),
+    max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Largest file, MB."),
+    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.01, help="Largest upload, MB."),
+) -> None:
+    """A local web page: upload a support set and queries, see predictions and explanations."""
+    from medmeta.serve.app import Limits, run_server
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        say(f"warning: binding {host} makes the page reachable from other machines")
+    limits = Limits(
+        max_files=max_files,
+        max_file_bytes=int(max_file_mb * 1e6),
+        max_upload_bytes=int(max_upload_mb * 1e6),
+    )
+    if limits.max_file_bytes > limits.max_upload_bytes:
+        raise MedmetaError("--max-file-mb is larger than --max-upload-mb: raise the upload limit")
+    run_server(
+        model,
+        host=host,
+        port=port,
+        limits=limits,
+        announce=lambda url: say(f"serving on {url} (Ctrl+C to stop; uploads are deleted when sessions end)"),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the practitioner's commands to the ``medmeta`` app."""
+    for fn in (adapt, predict, export, serve):
+        app.command()(fn)
