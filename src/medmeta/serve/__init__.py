@@ -1,0 +1,1 @@
+"""The web page (``medmeta serve``), an optional extra: ``pip install 'medmeta[serve]'``."""

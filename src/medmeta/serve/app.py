@@ -1,0 +1,278 @@
+"""``medmeta serve``: a local web page to adapt a model to uploaded images, predict and explain.
+
+Built on Starlette + uvicorn (the ``serve`` extra), not Gradio: Gradio 6.31 pulls 31 packages (pandas,
+huggingface_hub, hf-xet, opentelemetry, ...; its wheel alone is 30 MB), pins ``pillow<13`` (downgrading
+this environment's Pillow 13) and copies every upload into its own cache folder, which defeats "nothing
+written outside a per-session temp dir". Here uploads are parsed in memory (`medmeta.serve.uploads`),
+written only to the session's folder (`medmeta.serve.session`) while a request is processed, and deleted
+right after; results live in memory until the session ends. The page loads nothing from the network.
+
+Privacy: DICOM files are read for pixels only; no file content or name is logged (uvicorn's access log is
+off, and this module logs counts only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import re
+import shutil
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from medmeta._optional import OptionalDependencyError, optional_import
+from medmeta.errors import MedmetaError
+from medmeta.explain.explanations import explain
+from medmeta.explain.render import safe_stem
+from medmeta.practice.adapted import AdaptedModel, TrainedModel, adapt_support, load_model
+from medmeta.practice.inputs import load_support
+from medmeta.practice.predict import predict_files
+from medmeta.serve import page
+from medmeta.serve.session import Session, SessionStore
+from medmeta.serve.uploads import Form, Limits, UploadError, basename, parse_form
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "medmeta_session"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+_CLASS_NAME = re.compile(r"^[\w][\w .()+-]{0,63}$")
+
+__all__ = ["Limits", "Workspace", "create_app", "run_server"]
+
+
+class Workspace:
+    """The model behind the page and the work done for one request."""
+
+    def __init__(self, model: TrainedModel | AdaptedModel, limits: Limits) -> None:
+        self.stored = model if isinstance(model, AdaptedModel) else None
+        self.base = model.base if isinstance(model, AdaptedModel) else model
+        self.limits = limits
+        self._lock = threading.Lock()  # one computation at a time: Grad-CAM hooks live on the shared model
+
+    def model_text(self) -> str:
+        b = self.base
+        domains = ", ".join(map(str, b.meta.get("train_domains", []))) or "unknown data"
+        text = (
+            f"Model: {b.meta.get('method')} ({b.config.model.backbone}) meta-trained on {domains}; "
+            f"images are read as {b.channels}x{b.image_size}x{b.image_size} (centre crop, bilinear resize)."
+        )
+        if self.stored is not None:
+            text += (
+                f" Adapted to {self.stored.n_way} classes ({len(self.stored.support_labels)} support images)."
+            )
+        return text
+
+    def limits_text(self) -> str:
+        lim = self.limits
+        return (
+            f"Up to {lim.max_files} files, {lim.max_file_bytes / 1e6:g} MB each, "
+            f"{lim.max_upload_bytes / 1e6:g} MB per upload; image files only."
+        )
+
+    def form(self) -> str:
+        stored = None if self.stored is None else self.stored.class_names
+        return page.form_html(self.model_text(), stored, self.limits_text())
+
+    def _support(self, form: Form, run: Path) -> AdaptedModel:
+        classes: list[str] = []
+        for i in range(page_rows(form)):
+            name = form.value(f"class_name_{i}").strip()
+            files = form.files_of(f"support_{i}")
+            if not name and not files:
+                continue
+            if not files:
+                raise UploadError(f"class '{name}' has no image: choose its support images or clear its name")
+            if not name:
+                raise UploadError(f"support row {i + 1} has images but no class name: name the class")
+            if not _CLASS_NAME.match(name) or name in (".", ".."):
+                raise UploadError(
+                    f"class name '{name}' is not allowed: use letters, digits, spaces and ._-()+ (at most 64)"
+                )
+            if name in classes:
+                raise UploadError(f"class name '{name}' is used twice: give each class one row")
+            classes.append(name)
+            folder = run / "support" / name
+            folder.mkdir(parents=True)
+            for k, f in enumerate(files):
+                (folder / f"{k:04d}_{_safe_name(f.filename)}").write_bytes(f.data)
+        if classes:
+            ds = load_support(run / "support", image_size=self.base.image_size, channels=self.base.channels)
+            return adapt_support(self.base, ds)
+        if self.stored is not None and form.value("use_stored"):
+            return self.stored
+        raise UploadError("upload a support set: a class name and its images for at least two classes")
+
+    def run(self, session: Session, form: Form) -> str:
+        """Adapt (or reuse the stored support set), predict, explain; returns the results' HTML."""
+        run = session.new_run_folder()
+        session.csv = None
+        try:
+            queries = form.files_of("queries")
+            if not queries:
+                raise UploadError("choose one or more images to classify")
+            with self._lock:
+                adapted = self._support(form, run)
+                qdir = run / "query"
+                qdir.mkdir()
+                original: dict[str, str] = {}
+                for k, f in enumerate(queries):
+                    path = qdir / f"{k:04d}_{_safe_name(f.filename)}"
+                    path.write_bytes(f.data)
+                    original[str(path)] = basename(f.filename)
+                result = predict_files(adapted, [qdir], skip_bad=True)
+                explanations = explain(adapted, result)
+        finally:
+            shutil.rmtree(run, ignore_errors=True)  # results stay in memory only
+        names = [original[f] for f in result.files]
+        skipped = [(original.get(f, "?"), "could not be read as an image") for f, _reason in result.skipped]
+        session.csv = dataclasses.replace(result, files=names).to_csv()
+        counts = ", ".join(
+            f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
+        )
+        summary = (
+            f"Predicted {len(result)} image(s) with {self.base.meta.get('method')} adapted to {counts}; "
+            f"saliency: {explanations[0].technique if explanations else '-'}."
+        )
+        logger.info("predicted %d image(s), skipped %d", len(result), len(result.skipped))
+        return page.results_html(
+            explanations, names, result.probabilities.tolist(), adapted.class_names, summary, skipped
+        )
+
+
+def page_rows(form: Form) -> int:
+    """Number of support rows the form may hold (class_name_0 .. class_name_{n-1})."""
+    ids = [int(k.rsplit("_", 1)[1]) for k in form.fields if re.fullmatch(r"class_name_\d{1,3}", k)]
+    ids += [int(f.field.rsplit("_", 1)[1]) for f in form.files if re.fullmatch(r"support_\d{1,3}", f.field)]
+    return max(ids, default=-1) + 1
+
+
+def _safe_name(filename: str) -> str:
+    """A safe local name that keeps the image suffix (``.nii.gz`` included) so the right reader is used."""
+    name = basename(filename)
+    lower = name.lower()
+    suffix = ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
+    return safe_stem(name)[:60] + suffix
+
+
+def create_app(
+    model: str | Path | TrainedModel | AdaptedModel,
+    *,
+    limits: Limits | None = None,
+    temp_root: str | Path | None = None,
+    idle_seconds: float = 1800.0,
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK,
+) -> Any:
+    """The Starlette application of the page.
+
+    Args:
+        model: a meta-trained or adapted checkpoint (or the loaded model).
+        limits: upload limits.
+        temp_root: where session folders are created (default: the system's temporary folder).
+        idle_seconds: a session idle this long is ended and its folder deleted.
+        allowed_hosts: accepted ``Host`` headers (guards a loopback server against DNS rebinding);
+            None accepts any.
+    """
+    starlette_apps = optional_import("starlette.applications", "the web page (medmeta serve)")
+    responses = optional_import("starlette.responses", "the web page (medmeta serve)")
+    routing = optional_import("starlette.routing", "the web page (medmeta serve)")
+    concurrency = optional_import("starlette.concurrency", "the web page (medmeta serve)")
+    loaded = model if isinstance(model, TrainedModel | AdaptedModel) else load_model(model)
+    work = Workspace(loaded, limits or Limits())
+    store = SessionStore(temp_root, idle_seconds=idle_seconds)
+    headers = {
+        "Content-Security-Policy": page.CSP,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+    def html(body: str, status: int = 200, error: str | None = None, token: str | None = None) -> Any:
+        response = responses.HTMLResponse(page.page(body, error), status_code=status, headers=headers)
+        if token is not None:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    async def index(request: Any) -> Any:
+        return html(work.form())
+
+    async def predict(request: Any) -> Any:
+        session = store.get_or_create(request.cookies.get(COOKIE))
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+            if declared > work.limits.max_upload_bytes:
+                raise UploadError(
+                    f"the upload is larger than {work.limits.max_upload_bytes / 1e6:g} MB "
+                    "(start the page with a larger --max-upload-mb)",
+                    413,
+                )
+            form = await parse_form(request.headers.get("content-type", ""), request.stream(), work.limits)
+            results = await concurrency.run_in_threadpool(work.run, session, form)
+        except (MedmetaError, OptionalDependencyError) as exc:
+            status = exc.status if isinstance(exc, UploadError) else 400
+            return html(work.form(), status, str(exc), session.token)
+        return html(work.form() + results, token=session.token)
+
+    async def download(request: Any) -> Any:
+        session = store.get(request.cookies.get(COOKIE))
+        if session is None or session.csv is None:
+            return html(work.form(), 404, "no predictions in this session yet: upload images first")
+        return responses.Response(
+            session.csv,
+            media_type="text/csv",
+            headers={**headers, "Content-Disposition": 'attachment; filename="predictions.csv"'},
+        )
+
+    async def end(request: Any) -> Any:
+        store.end(request.cookies.get(COOKIE))
+        response = responses.RedirectResponse("/", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            store.close()
+
+    routes = [
+        routing.Route("/", index),
+        routing.Route("/predict", predict, methods=["POST"]),
+        routing.Route("/download.csv", download),
+        routing.Route("/end", end, methods=["POST"]),
+    ]
+    middleware = []
+    if allowed_hosts is not None:
+        mw = optional_import("starlette.middleware", "the web page (medmeta serve)")
+        trusted = optional_import("starlette.middleware.trustedhost", "the web page (medmeta serve)")
+        middleware.append(mw.Middleware(trusted.TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    app = starlette_apps.Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.sessions = store
+    app.state.workspace = work
+    return app
+
+
+def run_server(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    limits: Limits | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the page until interrupted; every session folder is deleted on the way out.
+
+    Args:
+        announce: called with the page's address once the model is loaded.
+    """
+    uvicorn = optional_import("uvicorn", "the web page (medmeta serve)")
+    hosts = LOOPBACK if host in LOOPBACK else None
+    app = create_app(model, limits=limits, allowed_hosts=hosts)
+    try:
+        if announce is not None:
+            announce(f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/")
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        app.state.sessions.close()

@@ -1,0 +1,148 @@
+"""The web page over HTTP: adapt on uploads, predict, explain, download, limits, sessions and privacy."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette", reason="the web page needs `pip install 'medmeta[serve]'`")
+pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[serve]'`")
+
+from medmeta.practice import adapt
+from medmeta.serve.app import create_app
+from medmeta.serve.uploads import Limits
+from tests.practice.fixtures import PATIENT, write_dicom
+from tests.practice.test_adapted import png_folder
+from tests.serve.helpers import post_form, request, running, session_cookie
+
+
+def png(value: int, size: int = 24) -> bytes:
+    rng = np.random.default_rng(value)
+    arr = np.clip(rng.normal(value, 10, (size, size + 5)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def support_form(classes: int = 2, shots: int = 3) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
+    fields = {f"class_name_{c}": f"kind {c}" for c in range(classes)}
+    files = [
+        (f"support_{c}", f"c{c}_{i}.png", png(50 + 80 * c + i)) for c in range(classes) for i in range(shots)
+    ]
+    return fields, files
+
+
+def session_dirs(root: Path) -> list[Path]:
+    return sorted(root.glob("medmeta-session-*"))
+
+
+def test_uploaded_support_and_queries_give_predictions_explanations_and_a_csv(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    app = create_app(tiny_checkpoint, temp_root=tmp_path)
+    with running(app) as url:
+        page = request(url + "/")
+        assert page.status == 200 and 'id="queries"' in page.text and "use_stored" not in page.text
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert session_dirs(tmp_path) == []  # viewing the page creates nothing
+        fields, files = support_form()
+        files += [("queries", f"scan {i}.png", png(50 + 80 * (i % 2))) for i in range(4)]
+        reply = post_form(url + "/predict", fields, files)
+        assert reply.status == 200, reply.text
+        assert reply.text.count('class="prediction"') == 4
+        assert reply.text.count('<img class="saliency" src="data:image/png;base64,') == 4
+        assert reply.text.count('class="neighbour"') == 12
+        assert "Predicted 4 image(s) with protonet adapted to kind 0 (3), kind 1 (3)" in reply.text
+        (folder,) = session_dirs(tmp_path)
+        assert list(folder.iterdir()) == []  # uploads deleted once the results were computed
+        cookie = session_cookie(reply)
+        csv_reply = request(url + "/download.csv", headers={"Cookie": cookie})
+        lines = csv_reply.text.splitlines()
+        assert lines[0] == "file,predicted_class,p_kind 0,p_kind 1"
+        assert [ln.split(",")[0] for ln in lines[1:]] == [f"scan {i}.png" for i in range(4)]
+        assert request(url + "/download.csv").status == 404  # another browser has no results
+        request(url + "/end", b"", {"Cookie": cookie})
+        assert session_dirs(tmp_path) == []
+        assert request(url + "/download.csv", headers={"Cookie": cookie}).status == 404
+
+
+def test_an_adapted_model_offers_its_own_support_set(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    model = adapt(tiny_checkpoint, png_folder(tmp_path / "s"))
+    with running(create_app(model, temp_root=tmp_path / "t")) as url:
+        assert 'id="use_stored"' in request(url + "/").text
+        reply = post_form(url + "/predict", {"use_stored": "1"}, [("queries", "q.png", png(60))])
+        assert reply.status == 200, reply.text
+        assert "adapted to class0 (3), class1 (3), class2 (3)" in reply.text
+        reply = post_form(url + "/predict", {}, [("queries", "q.png", png(60))])
+        assert reply.status == 400 and "upload a support set" in reply.text
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "message"),
+    [
+        ([("queries", f"{i}.png", b"x") for i in range(4)], 413, "more than 3 files in one upload"),
+        ([("queries", "big.png", b"x" * 2000)], 413, "file &#x27;big.png&#x27; is larger than 0.001 MB"),
+        ([("queries", "notes.txt", b"hello")], 415, "&#x27;notes.txt&#x27; is not an image file"),
+    ],
+)
+def test_uploads_beyond_the_limits_or_of_other_types_are_refused(
+    tmp_path: Path, tiny_checkpoint: Path, files: list[tuple[str, str, bytes]], status: int, message: str
+) -> None:
+    limits = Limits(max_files=3, max_file_bytes=1000, max_upload_bytes=100_000)
+    with running(create_app(tiny_checkpoint, limits=limits, temp_root=tmp_path)) as url:
+        reply = post_form(url + "/predict", {}, files)
+        assert reply.status == status and message in reply.text, reply.text
+        assert 'id="error"' in reply.text
+        too_big = post_form(url + "/predict", {}, [("queries", "a.png", b"x" * 900)] * 200)
+        assert too_big.status == 413 and "larger than 0.1 MB" in too_big.text
+
+
+def test_a_support_row_without_a_name_or_with_a_bad_name_is_explained(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    with running(create_app(tiny_checkpoint, temp_root=tmp_path)) as url:
+        q = [("queries", "q.png", png(60))]
+        reply = post_form(url + "/predict", {"class_name_0": ""}, [("support_0", "a.png", png(1)), *q])
+        assert reply.status == 400 and "support row 1 has images but no class name" in reply.text
+        reply = post_form(url + "/predict", {"class_name_0": "../x"}, [("support_0", "a.png", png(1)), *q])
+        assert reply.status == 400 and "is not allowed" in reply.text
+        reply = post_form(url + "/predict", {"class_name_0": "a"}, [("support_0", "a.png", png(1)), *q])
+        assert reply.status == 400 and "needs at least two class folders" in reply.text
+
+
+def test_requests_for_another_host_name_are_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    with running(create_app(tiny_checkpoint, temp_root=tmp_path)) as url:
+        assert request(url + "/", headers={"Host": "attacker.example"}).status == 400
+
+
+def test_dicom_patient_fields_are_never_shown_logged_or_kept(
+    tmp_path: Path, tiny_checkpoint: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dicom = tmp_path / "in"
+    dicom.mkdir()
+
+    def dcm(value: int, name: str) -> bytes:
+        arr = np.clip(np.random.default_rng(value).normal(value, 10, (40, 44)), 0, 255).astype(np.uint8)
+        return write_dicom(arr, dicom / name).read_bytes()
+
+    fields, files = support_form()
+    files.append(("support_0", "patient.dcm", dcm(55, "s.dcm")))
+    files += [("queries", "q.dcm", dcm(60, "q.dcm")), ("queries", "cut.dcm", dcm(61, "c.dcm")[:700])]
+    temp = tmp_path / "sessions"
+    with running(create_app(tiny_checkpoint, temp_root=temp)) as url:
+        reply = post_form(url + "/predict", fields, files)
+        assert reply.status == 200, reply.text
+        assert reply.text.count('class="prediction"') == 1 and "cut.dcm" in reply.text  # listed as skipped
+        csv_text = request(url + "/download.csv", headers={"Cookie": session_cookie(reply)}).text
+        leftovers = [p.read_bytes() for p in temp.rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert session_dirs(temp) == []  # server shutdown ended the session
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in PATIENT.values():
+        assert secret not in reply.text and secret not in csv_text and secret not in logs, secret
