@@ -21,7 +21,7 @@ fieldset{margin:.8rem 0;border:1px solid #bbb;padding:.6rem 1rem}
 .class-row{margin:.3rem 0} .class-row input[type=text]{width:14rem}
 #error{color:#a00;font-weight:bold;white-space:pre-wrap}
 table{border-collapse:collapse;margin-top:1rem} td,th{border:1px solid #ccc;padding:.3rem;vertical-align:top}
-td.predicted{font-weight:bold} figure{display:inline-block;margin:0 .3rem;text-align:center;font-size:.8rem}
+td.predicted{font-weight:bold} td.neighbours{white-space:nowrap} figure{display:inline-block;margin:0 .3rem;text-align:center;font-size:.8rem}
 .note{color:#555;font-size:.9rem}
 """
 
@@ -116,7 +116,7 @@ def results_html(
             f'<tr class="prediction"><td class="file">{escape(name)}</td>'
             f'<td class="predicted">{escape(expl.predicted)}</td>{cells}'
             f'<td><img class="saliency" src="{data_uri(overlay_image(expl))}" width="160" height="160" '
-            f'alt="{escape(expl.technique)} saliency"></td><td>{_neighbours(expl, thumbs)}</td></tr>'
+            f'alt="{escape(expl.technique)} saliency"></td><td class="neighbours">{_neighbours(expl, thumbs)}</td></tr>'
         )
     skipped_html = ""
     if skipped:
