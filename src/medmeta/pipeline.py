@@ -158,11 +158,13 @@ def train_method(
     norm = default_normalization(first.channels)
     meta = {
         "method": cfg.method.name,
+        "backbone": cfg.model.backbone,
         "config": cfg.model_dump(mode="json"),
         "train_domains": [d.display_name for d in data.train],
         "train_classes": {d.display_name: list(d.class_names) for d in data.train},
         "image_shape": list(first.image_shape),
         "spatial_dims": first.spatial_dims,
+        "input": {"channels": first.channels, "image_size": cfg.data.image_size},
         "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
         "torch_version": torch.__version__,
         "medmeta_version": __version__,
@@ -235,6 +237,9 @@ def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[
             f"checkpoint {checkpoint} lacks field {exc}: it was not written by train"
         ) from None
     method = build_method_from_config(cfg, channels=int(shape[0]), spatial_dims=spatial_dims)
+    state = {
+        k: v for k, v in state.items() if not k.startswith("adapted.")
+    }  # an adapted checkpoint's support
     try:
         method.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -213,3 +213,25 @@ def test_the_base_model_of_an_adapted_checkpoint_can_be_adapted_again(
     base = load_trained(tmp_path / "adapted.json")
     again = adapt(base, png_folder(tmp_path / "s2", classes=2))
     assert again.class_names == ("class0", "class1")
+
+
+def test_a_meta_trained_checkpoint_describes_the_model_it_holds(tiny_checkpoint: Path) -> None:
+    meta = json.loads(tiny_checkpoint.read_text())
+    assert meta["method"] == "protonet" and meta["backbone"] == "conv4"
+    assert meta["input"] == {"channels": 3, "image_size": 32}
+    assert meta["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert meta["config"]["method"]["name"] == "protonet" and meta["medmeta_version"]
+    assert len(next(iter(meta["train_classes"].values()))) == 8
+
+
+def test_an_adapted_checkpoint_still_loads_as_its_meta_trained_method(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    from medmeta.pipeline import load_method
+
+    adapt(tiny_checkpoint, png_folder(tmp_path / "s"), out=tmp_path / "adapted")
+    method, _cfg, meta = load_method(tmp_path / "adapted.json")
+    original, _c, _m = load_method(tiny_checkpoint)
+    assert meta["kind"] == "adapted"
+    for (k, a), (_, b) in zip(method.state_dict().items(), original.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
