@@ -237,9 +237,8 @@ def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[
             f"checkpoint {checkpoint} lacks field {exc}: it was not written by train"
         ) from None
     method = build_method_from_config(cfg, channels=int(shape[0]), spatial_dims=spatial_dims)
-    state = {
-        k: v for k, v in state.items() if not k.startswith("adapted.")
-    }  # an adapted checkpoint's support
+    # an adapted checkpoint (medmeta.practice) also holds its support set under "adapted.*"
+    state = {k: v for k, v in state.items() if not k.startswith("adapted.")}
     try:
         method.load_state_dict(state, strict=True)
     except RuntimeError as exc:
