@@ -1,0 +1,245 @@
+"""``medmeta seg train|evaluate`` and ``medmeta segment``: few-shot segmentation from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, cast
+
+import typer
+import yaml
+
+from medmeta.cli.overrides import collect, parse_options
+from medmeta.cli.ui import RichProgress, say
+from medmeta.errors import ConfigError, MedmetaError
+
+app = typer.Typer(
+    help="Few-shot segmentation: train segmenters and evaluate them on held-out structures.",
+    no_args_is_help=True,
+)
+
+
+def _write(out: Path, rows: list[dict[str, Any]]) -> None:
+    from medmeta.seg.evaluate import results_markdown
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2, default=str))
+    out.with_suffix(".md").write_text(results_markdown(rows) + "\n")
+
+
+def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
+    from medmeta.config import apply_overrides
+    from medmeta.seg.config import load_seg_config, make_seg_config
+
+    if config is not None:
+        return load_seg_config(config, overrides)
+    return make_seg_config(apply_overrides({}, overrides), source="options")
+
+
+@app.command("train")
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="Run folder: best.json checkpoint, history, results."),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML segmentation config (configs/seg_*.yaml)."
+    ),
+    method: str | None = typer.Option(None, "--method", help="panet, alpnet, ssl_alpnet, maml or finetune."),
+    option: list[str] | None = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    episodes_per_epoch: int | None = typer.Option(None, "--episodes-per-epoch"),
+    lr: float | None = typer.Option(None, "--lr"),
+    seed: int | None = typer.Option(None, "--seed"),
+    image_size: int | None = typer.Option(None, "--image-size"),
+    eval_episodes: int | None = typer.Option(
+        None, "--eval-episodes", help="Test episodes per structure and shot."
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Evaluate on the test structures after training."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train a segmenter on the config's training structures, keep OUT/best.json, evaluate on the test ones."""
+    from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
+    from medmeta.seg.pipeline import CHECKPOINT_KIND, build_segmenter, load_seg_data, training_episodes
+    from medmeta.seg.train import fit_segmenter
+
+    ov = collect(
+        {
+            "method.name": method,
+            "train.epochs": epochs,
+            "train.episodes_per_epoch": episodes_per_epoch,
+            "train.lr": lr,
+            "train.seed": seed,
+            "data.image_size": image_size,
+            "data.data_dir": None if data_dir is None else str(data_dir),
+            "eval.episodes": eval_episodes,
+        }
+    )
+    if option:
+        ov["method.options"] = parse_options(option)
+    cfg = _config(config, ov)
+    model = build_segmenter(cfg)
+    if model.training_source == "none":
+        raise ConfigError(
+            f"'{cfg.method.name}' is a trivial baseline with nothing to train: evaluate it with `medmeta seg evaluate --model {cfg.method.name} --config ...`"
+        )
+    data = load_seg_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    say(f"training {cfg.method.name} on {len(data.train)} structure(s) ({model.training_source}) -> {out}")
+    from medmeta.seg.episode import SegEpisodeSampler
+
+    val = None
+    usable = {k: s for k, s in data.train.items() if len(s) >= cfg.episodes.n_shot + cfg.episodes.n_query}
+    if usable:
+        val = SegEpisodeSampler(usable, cfg.episodes.n_shot, cfg.episodes.n_query, cfg.train.seed + 1)
+    meta = {"kind": CHECKPOINT_KIND, "method": cfg.method.name, "config": cfg.model_dump(mode="json")}
+    result = fit_segmenter(
+        model,
+        training_episodes(model, data, cfg),
+        cfg.train,
+        val_episodes=val,
+        out_dir=out,
+        meta=meta,
+        progress=RichProgress(enabled=not quiet),
+    )
+    say(
+        f"checkpoint {result.best_checkpoint} ({result.seconds:.0f} s, validation Dice {result.best_val_dice:.3f})"
+    )
+    if evaluate and data.test:
+        e = cfg.eval
+        rows = evaluate_segmenter(
+            model,
+            data.test,
+            e.shots,
+            n_query=e.n_query,
+            episodes=e.episodes,
+            seed=e.seed,
+            method=cfg.method.name,
+        )
+        _write(out / "results.json", rows)
+        say(results_markdown(rows))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: list[str] = typer.Option(
+        ..., "--model", help="Checkpoint (RUN/best.json) or baseline name; repeatable."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Config for the data (default: the first checkpoint's)."
+    ),
+    shots: list[int] | None = typer.Option(
+        None, "--shots", help="Support sizes (repeatable; default the config's)."
+    ),
+    episodes: int | None = typer.Option(None, "--episodes", help="Episodes per structure and shot."),
+    seed: int | None = typer.Option(None, "--seed"),
+    baselines: bool = typer.Option(
+        True, "--baselines/--no-baselines", help="Also evaluate otsu and support_mean."
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write rows as JSON here (and a .md table beside it)."
+    ),
+) -> None:
+    """Dice and HD95 (mean ± 95% CI over episodes) per held-out structure, every model on the same episodes."""
+    from medmeta.seg import BASELINES, SEG_METHODS
+    from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
+    from medmeta.seg.pipeline import load_seg_data, load_segmenter
+
+    names = list(dict.fromkeys([*model, *(BASELINES if baselines else ())]))
+    loaded: dict[str, Any] = {}
+    cfg = None
+    for name in names:
+        if name in SEG_METHODS and SEG_METHODS[name].training_source == "none":
+            loaded[name] = SEG_METHODS[name]()
+            continue
+        m, ckpt_cfg, meta = load_segmenter(name)
+        loaded[f"{meta.get('method')} ({name})"] = m
+        cfg = cfg or ckpt_cfg
+    ov = collect(
+        {
+            "eval.shots": shots,
+            "eval.episodes": episodes,
+            "eval.seed": seed,
+            "data.data_dir": None if data_dir is None else str(data_dir),
+        }
+    )
+    if config is not None:
+        from medmeta.seg.config import load_seg_config
+
+        cfg = load_seg_config(config, ov)
+    elif cfg is None:
+        raise MedmetaError("only baselines given: pass --config to say which structures to test on")
+    else:
+        from medmeta.config import apply_overrides
+        from medmeta.seg.config import make_seg_config
+
+        cfg = make_seg_config(apply_overrides(cfg.model_dump(mode="json"), ov), source="options")
+    data = load_seg_data(cfg, with_train=False)
+    if not data.test:
+        raise MedmetaError("the config has no test structure: set data.test")
+    rows: list[dict[str, Any]] = []
+    e = cfg.eval
+    for label, m in loaded.items():
+        rows += evaluate_segmenter(
+            m, data.test, e.shots, n_query=e.n_query, episodes=e.episodes, seed=e.seed, method=label
+        )
+    say(results_markdown(rows))
+    if out is not None:
+        _write(out, rows)
+
+
+def segment(
+    model: str = typer.Option(..., "--model", help="Checkpoint (RUN/best.json), or otsu / support_mean."),
+    support_images: list[Path] = typer.Option(
+        ..., "--support-images", help="Annotated image (repeatable): 2D file or NIfTI."
+    ),
+    support_masks: list[Path] = typer.Option(
+        ..., "--support-masks", help="Its mask (repeatable, same order)."
+    ),
+    images: list[Path] = typer.Option(
+        ..., "--images", help="Image to segment (repeatable): 2D file or NIfTI."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder for masks and overlays."),
+    label: int | None = typer.Option(
+        None, "--label", help="Foreground label value in the masks (default: any non-zero)."
+    ),
+    channel: str = typer.Option("grey", "--channel", help="Colour images: grey (luminance) or green."),
+    window: str = typer.Option("ct", "--window", help="NIfTI intensities: ct (W400/L40) or percentile (MR)."),
+    size: int | None = typer.Option(
+        None, "--size", help="Working size (default: the checkpoint's image_size, else 64)."
+    ),
+    max_slices: int = typer.Option(
+        5, "--max-slices", help="Support slices taken from a NIfTI support volume."
+    ),
+) -> None:
+    """Segment new images from a few annotated ones: masks as PNG (2D) or NIfTI (input geometry kept), plus overlays."""
+    from medmeta.seg import SEG_METHODS
+    from medmeta.seg.apply import segment_files
+    from medmeta.seg.io import Channel, Window
+    from medmeta.seg.pipeline import load_segmenter
+
+    if channel not in ("grey", "green"):
+        raise ConfigError(f"--channel must be grey or green, got '{channel}'")
+    if window not in ("ct", "percentile"):
+        raise ConfigError(f"--window must be ct or percentile, got '{window}'")
+    if model in SEG_METHODS and SEG_METHODS[model].training_source == "none":
+        segmenter, work = SEG_METHODS[model](), size or 64
+    else:
+        segmenter, cfg, _ = load_segmenter(model)
+        work = size or cfg.data.image_size
+    written = segment_files(
+        segmenter,
+        support_images,
+        support_masks,
+        images,
+        out,
+        size=work,
+        channel=cast(Channel, channel),
+        window=cast(Window, window),
+        label=label,
+        max_slices=max_slices,
+    )
+    for p in written:
+        say(str(p))

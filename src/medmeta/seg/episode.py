@@ -1,0 +1,136 @@
+"""Segmentation episodes (1-way K-shot) and a seeded sampler over structures.
+
+An episode holds K support (image, binary mask) pairs of one structure and query images of the same
+structure (with masks for training and scoring). Structures play the role of classes: the training
+structures and the test structures of a protocol are disjoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from medmeta.errors import DataError
+from medmeta.seg.data import SegStructure
+
+
+def check_pairs(images: Tensor, masks: Tensor | None, what: str) -> None:
+    """Validate ``(N, C, H, W)`` images and ``(N, H, W)`` binary masks; raise `DataError` naming `what`."""
+    if images.ndim != 4:
+        raise DataError(f"{what} images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise DataError(f"{what} has no image: give at least one")
+    if not images.is_floating_point():
+        raise DataError(f"{what} images must be float, got {images.dtype}")
+    if masks is None:
+        return
+    expected = (images.shape[0], *images.shape[2:])
+    if tuple(masks.shape) != expected:
+        raise DataError(f"{what} masks must be (N, H, W) = {expected}, got {tuple(masks.shape)}")
+    if masks.numel() and not bool(((masks == 0) | (masks == 1)).all()):
+        raise DataError(f"{what} masks must be binary (0/1): threshold them first")
+
+
+@dataclass(frozen=True)
+class SegEpisode:
+    """One 1-way K-shot segmentation task.
+
+    Attributes:
+        support_images: ``(n_shot, C, H, W)`` float.
+        support_masks: ``(n_shot, H, W)`` float in ``{0, 1}``; each must contain foreground.
+        query_images: ``(n_query, C, H, W)`` float.
+        query_masks: ``(n_query, H, W)`` float in ``{0, 1}``, or None when only predicting.
+        structure: name of the structure (``SOURCE:STRUCTURE``).
+    """
+
+    support_images: Tensor
+    support_masks: Tensor
+    query_images: Tensor
+    query_masks: Tensor | None
+    structure: str = ""
+
+    def __post_init__(self) -> None:
+        check_pairs(self.support_images, self.support_masks, "support")
+        check_pairs(self.query_images, self.query_masks, "query")
+        if self.support_images.shape[1:] != self.query_images.shape[1:]:
+            raise DataError(
+                f"support images are {tuple(self.support_images.shape[1:])} but query images are "
+                f"{tuple(self.query_images.shape[1:])}: resize them to the same (C, H, W)"
+            )
+        empty = [i for i in range(self.support_masks.shape[0]) if not bool(self.support_masks[i].any())]
+        if empty:
+            raise DataError(
+                f"support mask(s) {empty} of '{self.structure}' are empty: every shot needs foreground"
+            )
+
+    @property
+    def n_shot(self) -> int:
+        return int(self.support_images.shape[0])
+
+    def to(self, device: torch.device | str) -> SegEpisode:
+        qm = None if self.query_masks is None else self.query_masks.to(device)
+        return SegEpisode(
+            self.support_images.to(device),
+            self.support_masks.to(device),
+            self.query_images.to(device),
+            qm,
+            self.structure,
+        )
+
+
+EpisodeSource = Callable[[int], SegEpisode]
+
+
+class SegEpisodeSampler:
+    """Seeded 1-way episodes over structures: episode ``i`` depends only on ``(seed, i)``.
+
+    The structure of episode ``i`` is drawn uniformly; support and query samples are distinct, and query
+    samples come from other source images/volumes (groups) than the support when enough exist.
+
+    Example:
+        >>> sampler = SegEpisodeSampler(structures, n_shot=1, n_query=2, seed=0)  # doctest: +SKIP
+        >>> ep = sampler.episode(0)  # the same episode every time
+    """
+
+    def __init__(
+        self, structures: Mapping[str, SegStructure], n_shot: int, n_query: int, seed: int = 0
+    ) -> None:
+        if n_shot < 1 or n_query < 1:
+            raise DataError(f"n_shot and n_query must be >= 1, got {n_shot} and {n_query}")
+        if not structures:
+            raise DataError("no structure to sample episodes from")
+        small = {k: len(s) for k, s in structures.items() if len(s) < n_shot + n_query}
+        if small:
+            raise DataError(
+                f"structure(s) with fewer than n_shot + n_query = {n_shot + n_query} samples: {small}; "
+                "lower n_shot/n_query or min_pixels, or drop them"
+            )
+        self.structures = dict(structures)
+        self.names = sorted(self.structures)
+        self.n_shot, self.n_query, self.seed = n_shot, n_query, seed
+
+    def episode(self, index: int) -> SegEpisode:
+        rng = np.random.default_rng([self.seed, index])
+        name = self.names[int(rng.integers(len(self.names)))]
+        s = self.structures[name]
+        order = rng.permutation(len(s))
+        support = order[: self.n_shot]
+        support_groups = {s.groups[i] for i in support}
+        rest = order[self.n_shot :]
+        other = [i for i in rest if s.groups[i] not in support_groups]
+        pool = other if len(other) >= self.n_query else list(rest)
+        query = np.asarray(pool[: self.n_query])
+        return SegEpisode(
+            s.images[support].clone(),
+            s.masks[support].clone(),
+            s.images[query].clone(),
+            s.masks[query].clone(),
+            name,
+        )
+
+    def __call__(self, index: int) -> SegEpisode:
+        return self.episode(index)

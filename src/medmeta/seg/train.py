@@ -1,0 +1,113 @@
+"""Training loop of the few-shot segmenters: seeded episodes, Adam, best checkpoint by validation Dice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmeta.config import TrainConfig
+from medmeta.errors import TrainingError
+from medmeta.seg.base import FewShotSegmenter
+from medmeta.seg.episode import EpisodeSource
+from medmeta.seg.evaluate import evaluate_structure_episodes
+from medmeta.train.checkpoint import _atomic_write_text, save_checkpoint
+from medmeta.train.loop import ProgressHook, resolve_device, step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SegFitResult:
+    """History and checkpoints of `fit_segmenter`."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_checkpoint: Path | None = None
+    best_val_dice: float = math.nan
+    seconds: float = 0.0
+
+
+def fit_segmenter(
+    model: FewShotSegmenter,
+    episodes: EpisodeSource,
+    cfg: TrainConfig,
+    *,
+    val_episodes: EpisodeSource | None = None,
+    out_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: ProgressHook | None = None,
+) -> SegFitResult:
+    """Train `model` on ``episodes(i)`` for ``epochs * episodes_per_epoch`` episodes.
+
+    Episode indices run ``0, 1, ...`` across epochs, so a run is reproducible from ``cfg.seed``.
+    After each epoch, ``cfg.val_episodes`` validation episodes (from `val_episodes`) give a mean Dice;
+    the best epoch (the last one without validation) is saved as ``out_dir/best`` (safetensors + JSON).
+
+    Raises:
+        TrainingError: the model has nothing to train, or the loss became NaN/inf.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError(f"{type(model).__name__} has no trainable parameter: it needs no training")
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = Path(out_dir) if out_dir is not None else None
+    result = SegFitResult()
+    best = -math.inf
+    best_state: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    index = 0
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        steps = max(1, cfg.episodes_per_epoch // cfg.meta_batch)
+        if progress is not None:
+            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps)
+        total = 0.0
+        try:
+            for s in range(steps):
+                batch = [episodes(index + j).to(device) for j in range(cfg.meta_batch)]
+                index += cfg.meta_batch
+                loss = torch.stack([model.episode_loss(ep) for ep in batch]).mean()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"segmentation loss became {value} at epoch {epoch + 1}, step {s + 1}: lower train.lr "
+                        "or set train.grad_clip"
+                    )
+                step(loss, optimizer, params, grad_clip=cfg.grad_clip)
+                total += value
+                if progress is not None:
+                    progress.advance(1, loss=value)
+        finally:
+            if progress is not None:
+                progress.stop()
+        record: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / steps}
+        score = float(epoch)
+        if val_episodes is not None and cfg.val_episodes > 0:
+            dices = evaluate_structure_episodes(model, val_episodes, cfg.val_episodes, device)["dice"]
+            record["val_dice"] = float(sum(dices) / len(dices))
+            score = record["val_dice"]
+        record["seconds"] = time.perf_counter() - t0
+        result.history.append(record)
+        logger.info("epoch %d: %s", epoch + 1, record)
+        if score > best:
+            best = score
+            result.best_val_dice = record.get("val_dice", math.nan)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if out is not None:
+                ckpt_meta = {**(meta or {}), "epoch": epoch + 1, "history": result.history}
+                result.best_checkpoint = save_checkpoint(out / "best", best_state, ckpt_meta)
+        if out is not None:
+            _atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result

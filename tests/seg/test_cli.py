@@ -1,0 +1,89 @@
+"""`medmeta seg train|evaluate` and `medmeta segment` end to end on real data, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.cli.test_cli import assert_one_line_error, run
+
+
+def _train(capsys: pytest.CaptureFixture[str], root: Path, out: Path, method: str = "panet") -> Path:
+    code, stdout, err = run(
+        capsys, "seg", "train", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "seg_setting2.yaml"),
+        "--method", method, "--option", "base=4", "--option", "depth=2", "--option", "feature_dim=8",
+        "--epochs", "1", "--episodes-per-epoch", "2", "--image-size", "32", "--eval-episodes", "2",
+        "--data-dir", str(root), "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "| panet | 1 |" in stdout and "mr:liver" in stdout
+    return out / "best.json"
+
+
+def test_train_evaluate_and_segment(
+    capsys: pytest.CaptureFixture[str], seg_root: Path, tmp_path: Path
+) -> None:
+    ckpt = _train(capsys, seg_root, tmp_path / "run")
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {r["structure"] for r in rows} == {
+        f"{m}:{o}" for m in ("ct", "mr") for o in ("liver", "spleen", "kidney_left", "kidney_right")
+    }
+    assert (tmp_path / "run" / "results.md").is_file()
+
+    code, _, err = run(
+        capsys,
+        "seg",
+        "evaluate",
+        "--model",
+        str(ckpt),
+        "--shots",
+        "1",
+        "--episodes",
+        "2",
+        "--out",
+        str(tmp_path / "eval.json"),
+    )
+    assert code == 0, err
+    methods = {r["method"] for r in json.loads((tmp_path / "eval.json").read_text())}
+    assert methods == {f"panet ({ckpt})", "otsu", "support_mean"}  # baselines beside the method
+
+    drive = seg_root / "segmentation" / "drive" / "training"
+    code, _, err = run(
+        capsys, "segment", "--model", str(ckpt), "--support-images", str(drive / "images" / "21_training.tif"),
+        "--support-masks", str(drive / "1st_manual" / "21_manual1.gif"), "--images", str(drive / "images" / "23_training.tif"),
+        "--channel", "green", "--out", str(tmp_path / "seg"),
+    )  # fmt: skip
+    assert code == 0, err
+    with Image.open(tmp_path / "seg" / "23_training_mask.png") as m:
+        assert m.size == (565, 584)
+    assert (tmp_path / "seg" / "23_training_overlay.png").is_file()
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], seg_root: Path, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "seg", "train", "--method", "otsu", "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "trivial baseline", "seg evaluate --model otsu")
+    code, _, err = run(capsys, "seg", "train", "--method", "unet", "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "unknown segmentation method 'unet'")
+    code, _, err = run(capsys, "seg", "evaluate", "--model", "otsu")
+    assert_one_line_error(code, err, "pass --config")
+    code, _, err = run(capsys, "seg", "evaluate", "--model", str(tmp_path / "none.json"))
+    assert_one_line_error(code, err, "not found")
+    img = seg_root / "segmentation" / "isbi2012_em" / "train" / "image" / "0.png"
+    code, _, err = run(
+        capsys, "segment", "--model", "support_mean", "--support-images", str(img), "--support-images", str(img),
+        "--support-masks", str(img), "--images", str(img), "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "2 support images but 1 support masks")
+    code, _, err = run(
+        capsys, "segment", "--model", "otsu", "--support-images", str(img), "--support-masks", str(img),
+        "--images", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "missing.png")
+    code, _, err = run(
+        capsys, "segment", "--model", "otsu", "--support-images", str(img), "--support-masks", str(img),
+        "--images", str(img), "--window", "bone", "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--window must be ct or percentile")

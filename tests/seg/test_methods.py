@@ -1,0 +1,149 @@
+"""Contract of every segmenter in SEG_METHODS, run on real episodes (CT organs and EM membranes, 32 px)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from medmeta.seg import SEG_METHODS, FewShotSegmenter
+from medmeta.seg.base import seg_loss
+from medmeta.seg.baselines import OtsuThreshold, SupportMean, otsu_threshold
+from medmeta.seg.data import SegSource
+from medmeta.seg.episode import SegEpisode, SegEpisodeSampler
+from medmeta.seg.maml import SegMAML
+from medmeta.seg.prototype import PANet, local_prototypes, masked_average, prototype_scores
+
+SMALL = {
+    "panet": {"base": 4, "depth": 2, "feature_dim": 8},
+    "alpnet": {"base": 4, "depth": 2, "feature_dim": 8, "local_window": 4},
+    "ssl_alpnet": {"base": 4, "depth": 2, "feature_dim": 8, "local_window": 4},
+    "maml": {"base": 4, "depth": 2, "inner_steps": 1, "eval_steps": 2},
+    "finetune": {"base": 4, "depth": 2, "steps": 2},
+}
+
+
+def make(name: str) -> FewShotSegmenter:
+    torch.manual_seed(0)
+    cls = SEG_METHODS[name]
+    return cls.from_options(SMALL.get(name, {}))
+
+
+@pytest.fixture(scope="module")
+def episodes(seg_sources: dict[str, SegSource]) -> list[SegEpisode]:
+    structures = {**seg_sources["ct"].structures, **seg_sources["em"].structures}
+    usable = {k: v for k, v in structures.items() if len(v) >= 4}
+    sampler = SegEpisodeSampler(usable, n_shot=2, n_query=2, seed=3)
+    return [sampler.episode(i) for i in range(3)]
+
+
+@pytest.mark.parametrize("name", sorted(SEG_METHODS))
+def test_logits_have_two_channels_per_query_pixel_and_no_nan(name: str, episodes: list[SegEpisode]) -> None:
+    model = make(name).eval()
+    ep = episodes[0]
+    with torch.no_grad():
+        logits = model.adapt(ep.support_images, ep.support_masks).predict(ep.query_images)
+    assert logits.shape == (2, 2, 32, 32)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("name", sorted(SEG_METHODS))
+def test_adapt_does_not_mutate_the_method(name: str, mode: str, episodes: list[SegEpisode]) -> None:
+    model = make(name).train(mode == "train")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ep = episodes[1]
+    first = model.adapt(ep.support_images, ep.support_masks).predict(ep.query_images)
+    after = model.state_dict()
+    # training mode may update batch-norm running statistics, never parameters (as for classification)
+    keys = list(before) if mode == "eval" else [n for n, _ in model.named_parameters()]
+    assert all(torch.equal(before[k], after[k]) for k in keys)
+    if mode == "eval":  # and adapting twice gives the same predictions
+        again = model.adapt(ep.support_images, ep.support_masks).predict(ep.query_images)
+        torch.testing.assert_close(first, again)
+
+
+@pytest.mark.parametrize("name", [n for n, c in sorted(SEG_METHODS.items()) if c.training_source != "none"])
+def test_every_trainable_parameter_gets_a_gradient(name: str, episodes: list[SegEpisode]) -> None:
+    model = make(name).train()
+    model.episode_loss(episodes[2]).backward()
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    ]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", [n for n, c in sorted(SEG_METHODS.items()) if c.training_source == "none"])
+def test_baselines_have_nothing_to_train(name: str) -> None:
+    assert not list(make(name).parameters())
+
+
+def test_masked_average_and_local_prototypes_by_hand() -> None:
+    feats = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2, :2] = 1  # the top-left 2x2 window
+    proto = masked_average(feats, mask)
+    torch.testing.assert_close(proto, torch.tensor([[2.5, 18.5]]))  # means of (0,1,4,5) and (16,17,20,21)
+    local = local_prototypes(feats, mask, window=2, threshold=0.95)
+    torch.testing.assert_close(local, proto)  # exactly one fully-covered window
+    assert local_prototypes(feats, mask, window=4, threshold=0.95).shape == (0, 2)
+
+
+def test_prototype_score_is_the_scaled_cosine_for_one_prototype() -> None:
+    q = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    p = torch.tensor([[1.0, 1.0]])
+    assert prototype_scores(q, p, 20.0).item() == pytest.approx(20 / 2**0.5)
+
+
+def test_panet_alignment_loss_adds_to_the_query_loss(episodes: list[SegEpisode]) -> None:
+    ep = episodes[0]
+    torch.manual_seed(0)
+    with_align = PANet.from_options({**SMALL["panet"], "align_weight": 1.0}).eval()
+    torch.manual_seed(0)
+    without = PANet.from_options({**SMALL["panet"], "align_weight": 0.0}).eval()
+    assert float(with_align.episode_loss(ep).detach()) > float(without.episode_loss(ep).detach())
+
+
+def test_first_order_maml_gradient_matches_a_hand_updated_network(episodes: list[SegEpisode]) -> None:
+    """One inner SGD step, first order: the meta-gradient is the query-loss gradient at the adapted weights."""
+    ep = episodes[0]
+    torch.manual_seed(0)
+    model = SegMAML.from_options({**SMALL["maml"], "first_order": True, "inner_lr": 0.05}).train()
+    model.episode_loss(ep).backward()
+    got = {n: p.grad.clone() for n, p in model.net.named_parameters() if p.grad is not None}
+
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.net.named_parameters()}
+    buffers = {n: None for n, _ in model.net.named_buffers()}
+    support_loss = seg_loss(
+        functional_call(model.net, (params, buffers), (ep.support_images,)), ep.support_masks
+    )
+    grads = torch.autograd.grad(support_loss, list(params.values()))
+    adapted = {
+        n: (p - 0.05 * g).detach().requires_grad_(True)
+        for (n, p), g in zip(params.items(), grads, strict=True)
+    }
+    assert ep.query_masks is not None
+    query_loss = seg_loss(functional_call(model.net, (adapted, buffers), (ep.query_images,)), ep.query_masks)
+    expected = dict(zip(adapted, torch.autograd.grad(query_loss, list(adapted.values())), strict=True))
+    for n, g in got.items():
+        torch.testing.assert_close(g, expected[n], rtol=1e-4, atol=1e-6)
+
+
+def test_otsu_splits_a_bimodal_image_and_follows_the_support_polarity() -> None:
+    img = torch.zeros(1, 1, 8, 8)
+    img[..., :, 4:] = 0.9
+    t = otsu_threshold(img)
+    assert 0.0 < float(t) <= 0.9
+    mask = (img[:, 0] > 0.5).float()
+    bright = OtsuThreshold().adapt(img, mask).predict(img).argmax(1)
+    dark = OtsuThreshold().adapt(img, 1 - mask).predict(img).argmax(1)
+    assert torch.equal(bright.float(), mask) and torch.equal(dark.float(), 1 - mask)
+
+
+def test_support_mean_predicts_where_half_the_shots_agree() -> None:
+    masks = torch.zeros(2, 4, 4)
+    masks[0, 0, :2] = 1
+    masks[1, 0, 1:3] = 1  # column 1 in both, columns 0 and 2 in one of two
+    pred = SupportMean().adapt(torch.rand(2, 1, 4, 4), masks).predict(torch.rand(3, 1, 4, 4)).argmax(1)
+    assert pred.shape == (3, 4, 4)
+    assert pred[0, 0].tolist() == [1, 1, 1, 0] and int(pred[:, 1:].sum()) == 0
