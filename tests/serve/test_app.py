@@ -146,3 +146,21 @@ def test_dicom_patient_fields_are_never_shown_logged_or_kept(
     logs = "\n".join(r.getMessage() for r in caplog.records)
     for secret in PATIENT.values():
         assert secret not in reply.text and secret not in csv_text and secret not in logs, secret
+
+
+def test_an_unreadable_support_image_is_named_by_its_upload_name(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    with running(create_app(tiny_checkpoint, temp_root=tmp_path)) as url:
+        fields, files = support_form()
+        files += [("support_1", "scan 7.jpg", b"not a jpeg"), ("queries", "q.png", png(60))]
+        reply = post_form(url + "/predict", fields, files)
+        assert reply.status == 400
+        assert "support image &#x27;scan 7.jpg&#x27; of class &#x27;kind 1&#x27; cannot be read" in reply.text
+        assert str(tmp_path) not in reply.text  # no server path is shown
+        broken = request(url + "/predict", b"a=1", {"Content-Type": "application/x-www-form-urlencoded"})
+        assert broken.status == 400 and "must be sent as multipart/form-data" in broken.text
+        empty = request(
+            url + "/predict", b"--x\r\nnonsense", {"Content-Type": "multipart/form-data; boundary=x"}
+        )
+        assert empty.status == 400 and "choose one or more images to classify" in empty.text

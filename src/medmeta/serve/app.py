@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medmeta._optional import OptionalDependencyError, optional_import
+from medmeta.data.readers import UnreadableImageError, read_image
 from medmeta.errors import MedmetaError
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import safe_stem
@@ -97,7 +98,15 @@ class Workspace:
             folder = run / "support" / name
             folder.mkdir(parents=True)
             for k, f in enumerate(files):
-                (folder / f"{k:04d}_{_safe_name(f.filename)}").write_bytes(f.data)
+                path = folder / f"{k:04d}_{_safe_name(f.filename)}"
+                path.write_bytes(f.data)
+                try:
+                    read_image(path)
+                except UnreadableImageError:
+                    raise UploadError(
+                        f"support image '{basename(f.filename)}' of class '{name}' cannot be read as an "
+                        "image: remove it or upload another file"
+                    ) from None
         if classes:
             ds = load_support(run / "support", image_size=self.base.image_size, channels=self.base.channels)
             return adapt_support(self.base, ds)

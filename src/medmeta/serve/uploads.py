@@ -171,6 +171,12 @@ async def parse_form(content_type: str, body: AsyncIterator[bytes], limits: Limi
                 "(start the page with a larger --max-upload-mb)",
                 413,
             )
-        parser.write(chunk)
-    parser.finalize()
+        try:
+            parser.write(chunk)
+        except mp.exceptions.MultipartParseError as exc:
+            raise UploadError(f"the upload is not a valid multipart form ({exc})") from None
+    try:
+        parser.finalize()
+    except mp.exceptions.MultipartParseError as exc:
+        raise UploadError(f"the upload is not a valid multipart form ({exc})") from None
     return form
