@@ -145,3 +145,12 @@ def test_a_classification_checkpoint_is_not_loaded_as_a_segmenter(tmp_path: Path
     path = save_checkpoint(tmp_path / "best", {"w": torch.zeros(1)}, {"method": "protonet"})
     with pytest.raises(CheckpointError, match="not a segmentation checkpoint"):
         load_segmenter(path)
+
+
+def test_the_table_can_show_hd95_and_rejects_other_metrics(seg_root: Path) -> None:
+    cfg = config(seg_root, "support_mean")
+    data = load_seg_data(cfg, with_train=False)
+    rows = evaluate_segmenter(SupportMean(), data.test, [1], n_query=1, episodes=2, seed=0, method="m")
+    assert f"{rows[0]['hd95']:.1f} ±" in results_markdown(rows, "hd95")
+    with pytest.raises(ValueError, match="metric must be dice or hd95"):
+        results_markdown(rows, "iou")

@@ -24,7 +24,11 @@ def _write(out: Path, rows: list[dict[str, Any]]) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2, default=str))
-    out.with_suffix(".md").write_text(results_markdown(rows) + "\n")
+    tables = [
+        f"Dice (%), mean ± 95% CI\n\n{results_markdown(rows)}",
+        f"HD95 (px), mean ± 95% CI\n\n{results_markdown(rows, 'hd95')}",
+    ]
+    out.with_suffix(".md").write_text("\n\n".join(tables) + "\n")
 
 
 def _config(config: Path | None, overrides: dict[str, Any]) -> Any:

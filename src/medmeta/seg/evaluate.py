@@ -86,8 +86,16 @@ def evaluate_segmenter(
     return rows
 
 
-def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table: one line per (method, shots), one Dice column per structure, plus adapt time."""
+def results_markdown(rows: Sequence[Mapping[str, Any]], metric: str = "dice") -> str:
+    """A Markdown table: one line per (method, shots), one column per structure, plus adapt time.
+
+    Args:
+        rows: `evaluate_segmenter` rows.
+        metric: ``dice`` (shown in %) or ``hd95`` (pixels), each as mean ± 95% CI half-width.
+    """
+    if metric not in ("dice", "hd95"):
+        raise ValueError(f"metric must be dice or hd95, got '{metric}'")
+    factor = 100.0 if metric == "dice" else 1.0
     structures = sorted({str(r["structure"]) for r in rows})
     keys = list(dict.fromkeys((str(r["method"]), int(r["n_shot"])) for r in rows))
     head = "| method | shots | " + " | ".join(structures) + " | adapt s/episode |"
@@ -101,7 +109,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             if r is None or not r.get("episodes"):
                 cells.append("n/a")
                 continue
-            cells.append(f"{100 * r['dice']:.1f} ± {100 * r['dice_ci95']:.1f}")
+            cells.append(f"{factor * r[metric]:.1f} ± {factor * r[metric + '_ci95']:.1f}")
             times.append(float(r["adapt_seconds"]))
         t = f"{np.mean(times):.3f}" if times else "n/a"
         lines.append(f"| {method} | {k} | " + " | ".join(cells) + f" | {t} |")
