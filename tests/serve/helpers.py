@@ -83,6 +83,18 @@ def multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tu
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def multipart_lists(fields: dict[str, list[str]], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """As `multipart`, with repeated text fields (e.g. several ticked checkboxes of one name)."""
+    body, ctype = multipart({}, files)
+    boundary = ctype.split("boundary=", 1)[1]
+    head = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{v}\r\n'.encode()
+        for name, values in fields.items()
+        for v in values
+    )
+    return head + body, ctype
+
+
 def post_form(
     url: str, fields: dict[str, str], files: list[tuple[str, str, bytes]], cookie: str | None = None
 ) -> Reply:

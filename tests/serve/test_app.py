@@ -18,7 +18,7 @@ from medmeta.serve.app import create_app
 from medmeta.serve.uploads import Limits
 from tests.practice.fixtures import PATIENT, write_dicom
 from tests.practice.test_adapted import png_folder
-from tests.serve.helpers import post_form, request, running, session_cookie
+from tests.serve.helpers import multipart_lists, post_form, request, running, session_cookie
 
 
 def png(value: int, size: int = 24) -> bytes:
@@ -71,15 +71,33 @@ def test_uploaded_support_and_queries_give_predictions_explanations_and_a_csv(
         assert request(url + "/download.csv", headers={"Cookie": cookie}).status == 404
 
 
-def test_an_adapted_model_offers_its_own_support_set(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_an_adapted_model_offers_its_own_support_classes_to_pick_and_extend(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     model = adapt(tiny_checkpoint, png_folder(tmp_path / "s"))
+    q = [("queries", "q.png", png(60))]
     with running(create_app(model, temp_root=tmp_path / "t")) as url:
-        assert 'id="use_stored"' in request(url + "/").text
-        reply = post_form(url + "/predict", {"use_stored": "1"}, [("queries", "q.png", png(60))])
-        assert reply.status == 200, reply.text
-        assert "adapted to class0 (3), class1 (3), class2 (3)" in reply.text
-        reply = post_form(url + "/predict", {}, [("queries", "q.png", png(60))])
-        assert reply.status == 400 and "upload a support set" in reply.text
+        form = request(url + "/").text
+        assert form.count('name="stored_class"') == 3 and "class2 (3 images)" in form
+
+        def summary(fields: dict[str, list[str]], files: list[tuple[str, str, bytes]]) -> str:
+            body, ctype = multipart_lists(fields, files)
+            reply = request(url + "/predict", body, {"Content-Type": ctype})
+            assert reply.status == 200, reply.text
+            return reply.text
+
+        everything = summary({"stored_class": ["class0", "class1", "class2"]}, q)
+        assert "adapted to class0 (3), class1 (3), class2 (3)" in everything
+        extended = summary(
+            {"stored_class": ["class0", "class2"], "class_name_0": ["class0"], "class_name_1": ["new one"]},
+            [("support_0", "a.png", png(10)), *[("support_1", f"n{i}.png", png(200)) for i in range(2)], *q],
+        )
+        assert "adapted to class0 (4), class2 (3), new one (2)" in extended
+        reply = post_form(url + "/predict", {"stored_class": "class1"}, q)
+        assert (
+            reply.status == 400
+            and "at least two classes (or tick the model&#x27;s own classes)" in reply.text
+        )
 
 
 @pytest.mark.parametrize(
@@ -112,7 +130,7 @@ def test_a_support_row_without_a_name_or_with_a_bad_name_is_explained(
         reply = post_form(url + "/predict", {"class_name_0": "../x"}, [("support_0", "a.png", png(1)), *q])
         assert reply.status == 400 and "is not allowed" in reply.text
         reply = post_form(url + "/predict", {"class_name_0": "a"}, [("support_0", "a.png", png(1)), *q])
-        assert reply.status == 400 and "needs at least two class folders" in reply.text
+        assert reply.status == 400 and "for at least two classes" in reply.text
 
 
 def test_requests_for_another_host_name_are_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:

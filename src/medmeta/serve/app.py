@@ -23,13 +23,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medmeta._optional import OptionalDependencyError, optional_import
+from medmeta.data.datasets import ImageDataset
+from medmeta.data.folder import load_image_folder
 from medmeta.data.readers import UnreadableImageError, read_image
 from medmeta.errors import MedmetaError
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import safe_stem
 from medmeta.practice.adapted import AdaptedModel, TrainedModel, adapt_support, load_model
-from medmeta.practice.inputs import load_support
 from medmeta.practice.predict import predict_files
 from medmeta.serve import page
 from medmeta.serve.session import Session, SessionStore
@@ -74,7 +77,10 @@ class Workspace:
         )
 
     def form(self) -> str:
-        stored = None if self.stored is None else self.stored.class_names
+        stored = None
+        if self.stored is not None:
+            labels = self.stored.support_labels
+            stored = {c: int((labels == i).sum()) for i, c in enumerate(self.stored.class_names)}
         return page.form_html(self.model_text(), stored, self.limits_text())
 
     def _support(self, form: Form, run: Path) -> AdaptedModel:
@@ -107,12 +113,46 @@ class Workspace:
                         f"support image '{basename(f.filename)}' of class '{name}' cannot be read as an "
                         "image: remove it or upload another file"
                     ) from None
-        if classes:
-            ds = load_support(run / "support", image_size=self.base.image_size, channels=self.base.channels)
-            return adapt_support(self.base, ds)
-        if self.stored is not None and form.value("use_stored"):
-            return self.stored
-        raise UploadError("upload a support set: a class name and its images for at least two classes")
+        return self._combine(form.fields.get("stored_class", []), classes, run / "support")
+
+    def _combine(self, picked: list[str], uploaded: list[str], folder: Path) -> AdaptedModel:
+        """The support set of the picked stored classes plus the uploaded ones (same name: images added)."""
+        stored = self.stored
+        picked = [c for c in picked if stored is not None and c in stored.class_names]
+        if stored is not None and not uploaded and sorted(picked) == sorted(stored.class_names):
+            return stored  # the adapted model as it is
+        names = sorted(set(picked) | set(uploaded))
+        if len(names) < 2:
+            raise UploadError(
+                "upload a support set: a class name and its images for at least two classes"
+                + (" (or tick the model's own classes)" if stored is not None else "")
+            )
+        size, channels = self.base.image_size, self.base.channels
+        images: list[np.ndarray] = []
+        labels: list[int] = []
+        files: list[str] = []
+        if stored is not None:
+            for c in picked:
+                idx = (stored.support_labels == stored.class_names.index(c)).nonzero().flatten().tolist()
+                images += [stored.support_images[i].numpy() for i in idx]
+                labels += [names.index(c)] * len(idx)
+                files += [stored.support_files[i] for i in idx]
+        if uploaded:
+            ds = load_image_folder(folder, image_size=size, channels=channels)
+            images += list(ds.images)
+            labels += [names.index(ds.class_names[int(y)]) for y in ds.labels]
+            sources = ds.files if ds.files is not None else np.full(len(ds), "")
+            files += [
+                f"{ds.class_names[int(y)]}/{Path(str(f)).name}"
+                for f, y in zip(sources, ds.labels, strict=True)
+            ]
+        support = ImageDataset(
+            images=np.stack(images),
+            labels=np.asarray(labels, dtype=np.int64),
+            class_names=tuple(names),
+            domain="support",
+        )
+        return adapt_support(self.base, support, tuple(files))
 
     def run(self, session: Session, form: Form) -> str:
         """Adapt (or reuse the stored support set), predict, explain; returns the results' HTML."""

@@ -58,20 +58,25 @@ def _class_row(i: int) -> str:
     )
 
 
-def form_html(model_text: str, stored_classes: tuple[str, ...] | None, limits_text: str) -> str:
-    """The upload form; `stored_classes` offers the adapted model's own support set."""
-    stored = ""
-    if stored_classes:
-        stored = (
-            '<p><label><input type="checkbox" id="use_stored" name="use_stored" value="1" checked> '
-            f"use the model's own support set ({escape(', '.join(stored_classes))}) when no support image "
-            "is uploaded below</label></p>"
+def form_html(model_text: str, stored: dict[str, int] | None, limits_text: str) -> str:
+    """The upload form; `stored` (class name -> images) offers the adapted model's own support classes."""
+    picks = ""
+    if stored:
+        boxes = "".join(
+            f'<label class="stored"><input type="checkbox" name="stored_class" value="{escape(name)}" checked> '
+            f"{escape(name)} ({n} images)</label> "
+            for name, n in stored.items()
+        )
+        picks = (
+            f'<p id="stored_classes">The model\'s own support images, per class: {boxes}</p>'
+            '<p class="note">Images uploaded below under the same class name are added to them; new names '
+            "add classes.</p>"
         )
     rows = "".join(_class_row(i) for i in range(2))
     return f"""
 <p class="model">{escape(model_text)}</p>
 <form id="run" method="post" action="/predict" enctype="multipart/form-data">
-<fieldset id="support"><legend>Support set: a few labelled images per class</legend>{stored}
+<fieldset id="support"><legend>Support set: a few labelled images per class</legend>{picks}
 <div id="class_rows">{rows}</div>
 <button type="button" id="add_class">Add a class</button></fieldset>
 <fieldset><legend>Images to classify</legend>
