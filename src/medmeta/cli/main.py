@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from medmeta._optional import OptionalDependencyError
 from medmeta.cli import data_cmds, practice_cmds, seg_cmds
+from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.overrides import collect, parse_options, parse_way
 from medmeta.cli.ui import RichProgress, console, err_console, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
@@ -30,6 +31,7 @@ app.add_typer(data_cmds.app, name="data")
 app.add_typer(seg_cmds.app, name="seg")
 app.command("segment")(seg_cmds.segment)
 practice_cmds.register(app)
+app.command()(benchmark)
 
 _state = {"debug": False}
 

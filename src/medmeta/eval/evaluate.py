@@ -65,6 +65,7 @@ def evaluate(
     n_episodes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     use_cache: bool | None = None,
+    on_logits: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
     """Evaluate `method` on episodes ``0..n_episodes-1`` of `sampler`.
 
@@ -80,6 +81,8 @@ def evaluate(
         progress: called as ``progress(done, total)``.
         use_cache: score episodes from embeddings computed once per image; None (default) does so
             whenever ``method.frozen_backbone`` is True.
+        on_logits: called once with ``(logits (T, n_query_total, n_way), target (T, n_query_total))``
+            on the CPU, for results beyond the summary metrics (confusion matrices, reliability diagrams).
 
     Raises:
         ValueError: ``use_cache=True`` for a method whose backbone changes per task.
@@ -105,6 +108,8 @@ def evaluate(
                 logits, target = torch.stack(logits_list), torch.stack(target_list)
     finally:
         method.train(was_training)
+    if on_logits is not None:
+        on_logits(logits.detach().cpu(), target.cpu())
     values = batch_episode_metrics(logits, target)
     probs = torch.softmax(logits.detach().cpu().double(), dim=-1)
     pooled_bins = calibration_bins(probs, target.cpu()).sum(0)  # (n_bins, 3)

@@ -1,0 +1,113 @@
+"""Score a trained method on a held-out domain: one record per cell with everything the report needs.
+
+The per-episode values of every metric are kept (so seeds can be pooled and CIs recomputed exactly),
+together with the pooled reliability counts and a confusion matrix in the domain's own class order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmeta.data.datasets import ImageDataset
+from medmeta.episodes.sampler import EpisodeSampler
+from medmeta.eval.evaluate import evaluate
+from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, mean_ci
+from medmeta.methods.base import FewShotMethod
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece")
+
+
+def uses_cache(method: FewShotMethod) -> bool:
+    """Score from cached embeddings: methods with a frozen backbone, and fine-tuning of the head only
+    (``Finetune(mode="head")`` trains a head on fixed features; its class flag cannot follow the option)."""
+    from medmeta.methods.finetune import Finetune
+
+    return method.frozen_backbone or (isinstance(method, Finetune) and method.options.mode == "head")
+
+
+def class_confusion(
+    logits: torch.Tensor, target: torch.Tensor, classes: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """Confusion counts over episodes in the dataset's class order (rows true, columns predicted).
+
+    Args:
+        logits: ``(T, n_query_total, n_way)``.
+        target: ``(T, n_query_total)`` episode labels.
+        classes: ``(T, n_way)`` dataset class id of each episode label.
+        n_classes: classes of the dataset.
+
+    Returns:
+        ``(n_classes, n_classes)`` int64.
+    """
+    ids = torch.from_numpy(classes.astype(np.int64))  # (T, n_way)
+    true = ids.gather(1, target)  # (T, n_query_total)
+    pred = ids.gather(1, logits.argmax(-1))  # (T, n_query_total)
+    return confusion(pred.reshape(-1), true.reshape(-1), n_classes).numpy()
+
+
+def metric_summary(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean and 95% CI half-width of each metric over episodes (NaN episodes of AUC left out)."""
+    out = {}
+    for name, v in values.items():
+        finite = v[np.isfinite(v)]
+        mean, ci = mean_ci(finite)
+        out[name] = {"mean": mean, "ci95": ci}
+    return out
+
+
+def evaluate_cell(
+    method: FewShotMethod,
+    test: ImageDataset,
+    *,
+    n_shot: int,
+    n_query: int,
+    episodes: int,
+    seed: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate on `episodes` all-class `n_shot`-shot episodes of `test` (seeded: same for every method).
+
+    Returns:
+        JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and
+        ci95 per metric), ``per_episode`` (values per metric), ``pooled_ece``, ``calibration``
+        (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
+    """
+    sampler = EpisodeSampler(test, None, n_shot, n_query, seed=seed, n_episodes=episodes)
+    if uses_cache(method) and not method.frozen_backbone:
+        # an instance flag for this loaded copy only: its logits_from_features scores cached features
+        setattr(method, "frozen_backbone", True)  # noqa: B010
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(logits: torch.Tensor, target: torch.Tensor) -> None:
+        captured["logits"], captured["target"] = logits, target
+
+    result = evaluate(
+        method,
+        sampler,
+        prepare=prepare,
+        device=device,
+        progress=progress,
+        on_logits=keep,
+    )
+    logits, target = captured["logits"], captured["target"]
+    values = {k: v.numpy() for k, v in batch_episode_metrics(logits, target).items()}
+    probs = torch.softmax(logits.double(), dim=-1)  # (T, n_query_total, n_way)
+    classes = np.stack([sampler.indices(i)[2] for i in range(episodes)])  # (T, n_way)
+    return {
+        "n_way": sampler.n_way,
+        "n_query": n_query,
+        "episodes": episodes,
+        "eval_seed": seed,
+        "metrics": metric_summary(values),
+        "per_episode": {k: values[k].tolist() for k in METRICS},
+        "pooled_ece": result.pooled["ece"],
+        "calibration": calibration_bins(probs, target).sum(0).tolist(),
+        "confusion": class_confusion(logits, target, classes, test.n_classes).tolist(),
+        "classes": list(test.class_names),
+    }

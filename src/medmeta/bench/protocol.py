@@ -1,0 +1,290 @@
+"""A benchmark protocol: which domains, methods, shots and seeds, validated from YAML.
+
+A protocol is leave-one-domain-out: for every held-out domain, each method is (meta-)trained on the
+other domains and tested on the held-out domain with all of its classes, for each number of shots.
+Only `load_protocol` reads YAML; the rest of `medmeta.bench` receives a frozen `Protocol`.
+
+Example:
+    >>> from medmeta.bench.protocol import Protocol
+    >>> p = Protocol.model_validate({"name": "tiny", "data": {"domains": ["a", "b"]},
+    ...                              "methods": ["protonet"], "eval": {"shots": [1, 5]}})
+    >>> p.held_out_domains
+    ['a', 'b']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medmeta.config import TrainConfig, describe_validation_error
+from medmeta.errors import ConfigError, DataError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MethodEntry(_Frozen):
+    """One method of the benchmark.
+
+    Attributes:
+        name: registered method name (see `medmeta.methods.METHODS`).
+        label: name in the report (default: `name`); lets one method appear twice with other options.
+        options: the method's options (validated by its ``Options`` model).
+        train: overrides of the protocol's ``train`` section for this method (for example fewer epochs).
+    """
+
+    name: str
+    label: str = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_label(cls, v: Any) -> Any:
+        if isinstance(v, dict) and not v.get("label") and isinstance(v.get("name"), str):
+            return {**v, "label": v["name"]}
+        return v
+
+    @model_validator(mode="after")
+    def _known_method(self) -> MethodEntry:
+        from medmeta.methods import METHODS
+
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method '{self.name}'; choose one of {', '.join(sorted(METHODS))}")
+        try:
+            METHODS[self.name].Options(**self.options)
+        except ValidationError as exc:
+            raise ValueError(f"method '{self.name}': {describe_validation_error(exc)}") from None
+        if "seed" in self.train:
+            raise ValueError("set training seeds with the top-level 'seeds' list, not train.seed")
+        return self
+
+
+class DataSection(_Frozen):
+    """The domains.
+
+    Attributes:
+        domains: dataset names (see ``medmeta data list``) or folder paths; every one is a training
+            domain when another is held out.
+        held_out: the domains tested in turn (default: every domain).
+        related: groups of domains that share classes or images (for example organamnist and
+            organcmnist): while one member is held out, the others are left out of training.
+        image_size: side of the square images (MedMNIST sets: a ``NAME_SIZE`` file is preferred).
+        channels: 1 (grey) or 3 (RGB).
+        test_fraction: share of a domain without a test split that becomes its test set (stratified,
+            seeded by `split_seed`).
+        val_fraction: share of a domain's training images held out for validation when it has no
+            val split.
+        split_seed: seeds those splits.
+        data_dir: data root (default ``--data-dir`` or ``$MEDMETA_DATA``).
+    """
+
+    domains: list[str] = Field(min_length=2)
+    held_out: list[str] | None = None
+    related: list[list[str]] = Field(default_factory=list)
+    image_size: int = Field(64, ge=8, le=512)
+    channels: Literal[1, 3] = 3
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    data_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSection:
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"a domain is listed twice in {self.domains}")
+        for what, names in (("held_out", self.held_out or []), *(("related", g) for g in self.related)):
+            unknown = [n for n in names if n not in self.domains]
+            if unknown:
+                raise ValueError(f"{what} names {unknown}, which are not in domains {self.domains}")
+        return self
+
+
+class EpisodeSection(_Frozen):
+    """Meta-training episodes (``n_way: null``: every class of the episode's domain)."""
+
+    n_way: int | None = Field(None, ge=2)
+    n_shot: int = Field(5, ge=1)
+    n_query: int = Field(15, ge=1)
+
+
+class EvalSection(_Frozen):
+    """Test episodes on the held-out domain, all of its classes per episode.
+
+    Attributes:
+        shots: support images per class, one result per entry.
+        n_query: query images per class (lowered for a domain whose smallest test class is too small;
+            the report says so).
+        episodes: test episodes per (method, domain, shots, seed).
+        seed: base seed of the test episodes (training seed ``s`` uses ``seed + s``).
+    """
+
+    shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    n_query: int = Field(15, ge=1)
+    episodes: int = Field(600, ge=2)
+    seed: int = 12345
+
+    @field_validator("shots")
+    @classmethod
+    def _good_shots(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"shots must be positive integers, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a number of shots is listed twice in {v}")
+        return sorted(v)
+
+
+class ReferenceSection(_Frozen):
+    """The fully-supervised upper bound: the same backbone trained on the held-out domain's training split.
+
+    Attributes:
+        enabled: train and test it.
+        method: a transfer baseline whose supervised pretraining is reused (its classification head
+            predicts the test split).
+        epochs: passes of `steps_per_epoch` mini-batches.
+        steps_per_epoch: mini-batches per epoch.
+        batch_size: images per mini-batch.
+        lr: Adam learning rate.
+    """
+
+    enabled: bool = True
+    method: str = "simpleshot"
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+
+    @field_validator("method")
+    @classmethod
+    def _supervised(cls, v: str) -> str:
+        from medmeta.methods import METHODS
+
+        choices = sorted(n for n, c in METHODS.items() if c.trainer == "supervised")
+        if v not in choices:
+            raise ValueError(f"reference.method must be a transfer baseline, one of {', '.join(choices)}")
+        return v
+
+
+class Protocol(_Frozen):
+    """A whole benchmark: every (method, held-out domain, shots, seed) cell."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    data: DataSection
+    methods: list[MethodEntry] = Field(min_length=1)
+    backbone: Literal["conv4", "resnet12"] = "conv4"
+    episodes: EpisodeSection = EpisodeSection()
+    train: TrainConfig = TrainConfig()
+    eval: EvalSection = EvalSection()
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    reference: ReferenceSection = ReferenceSection()
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_as_entries(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Protocol:
+        labels = [m.label for m in self.methods]
+        twice = sorted({lbl for lbl in labels if labels.count(lbl) > 1})
+        if twice:
+            raise ValueError(f"method label(s) {twice} used twice: give each entry its own 'label'")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"a seed is listed twice in {self.seeds}")
+        if "seed" in self.train.model_fields_set:
+            raise ValueError("set training seeds with the top-level 'seeds' list, not train.seed")
+        for m in self.methods:
+            try:
+                TrainConfig.model_validate({**self.train.model_dump(), **m.train})
+            except ValidationError as exc:
+                raise ValueError(f"methods '{m.label}' train: {describe_validation_error(exc)}") from None
+        return self
+
+    @property
+    def held_out_domains(self) -> list[str]:
+        return list(self.data.held_out or self.data.domains)
+
+    def training_domains(self, held_out: str) -> list[str]:
+        """Domains trained on while `held_out` is tested (related domains are left out too)."""
+        blocked = {held_out}
+        for group in self.data.related:
+            if held_out in group:
+                blocked.update(group)
+        return [d for d in self.data.domains if d not in blocked]
+
+    def train_config(self, method: MethodEntry, seed: int) -> TrainConfig:
+        """The protocol's training section with the method's overrides and `seed`."""
+        return TrainConfig.model_validate({**self.train.model_dump(), **method.train, "seed": seed})
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not the data root): guards resumed runs."""
+        payload = self.model_dump(mode="json")
+        payload["data"].pop("data_dir", None)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_protocol(raw: dict[str, Any], source: str = "protocol") -> Protocol:
+    """Validate a plain dict.
+
+    Raises:
+        ConfigError: one line naming every bad field, its value and the rule.
+    """
+    try:
+        protocol = Protocol.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
+    for held in protocol.held_out_domains:
+        if not protocol.training_domains(held):
+            raise ConfigError(
+                f"invalid {source}: holding out '{held}' leaves no training domain: add domains or "
+                "shrink its 'related' group"
+            )
+    return protocol
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and validate a protocol YAML file (domains are checked against the data by `check_domains`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"benchmark config {path} not found: check the path (see configs/*.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(raw).__name__}")
+    return parse_protocol(raw, source=str(path))
+
+
+def dataset_name(domain: str, image_size: int, root: str | Path | None) -> str:
+    """The dataset a domain entry loads: ``NAME_SIZE`` for a MedMNIST set when that file exists.
+
+    Raises:
+        ConfigError: no dataset of that name under the data root (the message lists what exists).
+    """
+    from medmeta.data.registry import list_datasets, resolve
+
+    if "/" not in domain and image_size != 28:
+        sized = f"{domain}_{image_size}"
+        if any(e.name == sized and e.kind == "medmnist" for e in list_datasets(root)):
+            return sized
+    try:
+        resolve(domain, root)
+    except DataError as exc:
+        raise ConfigError(f"unknown domain '{domain}' in the benchmark config: {exc}") from None
+    return domain
+
+
+def check_domains(protocol: Protocol, root: str | Path | None) -> dict[str, str]:
+    """Map every domain entry to the dataset it loads, failing early on an unknown one."""
+    return {d: dataset_name(d, protocol.data.image_size, root) for d in protocol.data.domains}

@@ -1,0 +1,276 @@
+"""Run a benchmark: every job in order, skipping what an earlier (killed) run of the same folder finished.
+
+Results are identical whether a run is interrupted or not: every training is seeded by its seed, test
+episodes by ``eval.seed + seed``, the global torch RNG is re-seeded before every evaluation, and cells
+are always scored from the reloaded best checkpoint (``OUT/checkpoints/...``), whether it was trained in
+this session or an earlier one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import torch
+
+from medmeta.bench.cells import Job, ReferenceJob, TrainJob, cell_cost, enumerate_jobs, job_cost, safe_name
+from medmeta.bench.domains import DomainSplits, load_domains, query_size
+from medmeta.bench.evaluation import evaluate_cell
+from medmeta.bench.protocol import MethodEntry, Protocol, check_domains
+from medmeta.bench.reference import train_reference
+from medmeta.bench.store import ResultsStore, check_fingerprint
+from medmeta.config import RunConfig, make_config
+from medmeta.methods import METHODS
+from medmeta.pipeline import RunData, load_method, normalization_from_meta, train_method
+from medmeta.train.loop import ProgressHook, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class RunProgress(ProgressHook, TypingProtocol):
+    """Progress of a whole run (the CLI shows it with an ETA) plus the inner training/test bars."""
+
+    def plan(self, total: float, done: float) -> None: ...
+
+    def job(self, description: str) -> None: ...
+
+    def job_done(self, units: float) -> None: ...
+
+
+@dataclass
+class RunOutcome:
+    """What `run_benchmark` did in this session."""
+
+    out: Path
+    records: list[dict[str, Any]]
+    resumed: bool
+    cells_run: int = 0
+    cells_skipped: int = 0
+    trainings_run: int = 0
+    seconds: float = 0.0
+    test_sources: dict[str, str] = field(default_factory=dict)
+
+
+def max_ways(domains: dict[str, DomainSplits]) -> int:
+    return max(max(d.train.n_classes, d.test.n_classes) for d in domains.values())
+
+
+def method_options(entry: MethodEntry, domains: dict[str, DomainSplits]) -> dict[str, Any]:
+    """The entry's options; methods with a fixed-size head get ``n_way`` = the most classes of any domain."""
+    options = dict(entry.options)
+    if "n_way" in METHODS[entry.name].Options.model_fields and "n_way" not in options:
+        options["n_way"] = max_ways(domains)
+    return options
+
+
+def cell_config(protocol: Protocol, job: TrainJob, domains: dict[str, DomainSplits]) -> RunConfig:
+    """The run config of one training (its eval section is unused: cells set their own episodes)."""
+    return make_config(
+        {
+            "data": {
+                "train": protocol.training_domains(job.domain),
+                "image_size": protocol.data.image_size,
+                "channels": protocol.data.channels,
+                "allow_class_overlap": True,
+            },
+            "episodes": protocol.episodes.model_dump(),
+            "model": {"backbone": protocol.backbone},
+            "method": {"name": job.method.name, "options": method_options(job.method, domains)},
+            "train": protocol.train_config(job.method, job.seed).model_dump(),
+        },
+        source=f"benchmark cell {job.key}",
+    )
+
+
+def eval_seed(protocol: Protocol, seed: int) -> int:
+    return protocol.eval.seed + seed
+
+
+def _rng_seed(key: str) -> int:
+    return zlib.crc32(key.encode())
+
+
+def _checkpoint_dir(out: Path, job: Job) -> Path:
+    if isinstance(job, ReferenceJob):
+        return out / "checkpoints" / "_reference" / safe_name(job.domain) / f"seed{job.seed}"
+    return out / "checkpoints" / safe_name(job.method.label) / safe_name(job.domain) / f"seed{job.seed}"
+
+
+def _trained_method(
+    protocol: Protocol,
+    job: TrainJob,
+    domains: dict[str, DomainSplits],
+    store: ResultsStore,
+    out: Path,
+    progress: RunProgress | None,
+) -> tuple[Path, bool]:
+    """The best checkpoint of `job`'s training: reused when an earlier session finished it."""
+    ckpt_dir = _checkpoint_dir(out, job)
+    done = store.get(job.key)
+    if done is not None and (out / done["checkpoint"]).is_file():
+        return out / done["checkpoint"], False
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    cfg = cell_config(protocol, job, domains)
+    train_names = protocol.training_domains(job.domain)
+    data = RunData(
+        train=[domains[d].train for d in train_names], val=[domains[d].val for d in train_names], test=[]
+    )
+    _, fit_result, _ = train_method(cfg, out_dir=ckpt_dir, data=data, progress=progress)
+    assert fit_result.best_checkpoint is not None
+    store.append(
+        {
+            "kind": "train",
+            "key": job.key,
+            "method": job.method.label,
+            "domain": job.domain,
+            "seed": job.seed,
+            "train_domains": train_names,
+            "history": fit_result.history,
+            "best_val_accuracy": fit_result.best_val_accuracy,
+            "seconds": fit_result.seconds,
+            "checkpoint": str(fit_result.best_checkpoint.relative_to(out)),
+        }
+    )
+    return fit_result.best_checkpoint, True
+
+
+def _run_train_job(
+    protocol: Protocol,
+    job: TrainJob,
+    domains: dict[str, DomainSplits],
+    store: ResultsStore,
+    outcome: RunOutcome,
+    progress: RunProgress | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    checkpoint, trained = _trained_method(protocol, job, domains, store, outcome.out, progress)
+    outcome.trainings_run += int(trained)
+    if progress is not None:
+        progress.job_done(job_cost(protocol, job) - len(job.cells) * cell_cost(protocol, job))
+    method, _, meta = load_method(checkpoint)
+    device = resolve_device(protocol.train.device)
+    method.to(device)
+    prepare = normalization_from_meta(meta)
+    test = domains[job.domain].test
+    done = store.keys()
+    for cell in job.cells:
+        if cell.key in done:
+            continue
+        n_query = query_size(domains[job.domain], cell.shots, protocol.eval.n_query)
+        if progress is not None:
+            progress.start(f"test {cell.method} on {cell.domain} {cell.shots}-shot", protocol.eval.episodes)
+        torch.manual_seed(_rng_seed(cell.key))
+        t0 = time.perf_counter()
+        try:
+            fields = evaluate_cell(
+                method,
+                test,
+                n_shot=cell.shots,
+                n_query=n_query,
+                episodes=protocol.eval.episodes,
+                seed=eval_seed(protocol, cell.seed),
+                prepare=prepare,
+                device=device,
+                progress=None if progress is None else (lambda _d, _t: progress.advance(1)),
+            )
+        finally:
+            if progress is not None:
+                progress.stop()
+        record = {
+            "kind": "cell",
+            "key": cell.key,
+            "method": cell.method,
+            "method_name": job.method.name,
+            "domain": cell.domain,
+            "shots": cell.shots,
+            "seed": cell.seed,
+            **fields,
+            "seconds": time.perf_counter() - t0,
+        }
+        store.append(record)
+        outcome.cells_run += 1
+        if progress is not None:
+            progress.job_done(cell_cost(protocol, job))
+        if on_record is not None:
+            on_record(record)
+
+
+def run_benchmark(
+    protocol: Protocol,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    progress: RunProgress | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> RunOutcome:
+    """Run (or resume) every job of `protocol` in `out`; results go to ``OUT/results.jsonl``.
+
+    Args:
+        protocol: the benchmark.
+        out: run folder; a folder holding an earlier run of the same protocol is resumed.
+        data_dir: data root (default: ``protocol.data.data_dir``, else ``$MEDMETA_DATA``).
+        progress: receives overall and per-phase progress.
+        on_record: called after each cell record is written (tests use it to interrupt a run).
+
+    Raises:
+        ConfigError: unknown domain, shots too large for a held-out domain, or `out` holding another
+            protocol's results.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    root = data_dir if data_dir is not None else protocol.data.data_dir
+    datasets = check_domains(protocol, root)
+    domains = load_domains(protocol, datasets, root)
+    for d in protocol.held_out_domains:  # fail before any training when shots do not fit
+        for k in protocol.eval.shots:
+            query_size(domains[d], k, protocol.eval.n_query)
+    resumed = check_fingerprint(out, protocol.fingerprint(), protocol.model_dump(mode="json"))
+    store = ResultsStore(out)
+    outcome = RunOutcome(
+        out=out, records=[], resumed=resumed, test_sources={d: s.test_source for d, s in domains.items()}
+    )
+    jobs = enumerate_jobs(protocol)
+    done_keys = store.keys()
+    if progress is not None:
+        total = sum(job_cost(protocol, j) for j in jobs)
+        finished = sum(job_cost(protocol, j) for j in jobs if _is_done(j, done_keys))
+        progress.plan(total, finished)
+    if protocol.train.threads:
+        torch.set_num_threads(protocol.train.threads)
+    for job in jobs:
+        if _is_done(job, done_keys):
+            outcome.cells_skipped += len(job.cells) if isinstance(job, TrainJob) else 0
+            continue
+        if isinstance(job, ReferenceJob):
+            if progress is not None:
+                progress.job(f"supervised reference on {job.domain}, seed {job.seed}")
+            fields = train_reference(
+                protocol, domains[job.domain], job.seed, _checkpoint_dir(out, job), progress=progress
+            )
+            store.append(
+                {"kind": "reference", "key": job.key, "domain": job.domain, "seed": job.seed, **fields}
+            )
+            if progress is not None:
+                progress.job_done(job_cost(protocol, job))
+            continue
+        if progress is not None:
+            progress.job(f"{job.method.label} with {job.domain} held out, seed {job.seed}")
+        skipped = sum(c.key in done_keys for c in job.cells)
+        outcome.cells_skipped += skipped
+        _run_train_job(protocol, job, domains, store, outcome, progress, on_record)
+    outcome.records = store.records
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _is_done(job: Job, keys: set[str]) -> bool:
+    if isinstance(job, ReferenceJob):
+        return job.key in keys
+    return all(c.key in keys for c in job.cells)

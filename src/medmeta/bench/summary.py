@@ -1,0 +1,153 @@
+"""From result records to the summary table: seeds pooled, 95% CIs, best and tied methods marked.
+
+A row is one (method, held-out domain, shots): the per-episode values of every seed are pooled and
+each metric is their mean with the normal-approximation 95% CI (`medmeta.eval.metrics.mean_ci`). In a
+column (domain, shots, metric) the method with the best mean is marked ``best``; a method whose CI
+overlaps the best one's is marked ``tie`` (the data cannot tell them apart). Higher is better for every
+metric except ECE. The fully-supervised reference gets one row per domain (shots ``all``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmeta.bench.evaluation import METRICS
+from medmeta.bench.protocol import Protocol
+from medmeta.eval.metrics import mean_ci
+
+LOWER_IS_BETTER = frozenset({"ece"})
+REFERENCE = "supervised reference"
+
+
+@dataclass
+class Row:
+    """One line of the summary: ``metrics[name] = (mean, ci95)`` and ``marks[name]`` in best/tie/''."""
+
+    method: str
+    domain: str
+    shots: int | str
+    n_way: int
+    n_query: int
+    seeds: int
+    episodes: int
+    metrics: dict[str, tuple[float, float]]
+    marks: dict[str, str] = field(default_factory=dict)
+
+
+def _pooled(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for m in METRICS:
+        v = np.concatenate([np.asarray(r["per_episode"][m], dtype=np.float64) for r in records])
+        out[m] = mean_ci(v[np.isfinite(v)])
+    return out
+
+
+def reference_row(domain: str, records: list[dict[str, Any]]) -> Row:
+    """The reference of one domain over seeds: accuracy CI over all test predictions, others averaged."""
+    correct = np.concatenate([np.asarray(r["per_image_correct"], dtype=np.float64) for r in records])
+    metrics = {m: (float(np.mean([r["metrics"][m]["mean"] for r in records])), math.nan) for m in METRICS}
+    metrics["accuracy"] = mean_ci(correct)
+    return Row(
+        method=REFERENCE,
+        domain=domain,
+        shots="all",
+        n_way=len(records[0]["classes"]),
+        n_query=int(records[0]["n_test"]),
+        seeds=len(records),
+        episodes=0,
+        metrics=metrics,
+    )
+
+
+def mark_column(rows: list[Row], metric: str) -> None:
+    """Mark the best row of `metric` and the rows whose 95% CI overlaps it."""
+    scored = [r for r in rows if math.isfinite(r.metrics[metric][0])]
+    if not scored:
+        return
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    best = max(scored, key=lambda r: sign * r.metrics[metric][0])
+    b_mean, b_ci = best.metrics[metric]
+    for r in scored:
+        mean, ci = r.metrics[metric]
+        if r is best:
+            r.marks[metric] = "best"
+        elif abs(mean - b_mean) <= (ci if math.isfinite(ci) else 0.0) + (
+            b_ci if math.isfinite(b_ci) else 0.0
+        ):
+            r.marks[metric] = "tie"
+
+
+def summarize(protocol: Protocol, records: list[dict[str, Any]]) -> list[Row]:
+    """Summary rows in protocol order (methods, then the reference, per domain and shots)."""
+    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    refs: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("kind") == "cell":
+            cells.setdefault((r["method"], r["domain"], int(r["shots"])), []).append(r)
+        elif r.get("kind") == "reference":
+            refs.setdefault(r["domain"], []).append(r)
+    rows: list[Row] = []
+    for domain in protocol.held_out_domains:
+        for k in protocol.eval.shots:
+            column = []
+            for m in protocol.methods:
+                found = sorted(cells.get((m.label, domain, k), []), key=lambda r: r["seed"])
+                found = list({r["seed"]: r for r in found}.values())  # one record per seed
+                if not found:
+                    continue
+                column.append(
+                    Row(
+                        method=m.label,
+                        domain=domain,
+                        shots=k,
+                        n_way=int(found[0]["n_way"]),
+                        n_query=int(found[0]["n_query"]),
+                        seeds=len(found),
+                        episodes=sum(int(r["episodes"]) for r in found),
+                        metrics=_pooled(found),
+                    )
+                )
+            for metric in METRICS:
+                mark_column(column, metric)
+            rows.extend(column)
+        if domain in refs:
+            found = list({r["seed"]: r for r in sorted(refs[domain], key=lambda r: r["seed"])}.values())
+            rows.append(reference_row(domain, found))
+    return rows
+
+
+def _num(x: float) -> str:
+    return "" if not math.isfinite(x) else f"{x:.6f}"
+
+
+def summary_csv(rows: list[Row]) -> str:
+    """The rows as CSV text: identity columns, then ``METRIC``, ``METRIC_ci95``, ``METRIC_mark``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["method", "domain", "shots", "n_way", "n_query", "seeds", "episodes"]
+    for m in METRICS:
+        header += [m, f"{m}_ci95", f"{m}_mark"]
+    writer.writerow(header)
+    for r in rows:
+        line: list[Any] = [r.method, r.domain, r.shots, r.n_way, r.n_query, r.seeds, r.episodes]
+        for m in METRICS:
+            mean, ci = r.metrics[m]
+            line += [_num(mean), _num(ci), r.marks.get(m, "")]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def write_summary(rows: list[Row], out: str | Path) -> Path:
+    """Write ``OUT/summary.csv`` atomically."""
+    path = Path(out) / "summary.csv"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(summary_csv(rows))
+    tmp.replace(path)
+    return path

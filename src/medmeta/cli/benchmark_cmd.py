@@ -1,0 +1,189 @@
+"""``medmeta benchmark CONFIG``: run a leave-one-domain-out few-shot benchmark and write its report."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from medmeta.bench.protocol import Protocol
+from medmeta.cli.ui import console, err_console, say
+
+
+class BenchProgress:
+    """The whole run (weighted by the rough cost model, with an ETA) above a bar for the current phase."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+            speed_estimate_period=3600.0,
+        )
+        self._overall: TaskID | None = None
+        self._phase: TaskID | None = None
+
+    def __enter__(self) -> BenchProgress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def plan(self, total: float, done: float) -> None:
+        if self.enabled:
+            self._overall = self._progress.add_task("benchmark", total=max(total, 1e-9), info="")
+            self._progress.update(self._overall, completed=done)
+
+    def job(self, description: str) -> None:
+        if self.enabled and self._overall is not None:
+            self._progress.update(self._overall, info=description)
+
+    def job_done(self, units: float) -> None:
+        if self.enabled and self._overall is not None:
+            self._progress.advance(self._overall, units)
+
+    def start(self, description: str, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._phase is not None:
+            self._progress.remove_task(self._phase)
+        self._phase = self._progress.add_task(f"  {description}", total=total, info="")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        if self._phase is None:
+            return
+        text = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        self._progress.update(self._phase, advance=n, info=text)
+
+    def stop(self) -> None:
+        if self._phase is not None:
+            self._progress.remove_task(self._phase)
+        self._phase = None
+
+
+def _plan_table(protocol: Protocol, data_dir: Path | None) -> Table:
+    """Every job with its cells, training domains, ways and queries (loads the data to check them)."""
+    from medmeta.bench.cells import ReferenceJob, enumerate_jobs, job_cost
+    from medmeta.bench.domains import load_domains, query_size
+    from medmeta.bench.protocol import check_domains
+
+    root = data_dir if data_dir is not None else protocol.data.data_dir
+    domains = load_domains(protocol, check_domains(protocol, root), root)
+    table = Table(title=f"{protocol.name}: jobs and cells")
+    for col in (
+        "held out",
+        "seed",
+        "method",
+        "trained on",
+        "test way",
+        "shots (queries/class)",
+        "rough cost",
+    ):
+        table.add_column(col)
+    for job in enumerate_jobs(protocol):
+        d = domains[job.domain]
+        if isinstance(job, ReferenceJob):
+            method, trained, shots = "supervised reference", f"{job.domain} training split", "all test images"
+        else:
+            method, trained = job.method.label, ", ".join(protocol.training_domains(job.domain))
+            shots = ", ".join(
+                f"{c.shots} ({query_size(d, c.shots, protocol.eval.n_query)})" for c in job.cells
+            )
+        cost = job_cost(protocol, job)
+        table.add_row(
+            job.domain, str(job.seed), method, trained, str(d.n_classes), shots, f"{cost / 60:.1f} min"
+        )
+    return table
+
+
+def benchmark(
+    config: Path = typer.Argument(..., help="Benchmark protocol YAML (see configs/quick.yaml)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run folder (default runs/bench/NAME); resumed if it exists."
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List the jobs and cells with their rough cost; run nothing."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+) -> None:
+    """Train every method with each domain held out, test on identical seeded episodes, write a report.
+
+    Writes OUT/results.jsonl (one record per finished cell; a killed run resumes where it stopped),
+    OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html.
+    """
+    from medmeta.bench import run
+    from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
+    from medmeta.bench.protocol import load_protocol
+    from medmeta.bench.store import RESULTS
+
+    protocol = load_protocol(config)
+    out = out if out is not None else Path("runs") / "bench" / protocol.name
+    jobs = enumerate_jobs(protocol)
+    n_cells = len(enumerate_cells(protocol))
+    n_refs = sum(isinstance(j, ReferenceJob) for j in jobs)
+    cost = sum(job_cost(protocol, j) for j in jobs)
+    say(
+        f"benchmark {protocol.name}: {n_cells} cells ({len(protocol.methods)} methods x "
+        f"{len(protocol.held_out_domains)} held-out domains x {len(protocol.eval.shots)} shots x "
+        f"{len(protocol.seeds)} seeds), {len(jobs) - n_refs} trainings + {n_refs} supervised references; "
+        f"rough cost {cost / 60:.0f} min on one CPU thread"
+    )
+    if dry_run:
+        console.print(_plan_table(protocol, data_dir))
+        return
+    if (out / RESULTS).is_file():
+        say(f"resuming {out}: finished cells are kept, the rest is run")
+    command = "medmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    with BenchProgress(enabled=not quiet) as progress:
+        result = run(protocol, out, data_dir=data_dir, progress=progress, command=command)
+    o = result.outcome
+    say(
+        f"{o.cells_run} cells run, {o.cells_skipped} reused from an earlier run, {o.trainings_run} trainings, "
+        f"{o.seconds:.0f} s"
+    )
+    console.print(_summary_table(result.rows))
+    say(f"wrote {result.summary_csv}, {result.report_md}, {result.report_html}")
+
+
+def _summary_table(rows: list[Any]) -> Table:
+    from medmeta.bench.report import cell_text
+
+    table = Table(title="accuracy % (95% CI); ▲ best, ≈ tied with the best")
+    for col in ("method", "held out", "shots", "accuracy %", "bal. acc. %", "macro-F1 %", "AUC %", "ECE %"):
+        table.add_column(col, justify="left" if col in ("method", "held out") else "right")
+    for r in rows:
+        mark = {"best": " ▲", "tie": " ≈"}.get(r.marks.get("accuracy", ""), "")
+        table.add_row(
+            r.method,
+            r.domain,
+            str(r.shots),
+            cell_text(*r.metrics["accuracy"]) + mark,
+            *(cell_text(*r.metrics[m]) for m in ("balanced_accuracy", "macro_f1", "auc", "ece")),
+        )
+    return table

@@ -1,0 +1,106 @@
+"""Benchmark configs: the shipped ones validate, and every bad value gives one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medmeta.bench.cells import enumerate_cells, enumerate_jobs
+from medmeta.bench.protocol import check_domains, load_protocol, parse_protocol
+from medmeta.errors import ConfigError
+from tests.bench.helpers import tiny_raw
+from tests.conftest import REPO
+
+DOMAINS = ["blood_pbc", "brain_tumor_mri", "breastmnist_resaved", "pneumoniamnist_modified"]
+
+
+def test_cross_domain_config_is_the_full_protocol() -> None:
+    p = load_protocol(REPO / "configs" / "cross_domain.yaml")
+    assert p.data.domains == DOMAINS
+    assert p.eval.shots == [1, 5, 10]
+    assert p.eval.n_query == 15 and p.eval.episodes >= 600
+    assert len(p.seeds) == 3
+    cells = enumerate_cells(p)
+    assert len(cells) == len(p.methods) * 4 * 3 * 3
+    trainings = [j for j in enumerate_jobs(p) if hasattr(j, "cells")]
+    assert len(trainings) == len(p.methods) * 4 * 3
+
+
+def test_medmnist_config_names_its_held_out_sets() -> None:
+    p = load_protocol(REPO / "configs" / "medmnist.yaml")
+    assert len(p.data.domains) == 11  # the twelve 2D sets but chestmnist (multi-label)
+    assert "chestmnist" not in p.data.domains
+    assert p.data.held_out and set(p.data.held_out) <= set(p.data.domains)
+    assert p.data.image_size == 28
+    # the organ views share classes: holding one out keeps the others out of training
+    assert "organcmnist" not in p.training_domains("organamnist")
+
+
+def test_quick_config_is_small() -> None:
+    p = load_protocol(REPO / "configs" / "quick.yaml")
+    assert p.data.domains == DOMAINS
+    assert len(enumerate_cells(p)) <= 32
+
+
+def test_method_names_alone_become_entries_labelled_by_name() -> None:
+    p = parse_protocol(tiny_raw(["a", "b"]))
+    assert [m.label for m in p.methods] == ["protonet", "simpleshot"]
+    assert p.held_out_domains == ["a", "b"]
+    assert p.training_domains("a") == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        ({"methods": ["protonett"]}, ["unknown method 'protonett'", "choose one of", "protonet"]),
+        ({"methods": [{"name": "protonet", "options": {"distance": "manhattan"}}]}, ["distance"]),
+        ({"eval": {"shots": [0, 5]}}, ["eval.shots", "positive"]),
+        ({"eval": {"shots": [5, 5]}}, ["listed twice"]),
+        ({"eval": {"shots": []}}, ["eval.shots"]),
+        ({"seeds": [1, 1]}, ["seed is listed twice"]),
+        ({"data": {"domains": ["a", "b"], "held_out": ["c"]}}, ["held_out names ['c']"]),
+        ({"data": {"domains": ["a"]}}, ["data.domains"]),
+        ({"data": {"domains": ["a", "b"], "related": [["a", "b"]]}}, ["leaves no training domain"]),
+        ({"train": {"seed": 3}}, ["top-level 'seeds'"]),
+        ({"train": {"epochs": 0}}, ["train.epochs"]),
+        ({"methods": [{"name": "protonet", "train": {"lr": -1}}]}, ["methods 'protonet' train", "lr"]),
+        ({"methods": ["protonet", "protonet"]}, ["used twice", "label"]),
+        ({"reference": {"method": "protonet"}}, ["reference.method", "transfer baseline"]),
+        ({"backbone": "vit"}, ["backbone"]),
+        ({"colour": "red"}, ["colour"]),
+    ],
+)
+def test_bad_protocol_values_raise_one_clear_error(changes: dict, fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_protocol(tiny_raw(["a", "b"], **changes), source="bench.yaml")
+    message = str(info.value)
+    assert message.startswith("invalid bench.yaml") and "\n" not in message
+    for f in fragments:
+        assert f in message, f"{f!r} not in {message!r}"
+
+
+def test_unknown_domain_is_named_with_the_available_ones(tmp_path: Path) -> None:
+    p = parse_protocol(tiny_raw(["synthetic", "no_such_set"]))
+    with pytest.raises(ConfigError, match=r"unknown domain 'no_such_set'.*available: .*synthetic"):
+        check_domains(p, tmp_path)
+
+
+def test_missing_or_broken_config_files_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_protocol(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_protocol(bad)
+    bad.write_text(yaml.safe_dump(["a list"]))
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_protocol(bad)
+
+
+def test_fingerprint_ignores_the_data_root_but_not_the_protocol() -> None:
+    a = parse_protocol(tiny_raw(["a", "b"]))
+    b = parse_protocol(tiny_raw(["a", "b"], data={"domains": ["a", "b"], "image_size": 16, "data_dir": "/x"}))
+    c = parse_protocol(tiny_raw(["a", "b"], seeds=[0, 1]))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()

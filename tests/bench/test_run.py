@@ -1,0 +1,170 @@
+"""`medmeta benchmark` end to end: files and numbers, resuming a killed run, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from medmeta.bench import run
+from medmeta.bench.summary import REFERENCE
+from medmeta.cli.main import main
+from medmeta.eval.metrics import mean_ci
+from tests.bench.helpers import synthetic_folders, tiny_protocol, tiny_raw
+from tests.conftest import REPO
+
+
+def read_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.data
+def test_tiny_benchmark_on_real_data_writes_consistent_files(data_dir: Path, tmp_path: Path) -> None:
+    folder = synthetic_folders(tmp_path / "mine")[0]  # a user-added folder domain
+    domains = ["breastmnist_resaved", "pneumoniamnist_modified", folder]
+    p = tiny_protocol(
+        domains, data={"domains": domains, "held_out": ["breastmnist_resaved", folder], "image_size": 16}
+    )
+    out = tmp_path / "run"
+    result = run(p, out, data_dir=data_dir)
+    for name in ("results.jsonl", "summary.csv", "report.md", "report.html", "protocol.json"):
+        assert (out / name).is_file(), name
+    assert (
+        len(list((out / "plots").glob("*.png"))) == 3 + 2
+    )  # shots, curves, reliability + a confusion per domain
+    records = read_records(out)
+    cells = [r for r in records if r["kind"] == "cell"]
+    assert len(cells) == 2 * 2 * 2  # methods x held-out domains x shots (one seed)
+    breast = [r for r in cells if r["domain"] == "breastmnist_resaved"]
+    assert {r["n_way"] for r in breast} == {2} and {r["episodes"] for r in breast} == {12}
+    assert {tuple(r["train_domains"]) for r in records if r["kind"] == "train" and r["domain"] == folder} == {
+        ("breastmnist_resaved", "pneumoniamnist_modified")
+    }
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == len(cells) + 2  # one per cell (one seed) + a reference per held-out domain
+    for line in rows:
+        if line["method"] == REFERENCE:
+            continue
+        (rec,) = [
+            r
+            for r in cells
+            if (r["method"], r["domain"], str(r["shots"])) == (line["method"], line["domain"], line["shots"])
+        ]
+        for metric in ("accuracy", "macro_f1", "ece"):
+            mean, ci = mean_ci(np.asarray(rec["per_episode"][metric]))
+            assert float(line[metric]) == pytest.approx(mean, abs=1e-6)
+            assert float(line[f"{metric}_ci95"]) == pytest.approx(ci, abs=1e-6)
+        assert 0.0 <= float(line["accuracy"]) <= 1.0
+        assert np.sum(rec["confusion"]) == 12 * rec["n_way"] * rec["n_query"]
+    for domain in ("breastmnist_resaved", folder):
+        for k in ("1", "3"):
+            marks = [x["accuracy_mark"] for x in rows if x["domain"] == domain and x["shots"] == k]
+            assert marks.count("best") == 1
+    md = (out / "report.md").read_text()
+    assert "## Accuracy % (± 95% CI)" in md and "| protonet |" in md and "| simpleshot |" in md
+    assert REFERENCE in md and "Exact config" in md and "torch" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    assert "src='http" not in html and "<table>" in html
+    assert result.outcome.cells_run == len(cells) and not result.outcome.resumed
+
+
+def test_a_killed_run_resumes_to_the_same_summary(tmp_path: Path) -> None:
+    domains = synthetic_folders(tmp_path / "data")
+    raw = tiny_raw(domains)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    full = run(tiny_protocol(domains), tmp_path / "full")
+    total = len([r for r in full.outcome.records if r["kind"] == "cell"])
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medmeta.cli.main", "benchmark", str(config), "--out", str(out), "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.is_file() and '"kind": "cell"' in results.read_text():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    before = read_records(out)
+    done = [r for r in before if r["kind"] == "cell"]
+    assert 1 <= len(done) < total, "the run should be killed midway"
+
+    resumed = run(tiny_protocol(domains), out)
+    assert resumed.outcome.resumed
+    assert resumed.outcome.cells_skipped == len(done)
+    assert resumed.outcome.cells_run == total - len(done)
+    after = read_records(out)
+    assert after[: len(before)] == before  # finished cells are kept, not redone
+    assert (out / "summary.csv").read_text() == (tmp_path / "full" / "summary.csv").read_text()
+
+
+def test_an_interrupted_run_keeps_finished_cells_and_reuses_checkpoints(tmp_path: Path) -> None:
+    domains = synthetic_folders(tmp_path / "data")
+    p = tiny_protocol(domains, methods=["protonet"])
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(record: dict) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(p, tmp_path / "run", on_record=stop_after_one)
+    again = run(p, tmp_path / "run")
+    assert again.outcome.trainings_run == 1  # the first domain's training was reused, the second's run
+    run(p, tmp_path / "ref")
+    assert (tmp_path / "run" / "summary.csv").read_text() == (tmp_path / "ref" / "summary.csv").read_text()
+
+
+def test_another_config_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    from medmeta.errors import ConfigError
+
+    domains = synthetic_folders(tmp_path / "data")
+    run(tiny_protocol(domains, methods=["protonet"], reference={"enabled": False}), tmp_path / "run")
+    with pytest.raises(ConfigError, match="different benchmark config"):
+        run(
+            tiny_protocol(domains, methods=["protonet"], seeds=[1], reference={"enabled": False}),
+            tmp_path / "run",
+        )
+
+
+def test_cli_dry_run_lists_cells_and_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    domains = synthetic_folders(tmp_path / "data")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw(domains)))
+    with pytest.raises(SystemExit) as done:
+        main(["benchmark", str(config), "--dry-run"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "8 cells (2 methods x 2 held-out domains x 2 shots x 1 seeds)" in out
+    assert "rough cost" in out and "supervised reference" in out
+    assert not (Path.cwd() / "runs" / "bench" / "tiny").exists()
+
+    config.write_text(yaml.safe_dump(tiny_raw(domains, eval={"shots": [1, 40]})))
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(config), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "too few for 40-shot episodes" in err

@@ -1,0 +1,101 @@
+"""Summary rows from result records: pooled seeds, CIs, best and tied methods, CSV text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import numpy as np
+import pytest
+
+from medmeta.bench.evaluation import METRICS, class_confusion
+from medmeta.bench.summary import REFERENCE, Row, mark_column, summarize, summary_csv
+from medmeta.eval.metrics import mean_ci
+from tests.bench.helpers import tiny_protocol
+
+
+def cell(method: str, domain: str, shots: int, seed: int, acc: list[float]) -> dict:
+    values = {m: list(acc) for m in METRICS}
+    values["ece"] = [1 - a for a in acc]
+    return {
+        "kind": "cell",
+        "key": f"cell|{method}|{domain}|{shots}|{seed}",
+        "method": method,
+        "domain": domain,
+        "shots": shots,
+        "seed": seed,
+        "n_way": 2,
+        "n_query": 5,
+        "episodes": len(acc),
+        "per_episode": values,
+    }
+
+
+def test_seeds_are_pooled_and_the_ci_is_over_all_their_episodes() -> None:
+    p = tiny_protocol(["a", "b"], seeds=[0, 1], data={"domains": ["a", "b"], "held_out": ["a"]})
+    s0, s1 = [0.5, 0.6, 0.7], [0.9, 0.8, 1.0]
+    rows = summarize(p, [cell("protonet", "a", 1, 1, s1), cell("protonet", "a", 1, 0, s0)])
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r.method, r.domain, r.shots, r.seeds, r.episodes) == ("protonet", "a", 1, 2, 6)
+    pooled = np.array(s0 + s1)
+    assert r.metrics["accuracy"][0] == pytest.approx(pooled.mean())
+    assert r.metrics["accuracy"][1] == pytest.approx(1.96 * pooled.std(ddof=1) / math.sqrt(6))
+
+
+def row(method: str, mean: float, ci: float) -> Row:
+    return Row(method, "a", 1, 2, 5, 1, 10, {m: (mean, ci) for m in METRICS})
+
+
+def test_best_is_marked_and_overlapping_cis_are_ties() -> None:
+    rows = [row("x", 0.80, 0.02), row("y", 0.77, 0.02), row("z", 0.70, 0.02)]
+    mark_column(rows, "accuracy")
+    assert [r.marks.get("accuracy", "") for r in rows] == ["best", "tie", ""]
+    mark_column(rows, "ece")  # lower is better
+    assert [r.marks.get("ece", "") for r in rows] == ["", "", "best"]
+
+
+def test_a_lone_best_has_no_tie() -> None:
+    rows = [row("x", 0.9, 0.01), row("y", 0.5, 0.01)]
+    mark_column(rows, "accuracy")
+    assert [r.marks.get("accuracy", "") for r in rows] == ["best", ""]
+
+
+def test_csv_has_one_line_per_row_with_reference_last_per_domain() -> None:
+    p = tiny_protocol(["a", "b"], data={"domains": ["a", "b"], "held_out": ["a"]})
+    ref = {
+        "kind": "reference",
+        "key": "reference|a|0",
+        "domain": "a",
+        "seed": 0,
+        "classes": ["u", "v"],
+        "n_test": 4,
+        "per_image_correct": [1, 1, 0, 1],
+        "metrics": {m: {"mean": 0.75, "ci95": float("nan")} for m in METRICS},
+    }
+    records = [cell("protonet", "a", 1, 0, [0.5, 0.7]), cell("simpleshot", "a", 3, 0, [0.6, 0.6]), ref]
+    lines = list(csv.DictReader(io.StringIO(summary_csv(summarize(p, records)))))
+    assert [(x["method"], x["shots"]) for x in lines] == [
+        ("protonet", "1"),
+        ("simpleshot", "3"),
+        (REFERENCE, "all"),
+    ]
+    assert float(lines[0]["accuracy"]) == pytest.approx(0.6)
+    assert lines[0]["accuracy_mark"] == "best"
+    mean, ci = mean_ci([1, 1, 0, 1])
+    assert float(lines[2]["accuracy"]) == pytest.approx(mean)
+    assert float(lines[2]["accuracy_ci95"]) == pytest.approx(ci, abs=1e-6)
+    assert lines[2]["auc_ci95"] == ""
+
+
+def test_confusion_maps_episode_labels_to_dataset_classes() -> None:
+    import torch
+
+    # two episodes of 2 classes; episode 2 lists dataset classes in the other order
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[2.0, 0.0], [2.0, 0.0]]])  # (T=2, n_query=2, n_way=2)
+    target = torch.tensor([[0, 1], [0, 1]])
+    classes = np.array([[0, 1], [1, 0]])
+    cm = class_confusion(logits, target, classes, 2)
+    # episode 1: both right; episode 2: true 1 -> pred 1 (right), true 0 -> pred 1 (wrong)
+    assert cm.tolist() == [[1, 1], [0, 2]]
