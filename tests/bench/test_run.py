@@ -158,7 +158,7 @@ def test_cli_dry_run_lists_cells_and_errors_are_one_line(
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "8 cells (2 methods x 2 held-out domains x 2 shots x 1 seeds)" in out
-    assert "rough cost" in out and "supervised reference" in out
+    assert "rough cost" in out and "supervised reference" in out and " s " in out
     assert not (Path.cwd() / "runs" / "bench" / "tiny").exists()
 
     config.write_text(yaml.safe_dump(tiny_raw(domains, eval={"shots": [1, 40]})))

@@ -23,6 +23,7 @@ def _pyplot() -> Any:
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
+    fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
     _pyplot().close(fig)
     return buf.getvalue()
@@ -57,6 +58,7 @@ def accuracy_vs_shots(protocol: Protocol, rows: list[Row]) -> bytes:
                 ax.axhline(mean, color="black", linestyle="--", label=REFERENCE)
                 ax.axhspan(mean - ci, mean + ci, color="black", alpha=0.08)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(protocol.eval.shots, [str(k) for k in protocol.eval.shots])
         ax.set_title(f"held out: {domain}")
         ax.set_xlabel("shots (support images per class)")
@@ -69,7 +71,7 @@ def accuracy_vs_shots(protocol: Protocol, rows: list[Row]) -> bytes:
 def training_curves(protocol: Protocol, records: list[dict[str, Any]]) -> bytes:
     """Per held-out domain: training loss and validation accuracy per epoch (mean over seeds)."""
     domains = protocol.held_out_domains
-    fig, axes = _grid(2, rows=len(domains))
+    fig, axes = _grid(2, width=5.0, height=3.6, rows=len(domains))
     for i, domain in enumerate(domains):
         loss_ax, val_ax = axes[i]
         for m in protocol.methods:
@@ -86,8 +88,8 @@ def training_curves(protocol: Protocol, records: list[dict[str, Any]]) -> bytes:
             loss_ax.plot(epochs, loss, marker=".", label=m.label)
             vals = [[e.get("val_accuracy", math.nan) for e in h[:n]] for h in hist]
             val_ax.plot(epochs, 100 * np.mean(vals, axis=0), marker=".", label=m.label)
-        loss_ax.set_title(f"{domain} held out: training loss")
-        val_ax.set_title(f"{domain} held out: validation accuracy %")
+        loss_ax.set_title(f"{domain} held out: training loss", fontsize=9)
+        val_ax.set_title(f"{domain} held out: validation accuracy %", fontsize=9)
         for ax in (loss_ax, val_ax):
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -178,7 +180,7 @@ def confusion_matrices(
     refs = [r for r in records if r.get("kind") == "reference" and r["domain"] == domain]
     if refs:
         panels.append((np.sum([r["confusion"] for r in refs], axis=0), refs[0]["classes"], REFERENCE))
-    fig, axes = _grid(max(1, len(panels)), width=4.2, height=4.0)
+    fig, axes = _grid(max(1, len(panels)), width=4.8, height=4.4)
     for ax, (matrix, classes, title) in zip(axes.ravel(), panels, strict=False):
         _heatmap(ax, matrix, classes, f"{domain}: {title}")
     return _png(fig)

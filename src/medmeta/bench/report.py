@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from medmeta.bench import plots
+from medmeta.bench.cells import safe_name
 from medmeta.bench.evaluation import METRICS
 from medmeta.bench.protocol import Protocol
 from medmeta.bench.summary import REFERENCE, Row
@@ -131,7 +132,10 @@ def notes(protocol: Protocol, rows: list[Row], test_sources: dict[str, str]) -> 
         f"{protocol.eval.seed} + s, and every method sees the same episodes.",
         f"The supervised reference trains the same backbone ({protocol.backbone}) on the held-out domain's training "
         "split with cross-entropy and classifies every test image; its accuracy CI is binomial over test images, its "
-        "other metrics are single values over the whole test set, averaged over seeds.",
+        "other metrics are single values over the whole test set, averaged over seeds. The gap is the reference's "
+        "accuracy minus the best few-shot accuracy.",
+        "ECE is the mean per-episode expected calibration error (15 bins); an episode has few queries, so it reads "
+        "higher than an ECE pooled over all queries. The reliability diagrams pool every query of every episode.",
     ]
     for d in protocol.held_out_domains:
         out.append(f"{d}: test images are {test_sources.get(d, 'its test split')}.")
@@ -165,7 +169,7 @@ def write_report(
         "reliability": ("Reliability diagrams", plots.reliability(protocol, records)),
     }
     for d in protocol.held_out_domains:
-        figures[f"confusion_{len(figures)}"] = (
+        figures[f"confusion_{safe_name(d)}"] = (
             f"Confusion matrix, {d} held out (row-normalised %)",
             plots.confusion_matrices(protocol, rows, records, d),
         )
@@ -220,7 +224,9 @@ class _Parts:
 
     def markdown(self) -> str:
         p = self.protocol
-        out = [f"# medmeta benchmark: {p.name}", "", p.description.strip(), "", *self._setup(), ""]
+        setup = self._setup()
+        out = [f"# medmeta benchmark: {p.name}", "", p.description.strip(), "", setup[0], ""]
+        out += [f"- {line}" for line in setup[1:]] + [""]
         header, body = accuracy_table(p, self.rows)
         out += ["## Accuracy % (± 95% CI)", "", _md_row(header), _md_row(["---"] * len(header))]
         for line in body:

@@ -86,6 +86,14 @@ class BenchProgress:
         self._phase = None
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
 def _plan_table(protocol: Protocol, data_dir: Path | None) -> Table:
     """Every job with its cells, training domains, ways and queries (loads the data to check them)."""
     from medmeta.bench.cells import ReferenceJob, enumerate_jobs, job_cost
@@ -115,9 +123,7 @@ def _plan_table(protocol: Protocol, data_dir: Path | None) -> Table:
                 f"{c.shots} ({query_size(d, c.shots, protocol.eval.n_query)})" for c in job.cells
             )
         cost = job_cost(protocol, job)
-        table.add_row(
-            job.domain, str(job.seed), method, trained, str(d.n_classes), shots, f"{cost / 60:.1f} min"
-        )
+        table.add_row(job.domain, str(job.seed), method, trained, str(d.n_classes), shots, _duration(cost))
     return table
 
 
@@ -152,7 +158,7 @@ def benchmark(
         f"benchmark {protocol.name}: {n_cells} cells ({len(protocol.methods)} methods x "
         f"{len(protocol.held_out_domains)} held-out domains x {len(protocol.eval.shots)} shots x "
         f"{len(protocol.seeds)} seeds), {len(jobs) - n_refs} trainings + {n_refs} supervised references; "
-        f"rough cost {cost / 60:.0f} min on one CPU thread"
+        f"rough cost {_duration(cost)} on one CPU thread"
     )
     if dry_run:
         console.print(_plan_table(protocol, data_dir))
