@@ -11,11 +11,13 @@ from medmeta.bench.protocol import Protocol, parse_protocol
 from medmeta.data.synthetic import make_synthetic
 
 
-def synthetic_folders(root: Path, size: int = 16) -> list[str]:
-    """Two image-folder domains of 3 classes x 30 images, cut from the synthetic set (paths as strings)."""
+def synthetic_folders(
+    root: Path, size: int = 16, groups: tuple[tuple[int, ...], ...] = ((0, 1, 2), (3, 4, 5))
+) -> list[str]:
+    """Image-folder domains of 30 images per class, one per group of synthetic classes (paths as strings)."""
     ds = make_synthetic(image_size=size, channels=3, n_per_class=30)
     paths = []
-    for d, classes in enumerate(((0, 1, 2), (3, 4, 5))):
+    for d, classes in enumerate(groups):
         folder = root / f"domain{d}"
         for c in classes:
             (folder / ds.class_names[c]).mkdir(parents=True)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from medmeta.bench import run
+from medmeta.bench.protocol import parse_protocol
 from medmeta.bench.summary import REFERENCE
 from medmeta.cli.main import main
 from medmeta.eval.metrics import mean_ci
@@ -133,6 +134,22 @@ def test_an_interrupted_run_keeps_finished_cells_and_reuses_checkpoints(tmp_path
     assert again.outcome.trainings_run == 1  # the first domain's training was reused, the second's run
     run(p, tmp_path / "ref")
     assert (tmp_path / "run" / "summary.csv").read_text() == (tmp_path / "ref" / "summary.csv").read_text()
+
+
+def test_every_registered_method_runs_with_domains_of_different_class_counts(tmp_path: Path) -> None:
+    from medmeta.methods import METHODS
+
+    domains = synthetic_folders(tmp_path / "data", groups=((0, 1, 2, 3), (4, 5), (6, 7, 8)))
+    raw = tiny_raw(domains, methods=list(METHODS))
+    raw["data"]["held_out"] = [domains[0]]  # 4-way tests after 2- and 3-way training episodes
+    raw["train"] = {"epochs": 1, "episodes_per_epoch": 2, "val_episodes": 2, "threads": 1}
+    raw["eval"]["episodes"] = 4
+    raw["reference"]["enabled"] = False
+    result = run(parse_protocol(raw), tmp_path / "run")
+    cells = [r for r in result.outcome.records if r["kind"] == "cell"]
+    assert sorted({r["method"] for r in cells}) == sorted(METHODS)
+    assert {r["n_way"] for r in cells} == {4}
+    assert all(0.0 <= r["metrics"]["accuracy"]["mean"] <= 1.0 for r in cells)
 
 
 def test_another_config_in_the_same_folder_is_refused(tmp_path: Path) -> None:
