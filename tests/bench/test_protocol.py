@@ -104,3 +104,9 @@ def test_fingerprint_ignores_the_data_root_but_not_the_protocol() -> None:
     b = parse_protocol(tiny_raw(["a", "b"], data={"domains": ["a", "b"], "image_size": 16, "data_dir": "/x"}))
     c = parse_protocol(tiny_raw(["a", "b"], seeds=[0, 1]))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_the_config_written_to_reports_reads_back_to_the_same_protocol() -> None:
+    p = load_protocol(REPO / "configs" / "cross_domain.yaml")
+    again = parse_protocol(yaml.safe_load(yaml.safe_dump(p.as_config())))
+    assert again == p and again.fingerprint() == p.fingerprint()

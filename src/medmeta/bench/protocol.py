@@ -226,9 +226,13 @@ class Protocol(_Frozen):
         """The protocol's training section with the method's overrides and `seed`."""
         return TrainConfig.model_validate({**self.train.model_dump(), **method.train, "seed": seed})
 
+    def as_config(self) -> dict[str, Any]:
+        """The protocol as a complete config dict that `parse_protocol` reads back unchanged."""
+        return self.model_dump(mode="json", exclude={"train": {"seed"}})
+
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not the data root): guards resumed runs."""
-        payload = self.model_dump(mode="json")
+        payload = self.as_config()
         payload["data"].pop("data_dir", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -188,7 +188,7 @@ def write_report(
         "data root": info.data_root,
         **versions(),
     }
-    config_text = yaml.safe_dump(protocol.model_dump(mode="json"), sort_keys=False)
+    config_text = yaml.safe_dump(protocol.as_config(), sort_keys=False)
     parts = _Parts(protocol, rows, records, figures, repro, config_text, notes(protocol, rows, test_sources))
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(parts.markdown())

@@ -231,7 +231,7 @@ def run_benchmark(
     for d in protocol.held_out_domains:  # fail before any training when shots do not fit
         for k in protocol.eval.shots:
             query_size(domains[d], k, protocol.eval.n_query)
-    resumed = check_fingerprint(out, protocol.fingerprint(), protocol.model_dump(mode="json"))
+    resumed = check_fingerprint(out, protocol.fingerprint(), protocol.as_config())
     store = ResultsStore(out)
     outcome = RunOutcome(
         out=out, records=[], resumed=resumed, test_sources={d: s.test_source for d, s in domains.items()}
@@ -251,9 +251,9 @@ def run_benchmark(
         if isinstance(job, ReferenceJob):
             if progress is not None:
                 progress.job(f"supervised reference on {job.domain}, seed {job.seed}")
-            fields = train_reference(
-                protocol, domains[job.domain], job.seed, _checkpoint_dir(out, job), progress=progress
-            )
+            ckpt_dir = _checkpoint_dir(out, job)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # a reference cut short is trained again from scratch
+            fields = train_reference(protocol, domains[job.domain], job.seed, ckpt_dir, progress=progress)
             store.append(
                 {"kind": "reference", "key": job.key, "domain": job.domain, "seed": job.seed, **fields}
             )

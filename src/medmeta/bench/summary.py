@@ -4,7 +4,8 @@ A row is one (method, held-out domain, shots): the per-episode values of every s
 each metric is their mean with the normal-approximation 95% CI (`medmeta.eval.metrics.mean_ci`). In a
 column (domain, shots, metric) the method with the best mean is marked ``best``; a method whose CI
 overlaps the best one's is marked ``tie`` (the data cannot tell them apart). Higher is better for every
-metric except ECE. The fully-supervised reference gets one row per domain (shots ``all``).
+metric except ECE. The fully-supervised reference gets one row per domain (shots ``all``; its
+``n_query`` column holds the number of test images and ``episodes`` is 0).
 """
 
 from __future__ import annotations
