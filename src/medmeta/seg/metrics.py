@@ -3,8 +3,10 @@
 HD95 follows MONAI's `compute_hausdorff_distance` (``percentile=95``, undirected): the boundary of a mask
 is its pixels minus its binary erosion; for each boundary pixel of one mask, the Euclidean distance to the
 nearest boundary pixel of the other; the 95th percentile (linear interpolation) of each direction; the
-larger of the two. Distances are in pixels of the grid the masks are on. MONAI computes it when importable
-(the ``monai`` extra), an own scipy implementation of the same definition otherwise.
+larger of the two. Distances are in pixels of the grid the masks are on. The default backend is an own scipy
+implementation of that definition; ``backend="monai"`` calls MONAI (the ``monai`` extra). The tests check
+that both agree (to float32 precision); scipy is the default because MONAI took 75 ms per 64x64 mask pair
+against 0.6 ms (measured on one CPU thread), which dominated evaluation time.
 
 Empty masks: both empty -> Dice 1 and HD95 0; exactly one empty -> Dice 0 and HD95 NaN (no distance is
 defined; summaries count and skip these).
@@ -66,14 +68,14 @@ def _hd95_monai(pred: np.ndarray, target: np.ndarray, percentile: float) -> floa
         return float(compute_hausdorff_distance(p, t, include_background=True, percentile=percentile)[0, 0])
 
 
-def hd95(pred: Tensor, target: Tensor, percentile: float = 95.0, backend: str = "auto") -> Tensor:
+def hd95(pred: Tensor, target: Tensor, percentile: float = 95.0, backend: str = "scipy") -> Tensor:
     """95th-percentile Hausdorff distance per image, in pixels.
 
     Args:
         pred: ``(N, H, W)`` binary.
         target: ``(N, H, W)`` binary.
         percentile: 95 for HD95, 100 for the Hausdorff distance.
-        backend: ``auto`` (MONAI if installed), ``monai`` or ``scipy``.
+        backend: ``scipy`` (own implementation), ``monai``, or ``auto`` (MONAI if installed, else scipy).
 
     Returns:
         ``(N,)`` float64 (NaN where exactly one mask is empty).
