@@ -30,6 +30,7 @@ from torch.func import functional_call
 from medmeta.episodes.episode import Episode, Support
 from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions
+from medmeta.methods.batch_stat_norm import BatchStatNormMode
 from medmeta.methods.inner_loop import (
     InnerUpdate,
     ParamDict,
@@ -215,11 +216,12 @@ class InnerLoopMethod(FewShotMethod):
         `twice`: the result will be differentiated twice (second-order support passes). Other 2D passes
         run in channels-last layout when the ``channels_last`` option is on (see `InnerLoopOptions`).
         """
-        if self.options.channels_last and not twice and images.ndim == 4:
-            images = channels_last(images)
         p = self.step_parameters(params, step)
         weights = {k[9:]: v for k, v in p.items() if k.startswith("backbone.")}
         buffers = dict(self.backbone.named_buffers()) | self.batchnorm_buffers(step)
+        if self.options.channels_last and images.ndim == 4:
+            with BatchStatNormMode():
+                return functional_call(backbone, (weights, buffers), (channels_last(images),))  # type: ignore[arg-type]
         return functional_call(backbone, (weights, buffers), (images,))  # type: ignore[arg-type]
 
     def classify(self, params: ParamDict, features: Tensor, n_way: int) -> Tensor:
