@@ -45,49 +45,40 @@ def _new(like: Tensor) -> tuple[Tensor, Tensor]:
     return out, _rows(out)
 
 
-def _stats(xr: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Per-column mean ``(C,)`` and inverse standard deviation ``(C,)`` of rows ``(M, C)`` (two-pass)."""
-    mean = xr.mean(0)
-    centred = xr - mean
-    rstd = torch.rsqrt(centred.square().mean(0) + eps)
-    return mean, rstd
-
-
 class _BatchStatNorm(torch.autograd.Function):
     """``y = gamma * (x - mean) * rstd + beta`` with the batch's per-channel statistics."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-        xr = _rows(x)  # (M, C)
-        mean, rstd = _stats(xr, eps)
-        scale = weight * rstd  # (C,)
+        y, mean, rstd = torch.ops.aten.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        ctx.eps = eps
         ctx.save_for_backward(x, weight, mean, rstd)
-        y, yr = _new(x)  # (N, C, H, W), (M, C)
-        torch.addcmul(bias - mean * scale, xr, scale, out=yr)
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = _BatchStatNormBackward.apply(dy, x, weight, mean, rstd)
+        dx, dw, db = _BatchStatNormBackward.apply(dy, x, weight, mean, rstd, ctx.eps)
         return dx, dw, db, None
 
 
 class _BatchStatNormBackward(torch.autograd.Function):
-    """``(dy, x, gamma) -> (dx, dgamma, dbeta)`` of `_BatchStatNorm`, differentiable once more."""
+    """``(dy, x, gamma) -> (dx, dgamma, dbeta)`` of `_BatchStatNorm`, differentiable once more.
+
+    The forward is PyTorch's fused kernel; the backward (the double backward of batch norm) is the
+    closed form below, written on the rows view without materialising ``xhat``.
+    """
 
     @staticmethod
-    def forward(ctx: Any, dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor) -> Any:
-        xr, dr = _rows(x), _rows(dy.contiguous(memory_format=torch.channels_last))  # (M, C) each
-        m = xr.shape[0]
-        xhat = torch.addcmul(-mean * rstd, xr, rstd)  # (M, C)
-        dbeta = dr.sum(0)  # (C,)
-        dgamma = (dr * xhat).sum(0)  # (C,)
-        a = weight * rstd  # (C,)
-        m1, m2 = dbeta / m, dgamma / m
-        dx, dxr = _new(x)
-        torch.addcmul(-a * m1, dr, a, out=dxr).addcmul_(xhat, -a * m2)  # a * (dy - m1 - xhat * m2)
-        ctx.save_for_backward(dr, x, weight, mean, rstd, m1, m2)
+    def forward(
+        ctx: Any, dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, eps: float
+    ) -> Any:
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, None, None, mean, rstd, True, eps, [True, True, True]
+        )
+        m = dy.numel() // dy.shape[1]
+        ctx.save_for_backward(dy, x, weight, mean, rstd, dbeta / m, dgamma / m)
         return dx, dgamma, dbeta
 
     @staticmethod
@@ -106,11 +97,13 @@ class _BatchStatNormBackward(torch.autograd.Function):
           ``A*dy + B*xhat + C*u + D`` with per-channel ``A = ggamma*r - a*r*s``,
           ``B = -ggamma*r*m2 - a*gamma_grad/M + 2*a*r*m2*s``, ``C = -a*r*m2``,
           ``D = -ggamma*r*m1 + a*r*(s*m1 + m2*ubar)``, where ``gamma_grad`` is the d/d gamma above.
+
+        ``xhat = r*x - r*mean`` is folded into the coefficients (``B*xhat = B*r*x - B*r*mean``), so the
+        only full-size temporaries are one product at a time for the reductions.
         """
-        dr, x, weight, mean, rstd, m1, m2 = ctx.saved_tensors
-        xr = _rows(x)
+        dy, x, weight, mean, rstd, m1, m2 = ctx.saved_tensors
+        xr, dr = _rows(x), _rows(dy)  # (M, C) views
         m = xr.shape[0]
-        xhat = torch.addcmul(-mean * rstd, xr, rstd)  # (M, C)
         r, a = rstd, weight * rstd
         zero = torch.zeros_like(rstd)
         gg = zero if ggamma is None else ggamma
@@ -118,22 +111,25 @@ class _BatchStatNormBackward(torch.autograd.Function):
         g_dy, g_dyr = _new(x)
         g_x, g_xr = _new(x)
         if gx is None:
-            torch.addcmul(gb, xhat, gg, out=g_dyr)
-            torch.addcmul(-gg * r * m1, dr, gg * r, out=g_xr).addcmul_(xhat, -gg * r * m2)
+            # d/d dy = gg*xhat + gb; d/d x = gg*r*(dy - m1 - xhat*m2)
+            torch.addcmul(gb - gg * r * mean, xr, gg * r, out=g_dyr)
+            cb = -gg * r * m2
+            torch.addcmul(-gg * r * m1 - cb * r * mean, dr, gg * r, out=g_xr).addcmul_(xr, cb * r)
             g_w = zero
         else:
             ur = _rows(gx.contiguous(memory_format=torch.channels_last))  # (M, C)
             ubar = ur.mean(0)
-            s = (ur * xhat).mean(0)
+            s = r * ((ur * xr).mean(0) - mean * ubar)  # mean(u * xhat)
             p = (ur * dr).mean(0)
             g_w = m * r * (p - m1 * ubar - m2 * s)
-            torch.addcmul(gb - a * ubar, ur, a, out=g_dyr).addcmul_(xhat, gg - a * s)
+            cx = gg - a * s  # coefficient of xhat in d/d dy
+            torch.addcmul(gb - a * ubar - cx * r * mean, ur, a, out=g_dyr).addcmul_(xr, cx * r)
             coef_a = gg * r - a * r * s
             coef_b = -gg * r * m2 - a * g_w / m + 2 * a * r * m2 * s
             coef_c = -a * r * m2
-            coef_d = -gg * r * m1 + a * r * (s * m1 + m2 * ubar)
-            torch.addcmul(coef_d, dr, coef_a, out=g_xr).addcmul_(xhat, coef_b).addcmul_(ur, coef_c)
-        return g_dy, g_x, g_w, None, None
+            coef_d = -gg * r * m1 + a * r * (s * m1 + m2 * ubar) - coef_b * r * mean
+            torch.addcmul(coef_d, dr, coef_a, out=g_xr).addcmul_(xr, coef_b * r).addcmul_(ur, coef_c)
+        return g_dy, g_x, g_w, None, None, None
 
 
 def batch_stat_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:

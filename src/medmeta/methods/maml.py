@@ -107,10 +107,9 @@ class InnerLoopOptions(MethodOptions):
         feature_dim: width of the backbone's output (None: the backbone's ``out_features``).
         task_threads: threads that meta-train the tasks of a meta-batch concurrently, each with an equal
             share of torch's intra-op threads (0: auto, one per thread on CPU; 1: one task at a time).
-        channels_last: run the 2D forward passes that are differentiated at most once (query sets,
-            first-order and evaluation passes) in channels-last layout, about twice as fast on CPU for
-            batch norm and max-pooling; second-order support passes stay contiguous (the double backward
-            of batch norm is slower in channels-last).
+        channels_last: run 2D forward passes in channels-last layout, with batch norm's batch-statistics
+            calls routed to `medmeta.methods.batch_stat_norm` (hand-written first and second
+            derivatives); on CPU max-pooling and batch norm are several times faster in that layout.
     """
 
     n_way: int = Field(5, ge=2)
@@ -208,13 +207,11 @@ class InnerLoopMethod(FewShotMethod):
         """``theta_0``: the backbone's and head's parameters, named ``backbone.*`` and ``head.*``."""
         return {n: p for n, p in self.named_parameters() if n.startswith(_MODEL_PREFIXES)}
 
-    def features(
-        self, params: ParamDict, images: Tensor, step: int, backbone: nn.Module, *, twice: bool = False
-    ) -> Tensor:
+    def features(self, params: ParamDict, images: Tensor, step: int, backbone: nn.Module) -> Tensor:
         """Backbone features ``(N, d)`` of ``(N, C, *spatial)`` images under `params`.
 
-        `twice`: the result will be differentiated twice (second-order support passes). Other 2D passes
-        run in channels-last layout when the ``channels_last`` option is on (see `InnerLoopOptions`).
+        2D passes run in channels-last layout when the ``channels_last`` option is on (see
+        `InnerLoopOptions`).
         """
         p = self.step_parameters(params, step)
         weights = {k[9:]: v for k, v in p.items() if k.startswith("backbone.")}
@@ -241,25 +238,22 @@ class InnerLoopMethod(FewShotMethod):
         n_way: int,
         step: int,
         backbone: nn.Module | None = None,
-        *,
-        twice: bool = False,
     ) -> Tensor:
         """Logits ``(N, n_way)`` of images ``(N, C, *spatial)`` after `step` inner updates."""
         module = self.backbone if backbone is None else backbone
-        return self.classify(params, self.features(params, images, step, module, twice=twice), n_way)
+        return self.classify(params, self.features(params, images, step, module), n_way)
 
     def support_loss(
         self, params: ParamDict, support: Support, *, backbone: nn.Module, track: bool
     ) -> StepLoss:
         """``(theta_k, k) -> cross-entropy on the support``; ANIL-style head-only adaptation embeds once."""
         head_only = all(n.startswith("head.") for n in self.adapted) and not self.step_dependent_backbone()
-        twice = track and self.second_order()
         if head_only:
             with torch.set_grad_enabled(track):
-                feats = self.features(params, support.images, 0, backbone, twice=twice)  # (n_support, d)
+                feats = self.features(params, support.images, 0, backbone)  # (n_support, d)
             return lambda p, k: F.cross_entropy(self.classify(p, feats, support.n_way), support.labels)
         return lambda p, k: F.cross_entropy(
-            self.logits(p, support.images, support.n_way, k, backbone, twice=twice), support.labels
+            self.logits(p, support.images, support.n_way, k, backbone), support.labels
         )
 
     def step_dependent_backbone(self) -> bool:
