@@ -159,7 +159,8 @@ def evaluate_cmd(
             loaded[name] = SEG_METHODS[name]()
             continue
         m, ckpt_cfg, meta = load_segmenter(name)
-        loaded[f"{meta.get('method')} ({name})"] = m
+        label = str(meta.get("method"))
+        loaded[label if label not in loaded else f"{label} ({name})"] = m
         cfg = cfg or ckpt_cfg
     ov = collect(
         {
