@@ -24,3 +24,10 @@ def seg_root() -> Path:
 def seg_sources(seg_root: Path) -> dict[str, SegSource]:
     """DRIVE, EM, CT and MR at 32 px."""
     return {name: load_source(name, seg_root, SIZE) for name in ("drive", "em", "ct", "mr")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read the real segmentation data carry the `data` marker (select with ``-m data``)."""
+    for item in items:
+        if "seg_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
