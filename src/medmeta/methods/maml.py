@@ -106,7 +106,10 @@ class InnerLoopOptions(MethodOptions):
         adapt: parameters the inner loop updates: ``all``, ``head`` or comma-separated name prefixes.
         feature_dim: width of the backbone's output (None: the backbone's ``out_features``).
         task_threads: threads that meta-train the tasks of a meta-batch concurrently, each with an equal
-            share of torch's intra-op threads (0: auto, one per thread on CPU; 1: one task at a time).
+            share of torch's intra-op threads; 1: one task at a time. 0 (auto): on CPU, one thread per
+            intra-op thread for first-order training, one task at a time for second order, whose task
+            graphs are large (two concurrent second-order tasks raised the peak memory by 80-320 MiB
+            on Conv4 at 28 px, above learn2learn's; see ``benchmarks/maml.py``).
         channels_last: run 2D forward passes in channels-last layout, with batch norm's batch-statistics
             calls routed to `medmeta.methods.batch_stat_norm` (hand-written first and second
             derivatives); on CPU max-pooling and batch norm are several times faster in that layout.
@@ -334,6 +337,13 @@ class InnerLoopMethod(FewShotMethod):
         self.finish_batch([extra])
         return loss
 
+    def task_threads(self) -> int:
+        """Worker threads for a meta-batch (`meta_batch`'s ``threads``), resolving the auto setting."""
+        requested = self.options.task_threads
+        if requested == 0 and self.second_order():
+            return 1
+        return requested
+
     def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
         """Mean query loss; each task's meta-gradient is taken right after its loss (one graph alive per
         worker), on several threads when `task_threads` allows; the result backpropagates exactly that."""
@@ -347,7 +357,7 @@ class InnerLoopMethod(FewShotMethod):
             loss, extras[i] = self.task_loss(episodes[i], worker)
             return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
-        out = meta_batch(task, len(episodes), params, threads=self.options.task_threads)
+        out = meta_batch(task, len(episodes), params, threads=self.task_threads())
         self.finish_batch(extras)
         return out
 
