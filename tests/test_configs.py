@@ -5,16 +5,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medmeta.config import apply_overrides, load_config, make_config
 from medmeta.errors import ConfigError
 
-# seg_*.yaml are segmentation configs (SegConfig), validated in tests/seg/test_config.py
+
+# seg_*.yaml are segmentation configs (SegConfig), validated in tests/seg/test_config.py; benchmark
+# protocols (a top-level `methods:` list) are validated in tests/bench/test_protocol.py
+def _is_run_config(path: Path) -> bool:
+    return not path.name.startswith("seg_") and "methods" not in yaml.safe_load(path.read_text())
+
+
 CONFIGS = sorted(
-    p
-    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-    if not p.name.startswith("seg_")
+    p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if _is_run_config(p)
 )
+
+
+def test_every_config_is_validated_somewhere() -> None:
+    """Run configs here; the others by the suites named above, which must cover all of them."""
+    others = {p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")} - {
+        p.name for p in CONFIGS
+    }
+    assert others == {
+        "seg_cross.yaml",
+        "seg_setting2.yaml",
+        "quick.yaml",
+        "cross_domain.yaml",
+        "medmnist.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
