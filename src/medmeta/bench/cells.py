@@ -12,24 +12,27 @@ from dataclasses import dataclass
 
 from medmeta.bench.protocol import MethodEntry, Protocol
 
-#: Rough seconds per training episode (or mini-batch) and per test episode, Conv4, 28x28, one thread.
+#: Rough seconds per training episode (or mini-batch) and per test episode, Conv4, 28x28, one thread,
+#: calibrated on blood_pbc (8-way) held out at 64 px (measured costs scale about with the pixel count).
 _COST: dict[str, tuple[float, float]] = {
-    "protonet": (0.03, 0.001),
-    "matching": (0.03, 0.001),
-    "relation": (0.06, 0.002),
-    "siamese": (0.04, 0.001),
-    "simpleshot": (0.03, 0.001),
-    "linear_probe": (0.03, 0.004),
-    "baseline_pp": (0.03, 0.004),
+    "protonet": (0.03, 0.002),
+    "matching": (0.03, 0.002),
+    "relation": (0.04, 0.003),
+    "siamese": (0.04, 0.002),
+    "simpleshot": (0.03, 0.002),
+    "linear_probe": (0.03, 0.005),
+    "baseline_pp": (0.03, 0.005),
     "finetune": (0.03, 0.02),
-    "maml": (0.3, 0.03),
-    "fomaml": (0.15, 0.03),
-    "maml_pp": (0.35, 0.03),
-    "meta_sgd": (0.3, 0.03),
-    "anil": (0.08, 0.01),
-    "reptile": (0.2, 0.03),
+    "maml": (0.12, 0.24),
+    "fomaml": (0.08, 0.24),
+    "maml_pp": (0.14, 0.24),
+    "meta_sgd": (0.12, 0.24),
+    "anil": (0.05, 0.1),
+    "reptile": (0.12, 0.23),
 }
-_DEFAULT_COST = (0.3, 0.03)
+_DEFAULT_COST = (0.12, 0.24)
+#: Rough fixed seconds (28x28) per training (data, feature mean, checkpoints) and per cell (embedding).
+_JOB_OVERHEAD, _CELL_OVERHEAD = 1.0, 0.4
 
 
 @dataclass(frozen=True)
@@ -102,17 +105,19 @@ def job_cost(protocol: Protocol, job: Job) -> float:
     """Rough seconds of a job on one CPU thread (training plus its test episodes)."""
     if isinstance(job, ReferenceJob):
         r = protocol.reference
-        return _scale(protocol) * r.epochs * r.steps_per_epoch * 0.03 * r.batch_size / 64
+        return _scale(protocol) * (_JOB_OVERHEAD + r.epochs * r.steps_per_epoch * 0.05 * r.batch_size / 64)
     train_s, eval_s = _COST.get(job.method.name, _DEFAULT_COST)
     cfg = protocol.train_config(job.method, job.seed)
     training = cfg.epochs * (cfg.episodes_per_epoch + cfg.val_episodes) * train_s
-    testing = len(job.cells) * protocol.eval.episodes * eval_s
-    return _scale(protocol) * (training + testing)
+    testing = len(job.cells) * (_CELL_OVERHEAD + protocol.eval.episodes * eval_s)
+    return _scale(protocol) * (_JOB_OVERHEAD + training + testing)
 
 
 def cell_cost(protocol: Protocol, job: TrainJob) -> float:
     """Rough seconds of evaluating one cell of `job` (the rest of `job_cost` is training)."""
-    return _scale(protocol) * protocol.eval.episodes * _COST.get(job.method.name, _DEFAULT_COST)[1]
+    return _scale(protocol) * (
+        _CELL_OVERHEAD + protocol.eval.episodes * _COST.get(job.method.name, _DEFAULT_COST)[1]
+    )
 
 
 def safe_name(text: str) -> str:
