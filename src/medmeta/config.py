@@ -159,17 +159,28 @@ def make_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config and apply dotted `overrides` (for example ``{"train.epochs": 3}``)."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, missing: str) -> dict[str, Any]:
+    """The top-level mapping of YAML file `path` (empty file: ``{}``).
+
+    Raises:
+        ConfigError: `missing` (one line naming the file and the fix) when there is no such file;
+            a one-line message for invalid YAML or a top level that is not a mapping.
+    """
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found: check the path")
+        raise ConfigError(missing)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config and apply dotted `overrides` (for example ``{"train.epochs": 3}``)."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, f"config file {path} not found: check the path")
     return make_config(apply_overrides(raw, overrides or {}), source=str(path))
 
 

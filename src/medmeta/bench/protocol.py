@@ -19,10 +19,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medmeta.config import TrainConfig, describe_validation_error
+from medmeta.config import TrainConfig, describe_validation_error, read_yaml_mapping
 from medmeta.errors import ConfigError, DataError
 
 
@@ -259,14 +258,7 @@ def parse_protocol(raw: dict[str, Any], source: str = "protocol") -> Protocol:
 def load_protocol(path: str | Path) -> Protocol:
     """Read and validate a protocol YAML file (domains are checked against the data by `check_domains`)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"benchmark config {path} not found: check the path (see configs/*.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, f"benchmark config {path} not found: check the path (see configs/*.yaml)")
     return parse_protocol(raw, source=str(path))
 
 

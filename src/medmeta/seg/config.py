@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from medmeta.config import TrainConfig, _Frozen, describe_validation_error
+from medmeta.config import TrainConfig, _Frozen, apply_overrides, describe_validation_error, read_yaml_mapping
 from medmeta.errors import ConfigError
 
 
@@ -104,15 +103,6 @@ def make_seg_config(data: dict[str, Any], source: str = "config") -> SegConfig:
 
 def load_seg_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SegConfig:
     """Read a YAML segmentation config and apply dotted-key overrides (``{"train.epochs": 2}``)."""
-    from medmeta.config import apply_overrides
-
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} not found: check the path")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p} must hold a mapping of sections (data, episodes, method, train, eval)")
+    raw = read_yaml_mapping(p, f"config file {p} not found: check the path")
     return make_seg_config(apply_overrides(raw, overrides or {}), source=str(p))
