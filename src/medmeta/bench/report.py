@@ -235,13 +235,7 @@ class _Parts:
         out += ["", "## All metrics", "", _md_row(header), _md_row(["---"] * len(header))]
         for cells in detail:
             r = cells[0][0]
-            ident = [
-                r.method,
-                r.domain,
-                str(r.shots),
-                str(r.n_way),
-                "—" if r.method == REFERENCE else str(r.n_query),
-            ]
+            ident = _ident(r)
             out.append(_md_row(ident + [_marked(r, m, True) for _, m in cells]))
         gaps = gap_lines(p, self.rows)
         if gaps:
@@ -277,13 +271,7 @@ class _Parts:
         lines = []
         for cells in detail:
             r = cells[0][0]
-            ident = [
-                r.method,
-                r.domain,
-                str(r.shots),
-                str(r.n_way),
-                "—" if r.method == REFERENCE else str(r.n_query),
-            ]
+            ident = _ident(r)
             lines.append([esc(x) for x in ident] + [_marked(r, m, False) for _, m in cells])
         out += ["<h2>All metrics</h2>", _html_table(header, lines)]
         gaps = gap_lines(p, self.rows)
@@ -319,6 +307,11 @@ _CSS = (
     "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
     "th{background:#f0f0f0}img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}"
 )
+
+
+def _ident(r: Row) -> list[str]:
+    """Method, domain, shots, ways and queries per class of a summary row (no queries for the reference)."""
+    return [r.method, r.domain, str(r.shots), str(r.n_way), "—" if r.method == REFERENCE else str(r.n_query)]
 
 
 def _md_row(cells: list[str]) -> str:
