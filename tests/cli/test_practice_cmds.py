@@ -45,6 +45,13 @@ def real_folders(
     return support, query
 
 
+def adapt_cli(
+    capsys: pytest.CaptureFixture[str], model: Path, support: Path, out: Path, *extra: str
+) -> tuple[int, str, str]:
+    """``medmeta adapt --model MODEL --support SUPPORT --out OUT [extra]``: (exit code, stdout, stderr)."""
+    return run(capsys, "adapt", "--model", str(model), "--support", str(support), "--out", str(out), *extra)
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))
@@ -56,16 +63,7 @@ def test_adapt_and_predict_read_every_supported_format(
     fmt: str, data_dir: Path, tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     support, query = real_folders(data_dir, tmp_path, fmt)
-    code, out, err = run(
-        capsys,
-        "adapt",
-        "--model",
-        str(tiny_checkpoint),
-        "--support",
-        str(support),
-        "--out",
-        str(tmp_path / "adapted"),
-    )
+    code, out, err = adapt_cli(capsys, tiny_checkpoint, support, tmp_path / "adapted")
     assert code == 0, err
     assert "adapted protonet to 2 classes: glioma_tumor (3), meningioma_tumor (3)" in out
     csv_path, expl = tmp_path / "p.csv", tmp_path / "explain"
@@ -102,19 +100,7 @@ def test_export_writes_an_onnx_model_with_the_same_logits(
     from medmeta.practice.export import onnx_logits
 
     support, query = real_folders(data_dir, tmp_path, "jpg")
-    assert (
-        run(
-            capsys,
-            "adapt",
-            "--model",
-            str(tiny_checkpoint),
-            "--support",
-            str(support),
-            "--out",
-            str(tmp_path / "a"),
-        )[0]
-        == 0
-    )
+    assert adapt_cli(capsys, tiny_checkpoint, support, tmp_path / "a")[0] == 0
     code, out, err = run(
         capsys, "export", "--model", str(tmp_path / "a.json"), "--out", str(tmp_path / "m.onnx")
     )
@@ -137,19 +123,7 @@ def test_predict_skips_an_unreadable_image_and_names_it(
     from tests.practice.test_adapted import png_folder
 
     support = png_folder(tmp_path / "s")
-    assert (
-        run(
-            capsys,
-            "adapt",
-            "--model",
-            str(tiny_checkpoint),
-            "--support",
-            str(support),
-            "--out",
-            str(tmp_path / "a"),
-        )[0]
-        == 0
-    )
+    assert adapt_cli(capsys, tiny_checkpoint, support, tmp_path / "a")[0] == 0
     queries = png_folder(tmp_path / "q", per_class=1)
     (queries / "bad.jpg").write_bytes(b"not a jpeg")
     code, out, err = run(
@@ -186,45 +160,13 @@ def test_bad_inputs_end_with_one_error_line(
     from tests.practice.test_adapted import png_folder
 
     support = png_folder(tmp_path / "s", per_class=2)
-    code, _o, err = run(
-        capsys,
-        "adapt",
-        "--model",
-        str(tiny_checkpoint),
-        "--support",
-        str(support),
-        "--out",
-        str(tmp_path / "a"),
-        "--min-shots",
-        "5",
-    )
+    code, _o, err = adapt_cli(capsys, tiny_checkpoint, support, tmp_path / "a", "--min-shots", "5")
     assert_one_line_error(code, err, "too few readable images", "class0 (2)", "lower --min-shots")
-    code, _o, err = run(
-        capsys,
-        "adapt",
-        "--model",
-        str(tiny_checkpoint),
-        "--support",
-        str(tmp_path / "nope"),
-        "--out",
-        str(tmp_path / "a"),
-    )
+    code, _o, err = adapt_cli(capsys, tiny_checkpoint, tmp_path / "nope", tmp_path / "a")
     assert_one_line_error(code, err, "does not exist")
     code, _o, err = run(capsys, "predict", "--model", str(tiny_checkpoint), "--images", str(support))
     assert_one_line_error(code, err, "not an adapted one", "medmeta adapt")
-    assert (
-        run(
-            capsys,
-            "adapt",
-            "--model",
-            str(tiny_checkpoint),
-            "--support",
-            str(support),
-            "--out",
-            str(tmp_path / "a"),
-        )[0]
-        == 0
-    )
+    assert adapt_cli(capsys, tiny_checkpoint, support, tmp_path / "a")[0] == 0
     (tmp_path / "notes.txt").write_text("x")
     code, _o, err = run(
         capsys,
