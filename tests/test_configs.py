@@ -69,3 +69,9 @@ def test_invalid_yaml_is_reported_in_one_line(tmp_path: Path) -> None:
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_config(bad)
+
+
+def test_a_benchmark_protocol_given_as_a_run_config_names_the_command() -> None:
+    quick = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+    with pytest.raises(ConfigError, match=r"benchmark protocol .*medmeta benchmark .*quick\.yaml"):
+        load_config(quick)

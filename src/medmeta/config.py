@@ -181,6 +181,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     """Read a YAML config and apply dotted `overrides` (for example ``{"train.epochs": 3}``)."""
     path = Path(path)
     raw = read_yaml_mapping(path, f"config file {path} not found: check the path")
+    if "methods" in raw and "method" not in raw:
+        raise ConfigError(
+            f"{path} is a benchmark protocol (it lists methods), not a run config: run "
+            f"`medmeta benchmark {path}`"
+        )
     return make_config(apply_overrides(raw, overrides or {}), source=str(path))
 
 
