@@ -43,10 +43,14 @@ def run(
     progress: RunProgress | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     command: str = "",
+    workers: int = 1,
 ) -> BenchmarkResult:
-    """Run or resume `protocol` in `out`, then write ``summary.csv``, ``report.md`` and ``report.html``."""
+    """Run or resume `protocol` in `out` (`workers` jobs at once, see `run_benchmark`), then write
+    ``summary.csv``, ``report.md`` and ``report.html``."""
     start = time.perf_counter()
-    outcome = run_benchmark(protocol, out, data_dir=data_dir, progress=progress, on_record=on_record)
+    outcome = run_benchmark(
+        protocol, out, data_dir=data_dir, progress=progress, on_record=on_record, workers=workers
+    )
     rows = summarize(protocol, outcome.records)
     csv_path = write_summary(rows, out)
     root = data_dir if data_dir is not None else protocol.data.data_dir

@@ -1,9 +1,11 @@
 """Run a benchmark: every job in order, skipping what an earlier (killed) run of the same folder finished.
 
-Results are identical whether a run is interrupted or not: every training is seeded by its seed, test
-episodes by ``eval.seed + seed``, the global torch RNG is re-seeded before every evaluation, and cells
-are always scored from the reloaded best checkpoint (``OUT/checkpoints/...``), whether it was trained in
-this session or an earlier one.
+Results are identical whether a run is interrupted or not, and whatever the number of workers: every
+training is seeded by its seed, test episodes by ``eval.seed + seed``, the global torch RNG is re-seeded
+before every evaluation, and cells are always scored from the reloaded best checkpoint
+(``OUT/checkpoints/...``), whether it was trained in this session or an earlier one. With ``workers > 1``
+whole jobs (a training and its cells, or a reference) run in child processes (see `medmeta.bench.workers`)
+and only this process writes ``results.jsonl``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from medmeta.bench.protocol import MethodEntry, Protocol, check_domains
 from medmeta.bench.reference import train_reference
 from medmeta.bench.store import ResultsStore, check_fingerprint
 from medmeta.config import RunConfig, make_config
+from medmeta.errors import ConfigError
 from medmeta.methods import METHODS
 from medmeta.pipeline import RunData, load_method, normalization_from_meta, train_method
 from medmeta.train.loop import ProgressHook, resolve_device
@@ -44,9 +47,17 @@ class RunProgress(ProgressHook, TypingProtocol):
     def job_done(self, units: float) -> None: ...
 
 
+class JobSink(TypingProtocol):
+    """Where a running job reports: finished records and progress (cost-model units)."""
+
+    def record(self, record: dict[str, Any]) -> None: ...
+
+    def advance(self, units: float) -> None: ...
+
+
 @dataclass
 class RunOutcome:
-    """What `run_benchmark` did in this session."""
+    """What `run_benchmark` did in this session (`records`: every record of the folder, in job order)."""
 
     out: Path
     records: list[dict[str, Any]]
@@ -56,6 +67,14 @@ class RunOutcome:
     trainings_run: int = 0
     seconds: float = 0.0
     test_sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What an earlier session finished of one job: its training record and its finished cell keys."""
+
+    train: dict[str, Any] | None = None
+    cells: frozenset[str] = frozenset()
 
 
 def max_ways(domains: dict[str, DomainSplits]) -> int:
@@ -103,19 +122,35 @@ def _checkpoint_dir(out: Path, job: Job) -> Path:
     return out / "checkpoints" / safe_name(job.method.label) / safe_name(job.domain) / f"seed{job.seed}"
 
 
+def describe(job: Job) -> str:
+    """One line naming a job (progress display)."""
+    if isinstance(job, ReferenceJob):
+        return f"supervised reference on {job.domain}, seed {job.seed}"
+    return f"{job.method.label} with {job.domain} held out, seed {job.seed}"
+
+
+def finished_part(job: Job, store: ResultsStore) -> Finished:
+    """What `store` holds of `job` (a resumed job needs its training record and finished cells)."""
+    if isinstance(job, ReferenceJob):
+        return Finished()
+    keys = store.keys()
+    return Finished(store.get(job.key), frozenset(c.key for c in job.cells if c.key in keys))
+
+
 def _trained_method(
     protocol: Protocol,
     job: TrainJob,
     domains: dict[str, DomainSplits],
-    store: ResultsStore,
+    finished: Finished,
     out: Path,
+    sink: JobSink,
     progress: RunProgress | None,
-) -> tuple[Path, bool]:
+) -> Path:
     """The best checkpoint of `job`'s training: reused when an earlier session finished it."""
     ckpt_dir = _checkpoint_dir(out, job)
-    done = store.get(job.key)
+    done = finished.train
     if done is not None and (out / done["checkpoint"]).is_file():
-        return out / done["checkpoint"], False
+        return out / done["checkpoint"]
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     cfg = cell_config(protocol, job, domains)
     train_names = protocol.training_domains(job.domain)
@@ -124,7 +159,7 @@ def _trained_method(
     )
     _, fit_result, _ = train_method(cfg, out_dir=ckpt_dir, data=data, progress=progress)
     assert fit_result.best_checkpoint is not None
-    store.append(
+    sink.record(
         {
             "kind": "train",
             "key": job.key,
@@ -138,30 +173,27 @@ def _trained_method(
             "checkpoint": str(fit_result.best_checkpoint.relative_to(out)),
         }
     )
-    return fit_result.best_checkpoint, True
+    return fit_result.best_checkpoint
 
 
 def _run_train_job(
     protocol: Protocol,
     job: TrainJob,
     domains: dict[str, DomainSplits],
-    store: ResultsStore,
-    outcome: RunOutcome,
+    finished: Finished,
+    out: Path,
+    sink: JobSink,
     progress: RunProgress | None,
-    on_record: Callable[[dict[str, Any]], None] | None,
 ) -> None:
-    checkpoint, trained = _trained_method(protocol, job, domains, store, outcome.out, progress)
-    outcome.trainings_run += int(trained)
-    if progress is not None:
-        progress.job_done(job_cost(protocol, job) - len(job.cells) * cell_cost(protocol, job))
+    checkpoint = _trained_method(protocol, job, domains, finished, out, sink, progress)
+    sink.advance(job_cost(protocol, job) - len(job.cells) * cell_cost(protocol, job))
     method, _, meta = load_method(checkpoint)
     device = resolve_device(protocol.train.device)
     method.to(device)
     prepare = normalization_from_meta(meta)
     test = domains[job.domain].test
-    done = store.keys()
     for cell in job.cells:
-        if cell.key in done:
+        if cell.key in finished.cells:
             continue
         n_query = query_size(domains[job.domain], cell.shots, protocol.eval.n_query)
         if progress is not None:
@@ -183,23 +215,69 @@ def _run_train_job(
         finally:
             if progress is not None:
                 progress.stop()
-        record = {
-            "kind": "cell",
-            "key": cell.key,
-            "method": cell.method,
-            "method_name": job.method.name,
-            "domain": cell.domain,
-            "shots": cell.shots,
-            "seed": cell.seed,
-            **fields,
-            "seconds": time.perf_counter() - t0,
-        }
-        store.append(record)
-        outcome.cells_run += 1
-        if progress is not None:
-            progress.job_done(cell_cost(protocol, job))
-        if on_record is not None:
-            on_record(record)
+        sink.record(
+            {
+                "kind": "cell",
+                "key": cell.key,
+                "method": cell.method,
+                "method_name": job.method.name,
+                "domain": cell.domain,
+                "shots": cell.shots,
+                "seed": cell.seed,
+                **fields,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        sink.advance(cell_cost(protocol, job))
+
+
+def run_job(
+    protocol: Protocol,
+    job: Job,
+    domains: dict[str, DomainSplits],
+    finished: Finished,
+    out: Path,
+    sink: JobSink,
+    progress: RunProgress | None = None,
+) -> None:
+    """Run one job (skipping its `finished` part); records and progress go to `sink`.
+
+    `progress` gets the inner training/test bars (None in a worker process).
+    """
+    if isinstance(job, ReferenceJob):
+        ckpt_dir = _checkpoint_dir(out, job)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a reference cut short is trained again from scratch
+        fields = train_reference(protocol, domains[job.domain], job.seed, ckpt_dir, progress=progress)
+        sink.record({"kind": "reference", "key": job.key, "domain": job.domain, "seed": job.seed, **fields})
+        sink.advance(job_cost(protocol, job))
+        return
+    _run_train_job(protocol, job, domains, finished, out, sink, progress)
+
+
+class Recorder:
+    """The parent's sink: appends records to the store, counts them, advances the overall bar."""
+
+    def __init__(
+        self,
+        store: ResultsStore,
+        outcome: RunOutcome,
+        progress: RunProgress | None,
+        on_record: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.store, self.outcome, self.progress, self.on_record = store, outcome, progress, on_record
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.store.append(record)
+        if record["kind"] == "train":
+            self.outcome.trainings_run += 1
+        elif record["kind"] == "cell":
+            self.outcome.cells_run += 1
+            if self.on_record is not None:
+                self.on_record(record)
+
+    def advance(self, units: float) -> None:
+        if self.progress is not None:
+            self.progress.job_done(units)
 
 
 def run_benchmark(
@@ -209,6 +287,7 @@ def run_benchmark(
     data_dir: str | Path | None = None,
     progress: RunProgress | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    workers: int = 1,
 ) -> RunOutcome:
     """Run (or resume) every job of `protocol` in `out`; results go to ``OUT/results.jsonl``.
 
@@ -216,13 +295,18 @@ def run_benchmark(
         protocol: the benchmark.
         out: run folder; a folder holding an earlier run of the same protocol is resumed.
         data_dir: data root (default: ``protocol.data.data_dir``, else ``$MEDMETA_DATA``).
-        progress: receives overall and per-phase progress.
+        progress: receives overall and per-phase progress (with workers: overall progress and the
+            running jobs only).
         on_record: called after each cell record is written (tests use it to interrupt a run).
+        workers: jobs run at once, each in its own process with ``train.threads`` (default 1) torch
+            threads; 1 runs every job in this process.
 
     Raises:
-        ConfigError: unknown domain, shots too large for a held-out domain, or `out` holding another
-            protocol's results.
+        ConfigError: unknown domain, shots too large for a held-out domain, `out` holding another
+            protocol's results, or `workers` < 1.
     """
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}: pass --workers 1 or more")
     start = time.perf_counter()
     out = Path(out)
     root = data_dir if data_dir is not None else protocol.data.data_dir
@@ -242,32 +326,40 @@ def run_benchmark(
         total = sum(job_cost(protocol, j) for j in jobs)
         finished = sum(job_cost(protocol, j) for j in jobs if _is_done(j, done_keys))
         progress.plan(total, finished)
-    if protocol.train.threads:
-        torch.set_num_threads(protocol.train.threads)
+    pending = []
     for job in jobs:
         if _is_done(job, done_keys):
             outcome.cells_skipped += len(job.cells) if isinstance(job, TrainJob) else 0
-            continue
-        if isinstance(job, ReferenceJob):
+        else:
+            outcome.cells_skipped += sum(c.key in done_keys for c in getattr(job, "cells", ()))
+            pending.append(job)
+    recorder = Recorder(store, outcome, progress, on_record)
+    if workers > 1:
+        from medmeta.bench.workers import run_in_workers
+
+        tasks = [(job, finished_part(job, store)) for job in pending]
+        run_in_workers(protocol, root, out, tasks, recorder, workers, progress)
+    else:
+        if protocol.train.threads:
+            torch.set_num_threads(protocol.train.threads)
+        for job in pending:
             if progress is not None:
-                progress.job(f"supervised reference on {job.domain}, seed {job.seed}")
-            ckpt_dir = _checkpoint_dir(out, job)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)  # a reference cut short is trained again from scratch
-            fields = train_reference(protocol, domains[job.domain], job.seed, ckpt_dir, progress=progress)
-            store.append(
-                {"kind": "reference", "key": job.key, "domain": job.domain, "seed": job.seed, **fields}
-            )
-            if progress is not None:
-                progress.job_done(job_cost(protocol, job))
-            continue
-        if progress is not None:
-            progress.job(f"{job.method.label} with {job.domain} held out, seed {job.seed}")
-        skipped = sum(c.key in done_keys for c in job.cells)
-        outcome.cells_skipped += skipped
-        _run_train_job(protocol, job, domains, store, outcome, progress, on_record)
-    outcome.records = store.records
+                progress.job(describe(job))
+            run_job(protocol, job, domains, finished_part(job, store), out, recorder, progress)
+    outcome.records = in_job_order(store.records, jobs)
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def in_job_order(records: list[dict[str, Any]], jobs: list[Job]) -> list[dict[str, Any]]:
+    """`records` sorted by job (each training before its cells), so nothing built from them depends on
+    the order in which workers finished (records of unknown keys go last, in file order)."""
+    rank: dict[str, int] = {}
+    for job in jobs:
+        rank[job.key] = len(rank)
+        for c in getattr(job, "cells", ()):
+            rank[c.key] = len(rank)
+    return sorted(records, key=lambda r: rank.get(r.get("key", ""), len(rank)))
 
 
 def _is_done(job: Job, keys: set[str]) -> bool:

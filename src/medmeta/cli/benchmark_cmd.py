@@ -137,11 +137,19 @@ def benchmark(
         False, "--dry-run", help="List the jobs and cells with their rough cost; run nothing."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Jobs run at once, each in its own process with train.threads (default 1) torch threads; "
+        "on a CPU with N free cores try N.",
+    ),
 ) -> None:
     """Train every method with each domain held out, test on identical seeded episodes, write a report.
 
     Writes OUT/results.jsonl (one record per finished cell; a killed run resumes where it stopped),
-    OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html.
+    OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html. With --workers N, N jobs
+    run at once in child processes (same results; only the overall bar and the running jobs are shown).
     """
     from medmeta.bench import run
     from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
@@ -160,14 +168,29 @@ def benchmark(
         f"{len(protocol.seeds)} seeds), {len(jobs) - n_refs} trainings + {n_refs} supervised references; "
         f"rough cost {_duration(cost)} on one CPU thread"
     )
+    say(
+        f"{workers} worker{'s' if workers > 1 else ''}: roughly {_duration(cost / workers)} wall time "
+        "(rough: the cost divided by the workers, assuming a free core each)"
+    )
     if dry_run:
         console.print(_plan_table(protocol, data_dir))
         return
     if (out / RESULTS).is_file():
         say(f"resuming {out}: finished cells are kept, the rest is run")
     command = "medmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    with BenchProgress(enabled=not quiet) as progress:
-        result = run(protocol, out, data_dir=data_dir, progress=progress, command=command)
+    try:
+        with BenchProgress(enabled=not quiet) as progress:
+            result = run(
+                protocol, out, data_dir=data_dir, progress=progress, command=command, workers=workers
+            )
+    except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+        err_console.print(
+            f"interrupted: finished cells are kept in {out / RESULTS}; run the same command to resume",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     o = result.outcome
     say(
         f"{o.cells_run} cells run, {o.cells_skipped} reused from an earlier run, {o.trainings_run} trainings, "

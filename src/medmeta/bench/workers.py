@@ -1,0 +1,242 @@
+"""Run benchmark jobs in child processes (``medmeta benchmark --workers N``).
+
+Each worker is a fresh ("spawn") Python process: it sets ``train.threads`` (default 1) torch threads,
+loads the domains once (the same deterministic `load_domains` call as the parent) and runs whole jobs,
+a training with all of its cells or a reference. Workers write checkpoints into the job's own folder
+but never ``results.jsonl``: they send every finished record to the parent, which appends it to the
+`ResultsStore`, so a killed run keeps only complete records and a rerun redoes what was not reported.
+On any exit of the parent loop (done, an error, Ctrl-C, SIGTERM) the workers are terminated; a worker
+whose parent died (SIGKILL) exits within a second.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmeta.bench.cells import Job
+from medmeta.bench.domains import load_domains
+from medmeta.bench.protocol import Protocol, check_domains
+from medmeta.bench.runner import Finished, Recorder, RunProgress, describe, run_job
+from medmeta.errors import MedmetaError, TrainingError
+
+#: Messages from a worker: (kind, task index or None, payload).
+Message = tuple[str, int | None, Any]
+_POLL_SECONDS = 0.5
+
+
+class _QueueSink:
+    """A worker's sink: every record and progress step goes to the parent."""
+
+    def __init__(self, results: Any, index: int) -> None:
+        self.results, self.index = results, index
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.results.put(("record", self.index, record))
+
+    def advance(self, units: float) -> None:
+        self.results.put(("advance", self.index, units))
+
+
+def _portable(exc: BaseException) -> tuple[BaseException | None, str]:
+    """The exception itself when it survives pickling, and its traceback text."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return None, text
+    return exc, text
+
+
+def _exit_with_parent() -> None:
+    """Exit this worker within a second of its parent's death (even a SIGKILL, which skips cleanup)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="medmeta-parent-watch").start()
+
+
+def worker_main(
+    protocol: Protocol, root: str | Path | None, out: Path, threads: int, tasks: Any, results: Any
+) -> None:
+    """A worker: load the domains, then run tasks ``(index, job, finished)`` until a None arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    _exit_with_parent()
+    torch.set_num_threads(threads)
+    index: int | None = None
+    try:
+        domains = load_domains(protocol, check_domains(protocol, root), root)
+        while (task := tasks.get()) is not None:
+            index, job, finished = task
+            results.put(("start", index, None))
+            run_job(protocol, job, domains, finished, out, _QueueSink(results, index))
+            results.put(("done", index, None))
+    except BaseException as exc:
+        results.put(("error", index, _portable(exc)))
+
+
+@contextmanager
+def _parent_signals() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (so the workers are stopped); new workers ignore SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _stop(processes: Sequence[mp.process.BaseProcess], queues: Sequence[Any]) -> None:
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 5.0
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for q in queues:
+        q.cancel_join_thread()
+        q.close()
+
+
+def _raise_worker_error(job: Job | None, payload: tuple[BaseException | None, str]) -> None:
+    exc, text = payload
+    if isinstance(exc, MedmetaError):
+        exc.add_note(f"raised in a benchmark worker process:\n{text}")
+        raise exc
+    where = f"job '{job.key}'" if job is not None else "loading the domains"
+    raise RuntimeError(f"{where} failed in a benchmark worker process:\n{text}") from exc
+
+
+def run_in_workers(
+    protocol: Protocol,
+    root: str | Path | None,
+    out: Path,
+    tasks: list[tuple[Job, Finished]],
+    recorder: Recorder,
+    workers: int,
+    progress: RunProgress | None,
+) -> None:
+    """Run `tasks` (each job with what an earlier session finished of it) on `workers` processes.
+
+    Records reach `recorder` in the order workers finish them. Returns when every job is done.
+
+    Raises:
+        MedmetaError: the first one raised in a worker (the run stops).
+        TrainingError: a worker process died (killed, out of memory).
+        KeyboardInterrupt: Ctrl-C or SIGTERM (the workers are terminated first).
+    """
+    if not tasks:
+        return
+    ctx = mp.get_context("spawn")
+    task_queue, results = ctx.Queue(), ctx.Queue()
+    n = min(workers, len(tasks))
+    for i, task in enumerate(tasks):
+        task_queue.put((i, *task))
+    for _ in range(n):
+        task_queue.put(None)
+    threads = protocol.train.threads or 1
+    processes = [
+        ctx.Process(
+            target=worker_main,
+            args=(protocol, root, out, threads, task_queue, results),
+            name=f"medmeta-bench-worker-{w}",
+            daemon=True,
+        )
+        for w in range(n)
+    ]
+    running: dict[int, str] = {}
+    remaining = set(range(len(tasks)))
+    quiet_polls = 0
+    with _parent_signals():
+        try:
+            old_int = _ignore_sigint()
+            try:
+                for p in processes:
+                    p.start()
+            finally:
+                _restore_sigint(old_int)
+            while remaining:
+                try:
+                    kind, index, payload = results.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    quiet_polls = quiet_polls + 1 if _check_alive(processes) else 0
+                    if quiet_polls > 4:  # every worker exited and nothing more arrived
+                        raise TrainingError(
+                            "every benchmark worker exited before its jobs were done: rerun the same "
+                            "command to resume"
+                        ) from None
+                    continue
+                if kind == "record":
+                    recorder.record(payload)
+                elif kind == "advance":
+                    recorder.advance(payload)
+                elif kind == "start" and index is not None:
+                    running[index] = describe(tasks[index][0])
+                elif kind == "done" and index is not None:
+                    running.pop(index, None)
+                    remaining.discard(index)
+                elif kind == "error":
+                    _raise_worker_error(None if index is None else tasks[index][0], payload)
+                if kind in ("start", "done") and progress is not None:
+                    progress.job(_running_text(running))
+        finally:
+            _stop(processes, (task_queue, results))
+
+
+def _running_text(running: dict[int, str]) -> str:
+    if not running:
+        return ""
+    return f"{len(running)} running: " + "; ".join(running[i] for i in sorted(running))
+
+
+def _check_alive(processes: Sequence[mp.process.BaseProcess]) -> bool:
+    """True when every worker has exited cleanly.
+
+    Raises:
+        TrainingError: a worker died (killed by a signal, out of memory).
+    """
+    for p in processes:
+        if p.exitcode is not None and p.exitcode != 0:
+            raise TrainingError(
+                f"benchmark worker {p.name} exited with code {p.exitcode} (killed or out of memory?): "
+                "rerun the same command to resume, with fewer --workers if memory is short"
+            )
+    return all(p.exitcode is not None for p in processes)
+
+
+def _ignore_sigint() -> Any:
+    """Ignore SIGINT while the workers start, so they inherit it (Ctrl-C is the parent's to handle)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _restore_sigint(old: Any) -> None:
+    if old is not None:
+        signal.signal(signal.SIGINT, old)
