@@ -42,7 +42,8 @@ class RunProgress(ProgressHook, TypingProtocol):
 
     def plan(self, total: float, done: float) -> None: ...
 
-    def job(self, description: str) -> None: ...
+    def job(self, description: str) -> None:
+        """The running job (with workers: one line per running job, empty when none runs)."""
 
     def job_done(self, units: float) -> None: ...
 

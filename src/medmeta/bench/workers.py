@@ -210,9 +210,8 @@ def run_in_workers(
 
 
 def _running_text(running: dict[int, str]) -> str:
-    if not running:
-        return ""
-    return f"{len(running)} running: " + "; ".join(running[i] for i in sorted(running))
+    """One line per running job, in run order."""
+    return "\n".join(running[i] for i in sorted(running))
 
 
 def _check_alive(processes: Sequence[mp.process.BaseProcess]) -> bool:

@@ -44,6 +44,7 @@ class BenchProgress:
         )
         self._overall: TaskID | None = None
         self._phase: TaskID | None = None
+        self._running: list[TaskID] = []
 
     def __enter__(self) -> BenchProgress:
         if self.enabled:
@@ -60,8 +61,17 @@ class BenchProgress:
             self._progress.update(self._overall, completed=done)
 
     def job(self, description: str) -> None:
-        if self.enabled and self._overall is not None:
-            self._progress.update(self._overall, info=description)
+        """The running job; with workers one line per running job, each shown on its own row."""
+        if not self.enabled or self._overall is None:
+            return
+        lines = [line for line in description.split("\n") if line]
+        for task in self._running:
+            self._progress.remove_task(task)
+        self._running = []
+        if len(lines) > 1:
+            self._running = [self._progress.add_task(f"  {line}", total=None, info="") for line in lines]
+        info = lines[0] if len(lines) == 1 else f"{len(lines)} jobs running" if lines else ""
+        self._progress.update(self._overall, info=info)
 
     def job_done(self, units: float) -> None:
         if self.enabled and self._overall is not None:
@@ -172,6 +182,11 @@ def benchmark(
         f"{workers} worker{'s' if workers > 1 else ''}: roughly {_duration(cost / workers)} wall time "
         "(rough: the cost divided by the workers, assuming a free core each)"
     )
+    if workers > 1 and not protocol.train.threads:
+        say(
+            "train.threads is 0: each worker uses 1 torch thread, so numbers can differ slightly from a "
+            "one-process run with torch's default threads; set train.threads: 1 for identical results"
+        )
     if dry_run:
         console.print(_plan_table(protocol, data_dir))
         return
