@@ -81,7 +81,7 @@ def test_a_run_stopped_by_the_parent_resumes_with_workers(
     before = read_records(out)  # whole JSON lines only
     cells = [r for r in before if r["kind"] == "cell"]
     trained = [r for r in before if r["kind"] == "train"]
-    assert len(cells) == 1 and 1 <= len(trained) < 4
+    assert len(cells) == 1 and len(trained) >= 1  # that cell's training at least
     again = run(tiny_protocol(domains), out, workers=2)
     assert again.outcome.resumed and again.outcome.cells_skipped == 1 and again.outcome.cells_run == 7
     assert again.outcome.trainings_run == 4 - len(trained)  # reported trainings are reused, in a worker
@@ -122,6 +122,20 @@ def test_an_error_in_a_worker_is_the_same_one_line_error(
         assert err.startswith("error:") and len(err.splitlines()) == 1, err
         lines.append(err)
     assert lines[0] == lines[1] and "differ from test classes" in lines[0]
+
+
+def test_a_dead_worker_stops_the_run_and_a_clean_exit_is_reported() -> None:
+    from types import SimpleNamespace
+
+    from medmeta.bench.workers import _check_alive
+    from medmeta.errors import TrainingError
+
+    def procs(*codes: int | None) -> list:
+        return [SimpleNamespace(exitcode=c, name=f"w{i}") for i, c in enumerate(codes)]
+
+    assert _check_alive(procs(None, 0)) is False and _check_alive(procs(0, 0)) is True
+    with pytest.raises(TrainingError, match=r"worker w1 exited with code -9 .*rerun the same command"):
+        _check_alive(procs(None, -9))
 
 
 def test_workers_must_be_positive(sequential: tuple[list[str], Path], tmp_path: Path) -> None:

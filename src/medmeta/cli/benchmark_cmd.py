@@ -151,7 +151,7 @@ def benchmark(
         1,
         "--workers",
         min=1,
-        help="Jobs run at once, each in its own process with train.threads (default 1) torch threads; "
+        help="Jobs run at once, each in its own process with train.threads (1 when 0) torch threads; "
         "on a CPU with N free cores try N.",
     ),
 ) -> None:
@@ -159,7 +159,8 @@ def benchmark(
 
     Writes OUT/results.jsonl (one record per finished cell; a killed run resumes where it stopped),
     OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html. With --workers N, N jobs
-    run at once in child processes (same results; only the overall bar and the running jobs are shown).
+    run at once in child processes (same results when train.threads is set; only the overall bar and the
+    running jobs are shown).
     """
     from medmeta.bench import run
     from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
@@ -178,10 +179,11 @@ def benchmark(
         f"{len(protocol.seeds)} seeds), {len(jobs) - n_refs} trainings + {n_refs} supervised references; "
         f"rough cost {_duration(cost)} on one CPU thread"
     )
-    say(
-        f"{workers} worker{'s' if workers > 1 else ''}: roughly {_duration(cost / workers)} wall time "
-        "(rough: the cost divided by the workers, assuming a free core each)"
-    )
+    if dry_run or workers > 1:
+        say(
+            f"{workers} worker{'s' if workers > 1 else ''}: roughly {_duration(cost / workers)} wall time "
+            "(rough: the cost divided by the workers, assuming a free core each)"
+        )
     if workers > 1 and not protocol.train.threads:
         say(
             "train.threads is 0: each worker uses 1 torch thread, so numbers can differ slightly from a "
