@@ -218,11 +218,19 @@ class InnerLoopMethod(FewShotMethod):
         return {n: p for n, p in self.named_parameters() if n.startswith(_MODEL_PREFIXES)}
 
     def features(
-        self, params: ParamDict, images: Tensor, step: int, backbone: nn.Module, *, twice: bool = False
+        self,
+        params: ParamDict,
+        images: Tensor,
+        step: int,
+        backbone: nn.Module,
+        *,
+        twice: bool = False,
+        lean: bool = False,
     ) -> Tensor:
         """Backbone features ``(N, d)`` of ``(N, C, *spatial)`` images under `params`.
 
-        `twice`: the result will be differentiated twice (second-order support passes). With the
+        `twice`: the result will be differentiated twice (second-order support passes); `lean`: it is
+        part of a second-order task graph (query passes), where saved memory counts. With the
         ``channels_last`` option (see `InnerLoopOptions`) such passes of a 2D `Conv4` with batch
         statistics run the fused forward of `medmeta.methods.fused_block`, and other passes run in
         channels-last layout.
@@ -231,7 +239,7 @@ class InnerLoopMethod(FewShotMethod):
         weights = {k[9:]: v for k, v in p.items() if k.startswith("backbone.")}
         overrides = self.batchnorm_buffers(step)
         if self.options.channels_last and images.ndim == 4:
-            if twice and all(v is None for v in overrides.values()):
+            if (twice or lean) and all(v is None for v in overrides.values()):
                 fused = fused_conv4_forward(backbone, weights, channels_last(images))
                 if fused is not None:
                     return fused
@@ -259,10 +267,12 @@ class InnerLoopMethod(FewShotMethod):
         backbone: nn.Module | None = None,
         *,
         twice: bool = False,
+        lean: bool = False,
     ) -> Tensor:
         """Logits ``(N, n_way)`` of images ``(N, C, *spatial)`` after `step` inner updates."""
         module = self.backbone if backbone is None else backbone
-        return self.classify(params, self.features(params, images, step, module, twice=twice), n_way)
+        feats = self.features(params, images, step, module, twice=twice, lean=lean)
+        return self.classify(params, feats, n_way)
 
     def support_loss(
         self, params: ParamDict, support: Support, *, backbone: nn.Module, track: bool
@@ -344,8 +354,10 @@ class InnerLoopMethod(FewShotMethod):
         """Meta-training loss of one episode on `worker` (-1: this thread) and any side result."""
         module = replica(self.backbone, worker)
         steps = self.options.inner_steps
-        final = self.trajectory(episode.support, steps, track=torch.is_grad_enabled(), backbone=module)[-1]
-        logits = self.logits(final, episode.query_images, episode.n_way, steps, module)
+        track = torch.is_grad_enabled()
+        final = self.trajectory(episode.support, steps, track=track, backbone=module)[-1]
+        lean = track and self.second_order()
+        logits = self.logits(final, episode.query_images, episode.n_way, steps, module, lean=lean)
         return F.cross_entropy(logits, episode.query_labels), None
 
     def finish_batch(self, extras: Sequence[Any]) -> None:
