@@ -110,13 +110,13 @@ class InnerLoopOptions(MethodOptions):
             intra-op thread for first-order training, one task at a time for second order, whose task
             graphs are large (two concurrent second-order tasks raised the peak memory by 80-320 MiB
             on Conv4 at 28 px, above learn2learn's; see ``benchmarks/maml.py``).
-        channels_last: run 2D passes in channels-last layout. Second-order support passes of a 2D
-            `Conv4` with batch statistics (every method here but MAML++ while it folds running
-            statistics) run through `medmeta.methods.fused_block`: batch norm, ReLU and max-pool as
-            one op with closed-form first and second derivatives, pairwise float32 statistics and a
-            quarter of the saved activations (second-order MAML 1.2-1.4x faster per task on one
-            thread, and lower peak memory). Passes differentiated at most once use PyTorch's
-            channels-last kernels (faster there than the fused op). Second-order support passes of
+        channels_last: run 2D passes in channels-last layout. In second-order meta-training (support
+            and query passes), a 2D `Conv4` with batch statistics (every method here but MAML++ while
+            it folds running statistics) runs through `medmeta.methods.fused_block`: batch norm, ReLU
+            and max-pool as one op with closed-form first and second derivatives, pairwise float32
+            statistics and a quarter of the saved activations (up to 1.35x faster per task on one
+            thread, lower peak memory). Other passes (first order, evaluation) use PyTorch's
+            channels-last kernels, faster there than the fused op. Second-order support passes of
             other backbones stay contiguous: PyTorch's channels-last batch-norm kernels accumulate
             sequentially in float32, about 20x the error of the contiguous ones, which visibly moved
             5-step second-order meta-gradients.
