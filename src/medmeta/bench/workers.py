@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from medmeta.allocator import keep_freed_memory
 from medmeta.bench.cells import Job
 from medmeta.bench.domains import load_domains
 from medmeta.bench.protocol import Protocol, check_domains
@@ -79,6 +80,7 @@ def worker_main(
     """A worker: load the domains, then run tasks ``(index, job, finished)`` until a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     _exit_with_parent()
+    keep_freed_memory()
     torch.set_num_threads(threads)
     index: int | None = None
     try:

@@ -13,6 +13,7 @@ import yaml
 from rich.markup import escape
 
 from medmeta._optional import OptionalDependencyError
+from medmeta.allocator import keep_freed_memory
 from medmeta.cli import data_cmds, practice_cmds, seg_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.overrides import collect, parse_options, parse_way
@@ -41,6 +42,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     _state["debug"] = debug or bool(os.environ.get("MEDMETA_DEBUG"))
+    keep_freed_memory()
 
 
 def _build_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:

@@ -30,9 +30,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from medmeta.methods.fused_conv import conv3x3
 
 _CL = torch.channels_last
 
@@ -264,7 +265,7 @@ def fused_conv4_forward(backbone: nn.Module, weights: dict[str, Tensor], images:
         return None
     h = images
     for conv, bn, eps in blocks:
-        h = F.conv2d(h, weights[f"{conv}.weight"], weights.get(f"{conv}.bias"), padding=1)
+        h = conv3x3(h, weights[f"{conv}.weight"], weights.get(f"{conv}.bias"))
         h = bn_relu_pool(h, weights[f"{bn}.weight"], weights[f"{bn}.bias"], eps)
     if getattr(backbone, "pool_output", False):
         return h.flatten(2).mean(-1)

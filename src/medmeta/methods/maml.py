@@ -27,6 +27,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from medmeta.allocator import keep_freed_memory
 from medmeta.episodes.episode import Episode, Support
 from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions
@@ -181,6 +182,7 @@ class InnerLoopMethod(FewShotMethod):
 
     def __init__(self, backbone: nn.Module, options: InnerLoopOptions | None = None) -> None:
         super().__init__(backbone, options or self.Options())
+        keep_freed_memory()  # allocator thresholds: see medmeta.allocator
         opts = self.options
         self.head = nn.Linear(head_feature_dim(backbone, opts.feature_dim), opts.n_way)
         self.batchnorm_layers = tuple(batchnorm_names(backbone))
