@@ -3,16 +3,16 @@
 PyTorch's CPU tensors come straight from ``malloc``. glibc serves blocks above its mmap threshold
 (128 KiB, rising with use) with fresh ``mmap`` pages and returns freed heap tops above 128 KiB to the
 kernel, so a training loop that frees and re-allocates the same activations every step page-faults
-on every first touch of them. In second-order MAML on Conv4 at 28 px (``benchmarks/maml.py``, one
-thread) that made elementwise passes over ``(75, 64, 28, 28)`` activations run at ~3 GB/s; with
-blocks up to 32 MiB served from the heap and freed memory kept (up to 1 GiB), a meta-iteration took
-13-20% less time. It is the effect PyTorch's CPU performance guide gets by preloading jemalloc or
-tcmalloc, done with glibc's own ``mallopt``.
+on every first touch of them. With blocks up to 32 MiB served from the heap and freed memory kept (up
+to 1 GiB), a second-order MAML meta-iteration on Conv4 at 28 px took 3-13% less time on one thread
+(``benchmarks/maml.py --threads 1 --only second --skip-l2l``, against ``MEDMETA_MALLOC=system``) at the
+same peak memory (within 15 MiB). It is the effect PyTorch's CPU performance guide gets by preloading
+jemalloc or tcmalloc, done with glibc's own ``mallopt``.
 
 `keep_freed_memory` is called by the training entry points (the CLI, `InnerLoopMethod`); it changes
 nothing but the allocator's thresholds, once per process, and does nothing off glibc or when
-``MEDMETA_MALLOC=system``. Peak memory is unchanged within a few MiB; memory freed after a run may
-stay in the process (up to the trim threshold) until it exits.
+``MEDMETA_MALLOC=system``. Memory freed after a run may stay in the process (up to the trim threshold)
+until it exits.
 """
 
 from __future__ import annotations
