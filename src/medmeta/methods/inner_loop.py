@@ -24,7 +24,7 @@ other): tasks run on threads with one intra-op thread each instead, which costs 
 memory (so MAML's auto setting does this for first order only); (3) channels-last layout, and in
 Conv4's second-order support passes batch norm + ReLU + max-pool fused into one op with closed-form
 first and second derivatives (`medmeta.methods.fused_block`): fewer full-resolution passes and a
-quarter of the saved activations.
+quarter of the saved activations; its 3x3 convolutions through `medmeta.methods.fused_conv`.
 Tasks are not vectorised with `torch.func.vmap` (on 2 cores it was not faster than a loop), so no result depends on
 vmap's batching rules for second-order batch norm.
 """
