@@ -79,10 +79,14 @@ Job = TrainJob | ReferenceJob
 
 
 def enumerate_jobs(protocol: Protocol) -> list[Job]:
-    """Every job in run order: per held-out domain, per seed, the reference then each method."""
+    """Every job in run order: per seed, per held-out domain, the reference then each method.
+
+    Seed-major, so a long run completes the whole table for its first seed (every method and held-out
+    domain) before it starts the next seed: an interrupted run has a usable one-seed table early.
+    """
     jobs: list[Job] = []
-    for domain in protocol.held_out_domains:
-        for seed in protocol.seeds:
+    for seed in protocol.seeds:
+        for domain in protocol.held_out_domains:
             if protocol.reference.enabled:
                 jobs.append(ReferenceJob(domain, seed))
             for m in protocol.methods:
