@@ -185,3 +185,48 @@ def test_cli_dry_run_lists_cells_and_errors_are_one_line(
     assert info.value.code == 2
     assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
     assert "too few for 40-shot episodes" in err
+
+
+def test_report_only_summarises_finished_cells_without_running_or_rewriting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    domains = synthetic_folders(tmp_path / "data")
+    raw = tiny_raw(domains, methods=["protonet"], reference={"enabled": False})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_cell(record: dict) -> None:
+        if record.get("kind") == "cell":
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(parse_protocol(raw), out, on_record=stop_after_first_cell)
+    with (out / "results.jsonl").open("a") as f:
+        f.write('{"kind": "cell", "key": "cut sho')  # a record a running benchmark is still writing
+    before = (out / "results.jsonl").read_bytes()
+
+    with pytest.raises(SystemExit) as done:
+        main(["benchmark", str(config), "--out", str(out), "--report-only", "--quiet"])
+    assert done.value.code == 0
+    assert "1 of 4 cells finished" in capsys.readouterr().out
+    assert (out / "results.jsonl").read_bytes() == before  # only read
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["method"], r["shots"]) for r in rows] == [("protonet", "1")]
+    assert "1 of 4 (partial results)" in (out / "report.md").read_text()
+    assert "report written from the finished cells" in (out / "report.html").read_text()
+    assert [r["kind"] for r in read_records_tolerant(out)] == ["train", "cell"]  # nothing was run
+
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(config), "--out", str(tmp_path / "empty"), "--report-only"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip().startswith("error: no results in") and len(err.strip().splitlines()) == 1
+
+
+def read_records_tolerant(out: Path) -> list[dict]:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]

@@ -1,7 +1,8 @@
 """``medmeta benchmark``: a reproducible leave-one-domain-out few-shot benchmark with reports.
 
 `run` = `runner.run_benchmark` (every cell, resumable) + `summary.write_summary` (``summary.csv``) +
-`report.write_report` (``report.md``, ``report.html``).
+`report.write_report` (``report.md``, ``report.html``); `report` writes the last two from the cells
+already finished, running nothing.
 
 Example:
     >>> from medmeta.bench import load_protocol, run
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from medmeta.bench.cells import enumerate_cells, enumerate_jobs
-from medmeta.bench.protocol import Protocol, load_protocol, parse_protocol
+from medmeta.bench.domains import load_domains
+from medmeta.bench.protocol import Protocol, check_domains, load_protocol, parse_protocol
 from medmeta.bench.report import RunInfo, write_report
-from medmeta.bench.runner import RunOutcome, RunProgress, run_benchmark
+from medmeta.bench.runner import RunOutcome, RunProgress, in_job_order, run_benchmark
+from medmeta.bench.store import ResultsStore, check_fingerprint
 from medmeta.bench.summary import Row, summarize, write_summary
 from medmeta.data.root import data_root
+from medmeta.errors import ConfigError
 
 
 @dataclass
@@ -51,12 +55,46 @@ def run(
     outcome = run_benchmark(
         protocol, out, data_dir=data_dir, progress=progress, on_record=on_record, workers=workers
     )
+    root = data_dir if data_dir is not None else protocol.data.data_dir
+    return _write_outputs(protocol, Path(out), outcome, root, command, time.perf_counter() - start)
+
+
+def report(
+    protocol: Protocol, out: str | Path, *, data_dir: str | Path | None = None, command: str = ""
+) -> BenchmarkResult:
+    """Write ``summary.csv``, ``report.md`` and ``report.html`` from the cells already finished in `out`,
+    running nothing (safe while a run is appending to `out`: the results file is only read).
+
+    Raises:
+        ConfigError: `out` holds no results, or results of another protocol.
+    """
+    out = Path(out)
+    store = ResultsStore(out, repair=False)
+    if not store.records:
+        raise ConfigError(f"no results in {out}: run `medmeta benchmark CONFIG --out {out}` first")
+    check_fingerprint(out, protocol.fingerprint(), protocol.as_config())
+    root = data_dir if data_dir is not None else protocol.data.data_dir
+    domains = load_domains(protocol, check_domains(protocol, root), root)
+    records = in_job_order(store.records, enumerate_jobs(protocol))
+    outcome = RunOutcome(
+        out=out, records=records, resumed=True, test_sources={d: s.test_source for d, s in domains.items()}
+    )
+    return _write_outputs(protocol, out, outcome, root, command, None)
+
+
+def _write_outputs(
+    protocol: Protocol,
+    out: Path,
+    outcome: RunOutcome,
+    root: str | Path | None,
+    command: str,
+    wall_seconds: float | None,
+) -> BenchmarkResult:
     rows = summarize(protocol, outcome.records)
     csv_path = write_summary(rows, out)
-    root = data_dir if data_dir is not None else protocol.data.data_dir
     info = RunInfo(
         command=command or f"medmeta benchmark CONFIG --out {out}",
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=wall_seconds,
         resumed=outcome.resumed,
         data_root=str(data_root(root)),
     )
@@ -71,6 +109,7 @@ __all__ = [
     "enumerate_jobs",
     "load_protocol",
     "parse_protocol",
+    "report",
     "run",
     "run_benchmark",
 ]

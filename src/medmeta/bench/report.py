@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from medmeta.bench import plots
-from medmeta.bench.cells import safe_name
+from medmeta.bench.cells import enumerate_cells, safe_name
 from medmeta.bench.evaluation import METRICS
 from medmeta.bench.protocol import Protocol
 from medmeta.bench.summary import REFERENCE, Row
@@ -37,7 +37,7 @@ class RunInfo:
     """What the report records about how the results were produced."""
 
     command: str
-    wall_seconds: float
+    wall_seconds: float | None  # None: a report of finished cells only (``--report-only``), no run
     resumed: bool
     data_root: str
 
@@ -176,6 +176,8 @@ def write_report(
     (out / "plots").mkdir(parents=True, exist_ok=True)
     for key, (_, png) in figures.items():
         (out / "plots" / f"{key}.png").write_bytes(png)
+    n_done = sum(r.get("kind") == "cell" for r in records)
+    n_total = len(enumerate_cells(protocol))
     compute = sum(float(r.get("seconds", 0.0)) for r in records if r.get("kind") in ("cell", "train"))
     compute += sum(float(r.get("train_seconds", 0.0)) for r in records if r.get("kind") == "reference")
     repro = {
@@ -183,7 +185,12 @@ def write_report(
         "config fingerprint": protocol.fingerprint(),
         "seeds": ", ".join(map(str, protocol.seeds)),
         "test-episode seeds": ", ".join(str(protocol.eval.seed + s) for s in protocol.seeds),
-        "wall time (this session)": f"{info.wall_seconds:.0f} s" + (" (resumed run)" if info.resumed else ""),
+        "cells finished": f"{n_done} of {n_total}" + ("" if n_done == n_total else " (partial results)"),
+        "wall time (this session)": (
+            "none: report written from the finished cells (--report-only)"
+            if info.wall_seconds is None
+            else f"{info.wall_seconds:.0f} s" + (" (resumed run)" if info.resumed else "")
+        ),
         "compute time recorded (training + testing, all sessions)": f"{compute:.0f} s",
         "data root": info.data_root,
         **versions(),

@@ -32,9 +32,12 @@ class ResultsStore:
         True
     """
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, *, repair: bool = True) -> None:
+        """`repair`: rewrite the file without a last line cut short by a kill (False: only skip it, for
+        reading a folder that a running benchmark may be appending to)."""
         self.out = Path(out)
         self.path = self.out / RESULTS
+        self._repair = repair
         self._records = self._read()
 
     def _read(self) -> list[dict[str, Any]]:
@@ -54,6 +57,8 @@ class ResultsStore:
                         f"{self.path} line {i + 1} is not JSON: the results file was edited or corrupted; "
                         "restore it or start again with another --out"
                     ) from None
+                if not self._repair:
+                    break
                 logger.warning("%s: dropping a record cut short by an interrupted run", self.path)
                 kept = "".join(json.dumps(r, allow_nan=True) + "\n" for r in records)
                 tmp = self.path.with_name(self.path.name + ".tmp")

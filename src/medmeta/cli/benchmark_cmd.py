@@ -146,6 +146,12 @@ def benchmark(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="List the jobs and cells with their rough cost; run nothing."
     ),
+    report_only: bool = typer.Option(
+        False,
+        "--report-only",
+        help="Write summary.csv and the report from the cells already finished in OUT; run nothing "
+        "(safe while a run is in progress).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
     workers: int = typer.Option(
         1,
@@ -158,11 +164,12 @@ def benchmark(
     """Train every method with each domain held out, test on identical seeded episodes, write a report.
 
     Writes OUT/results.jsonl (one record per finished cell; a killed run resumes where it stopped),
-    OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html. With --workers N, N jobs
+    OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html (--report-only: from the
+    cells finished so far, running nothing). With --workers N, N jobs
     run at once in child processes (same results when train.threads is set; only the overall bar and the
     running jobs are shown).
     """
-    from medmeta.bench import run
+    from medmeta.bench import report, run
     from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
     from medmeta.bench.protocol import load_protocol
     from medmeta.bench.store import RESULTS
@@ -192,9 +199,16 @@ def benchmark(
     if dry_run:
         console.print(_plan_table(protocol, data_dir))
         return
+    command = "medmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    if report_only:
+        partial = report(protocol, out, data_dir=data_dir, command=command)
+        n_done = sum(r.get("kind") == "cell" for r in partial.outcome.records)
+        say(f"{n_done} of {n_cells} cells finished in {out}; nothing run")
+        console.print(_summary_table(partial.rows))
+        say(f"wrote {partial.summary_csv}, {partial.report_md}, {partial.report_html}")
+        return
     if (out / RESULTS).is_file():
         say(f"resuming {out}: finished cells are kept, the rest is run")
-    command = "medmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     try:
         with BenchProgress(enabled=not quiet) as progress:
             result = run(
