@@ -98,6 +98,7 @@ def test_batched_head_training_equals_training_each_episode() -> None:
 
 
 def test_full_mode_refuses_cached_features() -> None:
+    assert small(mode="head").frozen_backbone and not small(mode="full").frozen_backbone  # follows the option
     with pytest.raises(NotImplementedError, match="use_cache=False"):
         small(mode="full").logits_from_features(
             torch.zeros(1, 2, 8), torch.tensor([[0, 1]]), 2, torch.zeros(1, 2, 8)

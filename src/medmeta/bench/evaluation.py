@@ -21,14 +21,6 @@ from medmeta.methods.base import FewShotMethod
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece")
 
 
-def uses_cache(method: FewShotMethod) -> bool:
-    """Score from cached embeddings: methods with a frozen backbone, and fine-tuning of the head only
-    (``Finetune(mode="head")`` trains a head on fixed features; its class flag cannot follow the option)."""
-    from medmeta.methods.finetune import Finetune
-
-    return method.frozen_backbone or (isinstance(method, Finetune) and method.options.mode == "head")
-
-
 def class_confusion(
     logits: torch.Tensor, target: torch.Tensor, classes: np.ndarray, n_classes: int
 ) -> np.ndarray:
@@ -79,9 +71,6 @@ def evaluate_cell(
         (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
     """
     sampler = EpisodeSampler(test, None, n_shot, n_query, seed=seed, n_episodes=episodes)
-    if uses_cache(method) and not method.frozen_backbone:
-        # an instance flag for this loaded copy only: its logits_from_features scores cached features
-        setattr(method, "frozen_backbone", True)  # noqa: B010
     captured: dict[str, torch.Tensor] = {}
 
     def keep(logits: torch.Tensor, target: torch.Tensor) -> None:

@@ -8,7 +8,7 @@ ICLR 2020, arXiv:1909.02729 (fine-tuning the whole network).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -205,8 +205,11 @@ class Finetune(SupervisedMethod):
 
     Options = FinetuneOptions
     options: FinetuneOptions
-    #: The backbone changes per task in ``full`` mode; a class-level flag cannot follow the option.
-    frozen_backbone: ClassVar[bool] = False
+
+    @property
+    def frozen_backbone(self) -> bool:  # type: ignore[override]
+        """True in ``head`` mode (a head trained on fixed features); ``full`` mode changes the backbone."""
+        return self.options.mode == "head"
 
     def adapt(self, support: Support, query_images: Tensor | None = None) -> FinetunePredictor:
         o = self.options
