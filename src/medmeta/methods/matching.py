@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.protonet import embed
+from medmeta.methods.protonet import embed, one_pass_episode_logits
 
 
 def matching_log_probs(
@@ -171,14 +171,4 @@ class MatchingNet(FewShotMethod):
         return MatchingPredictor(self, features, support.labels, support.n_way)
 
     def episode_logits(self, episode: Episode) -> Tensor:
-        """Support and query embedded in one forward pass, so batch-norm sees one batch."""
-        n_support = episode.support_images.shape[0]
-        features = embed(
-            self.backbone, torch.cat([episode.support_images, episode.query_images])
-        )  # (n_support + n_query, d)
-        return self.logits_from_features(
-            features[None, :n_support],
-            episode.support_labels[None],
-            episode.n_way,
-            features[None, n_support:],
-        )[0]
+        return one_pass_episode_logits(self, episode)

@@ -41,6 +41,17 @@ def embed(backbone: nn.Module, images: Tensor) -> Tensor:
     return backbone(images)
 
 
+def one_pass_episode_logits(method: FewShotMethod, episode: Episode) -> Tensor:
+    """Query logits ``(n_query, n_way)`` of a method scored from features (`logits_from_features`), with
+    support and query embedded in one forward pass, so batch norm sees one batch in training mode."""
+    n_support = episode.support_images.shape[0]
+    images = torch.cat([episode.support_images, episode.query_images])  # (n_support + n_query, C, ...)
+    features = embed(method.backbone, images)  # (n_support + n_query, d)
+    return method.logits_from_features(
+        features[None, :n_support], episode.support_labels[None], episode.n_way, features[None, n_support:]
+    )[0]
+
+
 def compute_prototypes(features: Tensor, labels: Tensor, n_way: int) -> Tensor:
     """Class means, for one episode or a batch of episodes.
 
@@ -154,14 +165,4 @@ class ProtoNet(FewShotMethod):
         return prototype_logits(query_features, prototypes, self.options.distance, self.scale)
 
     def episode_logits(self, episode: Episode) -> Tensor:
-        """Support and query embedded in one forward pass, so batch-norm sees one batch."""
-        n_support = episode.support_images.shape[0]
-        features = embed(
-            self.backbone, torch.cat([episode.support_images, episode.query_images])
-        )  # (n_support + n_query, d)
-        return self.logits_from_features(
-            features[None, :n_support],
-            episode.support_labels[None],
-            episode.n_way,
-            features[None, n_support:],
-        )[0]  # (n_query, n_way)
+        return one_pass_episode_logits(self, episode)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.protonet import compute_prototypes, embed
+from medmeta.methods.protonet import compute_prototypes, embed, one_pass_episode_logits
 
 
 def infer_feature_channels(backbone: nn.Module) -> int:
@@ -204,17 +204,7 @@ class RelationNet(FewShotMethod):
         return RelationPredictor(self, features, support.labels, support.n_way)
 
     def episode_logits(self, episode: Episode) -> Tensor:
-        """Support and query embedded in one forward pass, so batch-norm sees one batch."""
-        n_support = episode.support_images.shape[0]
-        features = embed(
-            self.backbone, torch.cat([episode.support_images, episode.query_images])
-        )  # (n_support + n_query, d)
-        return self.logits_from_features(
-            features[None, :n_support],
-            episode.support_labels[None],
-            episode.n_way,
-            features[None, n_support:],
-        )[0]
+        return one_pass_episode_logits(self, episode)
 
     def episode_loss(self, episode: Episode) -> Tensor:
         """MSE of the sigmoid relation scores against one-hot labels (``loss="mse"``), else cross-entropy."""

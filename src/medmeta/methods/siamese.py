@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.protonet import embed, squared_distances
+from medmeta.methods.protonet import embed, one_pass_episode_logits, squared_distances
 
 Rule = Literal["nearest", "mean"]
 _EPS = 1e-12
@@ -163,17 +163,7 @@ class SiameseNet(FewShotMethod):
         return SiamesePredictor(self, features, support.labels, support.n_way)
 
     def episode_logits(self, episode: Episode) -> Tensor:
-        """Support and query embedded in one forward pass, so batch-norm sees one batch."""
-        n_support = episode.support_images.shape[0]
-        features = embed(
-            self.backbone, torch.cat([episode.support_images, episode.query_images])
-        )  # (n_support + n_query, d)
-        return self.logits_from_features(
-            features[None, :n_support],
-            episode.support_labels[None],
-            episode.n_way,
-            features[None, n_support:],
-        )[0]
+        return one_pass_episode_logits(self, episode)
 
     def episode_loss(self, episode: Episode) -> Tensor:
         """Contrastive loss over all pairs of the episode's support and query images."""
