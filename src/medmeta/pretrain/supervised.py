@@ -11,7 +11,6 @@ Mini-batches walk through seeded permutations of the union set: batch ``b`` depe
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -27,11 +26,10 @@ from medmeta.config import TrainConfig
 from medmeta.data.datasets import ImageDataset
 from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.errors import DataError, TrainingError
-from medmeta.eval.evaluate import evaluate
 from medmeta.methods.base import FewShotMethod
 from medmeta.pretrain.base import SupervisedMethod
-from medmeta.train.checkpoint import _atomic_write_text, save_checkpoint
-from medmeta.train.loop import FitResult, ProgressHook, resolve_device, step
+from medmeta.train.keeper import BestKeeper
+from medmeta.train.loop import FitResult, ProgressHook, resolve_device, step, validate
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +228,7 @@ def fit_supervised(
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     out = Path(out_dir) if out_dir is not None else None
     result = FitResult()
-    best = -math.inf
-    best_state: dict[str, torch.Tensor] = {}
+    keeper = BestKeeper(out, meta)
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -274,29 +271,12 @@ def fit_supervised(
             "train_loss": total_loss / steps,
             "lr": optimizer.param_groups[0]["lr"],
         }
-        val_acc = math.nan
-        if val_samplers and cfg.val_episodes > 0:
-            per = max(1, cfg.val_episodes // len(val_samplers))
-            results = [
-                evaluate(method, vs, prepare=prepare, device=device, n_episodes=per) for vs in val_samplers
-            ]
-            val_acc = sum(r.accuracy for r in results) / len(results)
-            record["val_accuracy"] = val_acc
-            record["val_ci95"] = max(r.ci95 for r in results)
+        val_acc = validate(method, val_samplers, cfg.val_episodes, record, prepare=prepare, device=device)
         record["seconds"] = time.perf_counter() - t0
-        result.history.append(record)
-        logger.info("epoch %d: %s", epoch + 1, record)
-        score = val_acc if math.isfinite(val_acc) else float(epoch)
-        if out is not None:
-            ckpt_meta = {**meta, "epoch": epoch + 1, "history": result.history}
-            result.last_checkpoint = save_checkpoint(out / "last", method.state_dict(), ckpt_meta)
-            if score > best:
-                result.best_checkpoint = save_checkpoint(out / "best", method.state_dict(), ckpt_meta)
-            _atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
-        if score > best:
-            best = score
+        if keeper.end_epoch(method, epoch, record, val_acc):
             result.best_val_accuracy = val_acc
-            best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
-    method.load_state_dict(best_state)
+    keeper.restore(method)
+    result.history = keeper.history
+    result.best_checkpoint, result.last_checkpoint = keeper.best_checkpoint, keeper.last_checkpoint
     result.seconds = time.perf_counter() - start
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -17,7 +16,7 @@ from medmeta.errors import TrainingError
 from medmeta.seg.base import FewShotSegmenter
 from medmeta.seg.episode import EpisodeSource
 from medmeta.seg.evaluate import evaluate_structure_episodes
-from medmeta.train.checkpoint import _atomic_write_text, save_checkpoint
+from medmeta.train.keeper import BestKeeper
 from medmeta.train.loop import ProgressHook, resolve_device, step
 
 logger = logging.getLogger(__name__)
@@ -60,8 +59,7 @@ def fit_segmenter(
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(out_dir) if out_dir is not None else None
     result = SegFitResult()
-    best = -math.inf
-    best_state: dict[str, torch.Tensor] = {}
+    keeper = BestKeeper(out, meta, save_last=False)
     start = time.perf_counter()
     index = 0
     for epoch in range(cfg.epochs):
@@ -90,24 +88,15 @@ def fit_segmenter(
             if progress is not None:
                 progress.stop()
         record: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / steps}
-        score = float(epoch)
+        val_dice = math.nan
         if val_episodes is not None and cfg.val_episodes > 0:
             dices = evaluate_structure_episodes(model, val_episodes, cfg.val_episodes, device)["dice"]
-            record["val_dice"] = float(sum(dices) / len(dices))
-            score = record["val_dice"]
+            val_dice = record["val_dice"] = float(sum(dices) / len(dices))
         record["seconds"] = time.perf_counter() - t0
-        result.history.append(record)
-        logger.info("epoch %d: %s", epoch + 1, record)
-        if score > best:
-            best = score
-            result.best_val_dice = record.get("val_dice", math.nan)
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if out is not None:
-                ckpt_meta = {**(meta or {}), "epoch": epoch + 1, "history": result.history}
-                result.best_checkpoint = save_checkpoint(out / "best", best_state, ckpt_meta)
-        if out is not None:
-            _atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
-    model.load_state_dict(best_state)
+        if keeper.end_epoch(model, epoch, record, val_dice):
+            result.best_val_dice = val_dice
+    keeper.restore(model)
+    result.history, result.best_checkpoint = keeper.history, keeper.best_checkpoint
     model.eval()
     result.seconds = time.perf_counter() - start
     return result

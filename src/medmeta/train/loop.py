@@ -5,7 +5,6 @@ The loop only calls ``method.batch_loss(episodes)``; AMP, clipping and the optim
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.errors import TrainingError
 from medmeta.eval.evaluate import evaluate
 from medmeta.methods.base import FewShotMethod
-from medmeta.train.checkpoint import _atomic_write_text, save_checkpoint
+from medmeta.train.keeper import BestKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +171,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     out = Path(out_dir) if out_dir is not None else None
     result = FitResult()
-    best = -math.inf
-    best_state: dict[str, torch.Tensor] = {}
+    keeper = BestKeeper(out, meta)
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -201,29 +199,33 @@ def fit(
             "train_loss": train_loss,
             "lr": optimizer.param_groups[0]["lr"],
         }
-        val_acc = math.nan
-        if val_samplers and cfg.val_episodes > 0:
-            per = max(1, cfg.val_episodes // len(val_samplers))
-            results = [
-                evaluate(method, vs, prepare=prepare, device=device, n_episodes=per) for vs in val_samplers
-            ]
-            val_acc = sum(r.accuracy for r in results) / len(results)
-            record["val_accuracy"] = val_acc
-            record["val_ci95"] = max(r.ci95 for r in results)
+        val_acc = validate(method, val_samplers, cfg.val_episodes, record, prepare=prepare, device=device)
         record["seconds"] = time.perf_counter() - t0
-        result.history.append(record)
-        logger.info("epoch %d: %s", epoch + 1, record)
-        score = val_acc if math.isfinite(val_acc) else float(epoch)
-        if out is not None:
-            ckpt_meta = {**(meta or {}), "epoch": epoch + 1, "history": result.history}
-            result.last_checkpoint = save_checkpoint(out / "last", method.state_dict(), ckpt_meta)
-            if score > best:
-                result.best_checkpoint = save_checkpoint(out / "best", method.state_dict(), ckpt_meta)
-            _atomic_write_text(out / "history.json", json.dumps(result.history, indent=2))
-        if score > best:
-            best = score
+        if keeper.end_epoch(method, epoch, record, val_acc):
             result.best_val_accuracy = val_acc
-            best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
-    method.load_state_dict(best_state)
+    keeper.restore(method)
+    result.history = keeper.history
+    result.best_checkpoint, result.last_checkpoint = keeper.best_checkpoint, keeper.last_checkpoint
     result.seconds = time.perf_counter() - start
     return result
+
+
+def validate(
+    method: FewShotMethod,
+    val_samplers: Sequence[EpisodeSampler],
+    episodes: int,
+    record: dict[str, float],
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> float:
+    """Mean validation accuracy over the samplers (`episodes` shared between them; NaN without any), also
+    written into `record` as ``val_accuracy`` and ``val_ci95`` (the widest CI)."""
+    if not val_samplers or episodes <= 0:
+        return math.nan
+    per = max(1, episodes // len(val_samplers))
+    results = [evaluate(method, vs, prepare=prepare, device=device, n_episodes=per) for vs in val_samplers]
+    val_acc = sum(r.accuracy for r in results) / len(results)
+    record["val_accuracy"] = val_acc
+    record["val_ci95"] = max(r.ci95 for r in results)
+    return val_acc
