@@ -286,3 +286,19 @@ def test_the_demo_without_real_data_says_it_is_synthetic(
     )
     assert code == 0, err
     assert "SYNTHETIC" in out.splitlines()[0]
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import medmeta.cli.demo
+
+    def interrupted(**_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medmeta.cli.demo, "run_demo", interrupted)
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--quiet"])
+    assert done.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted: files and checkpoints written so far are kept"

@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from medmeta.bench.protocol import Protocol
-from medmeta.cli.ui import console, err_console, say
+from medmeta.cli.ui import console, err_console, report_interrupt, say
 
 
 class BenchProgress:
@@ -215,11 +215,8 @@ def benchmark(
                 protocol, out, data_dir=data_dir, progress=progress, command=command, workers=workers
             )
     except KeyboardInterrupt:  # typer would turn it into a silent exit 130
-        err_console.print(
-            f"interrupted: finished cells are kept in {out / RESULTS}; run the same command to resume",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
+        report_interrupt(
+            f"interrupted: finished cells are kept in {out / RESULTS}; run the same command to resume"
         )
         raise typer.Exit(130) from None
     o = result.outcome

@@ -17,7 +17,7 @@ from medmeta.allocator import keep_freed_memory
 from medmeta.cli import data_cmds, practice_cmds, seg_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.overrides import collect, parse_options, parse_way
-from medmeta.cli.ui import RichProgress, console, err_console, results_table, say
+from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
 
@@ -213,9 +213,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: checkpoints saved so far are kept")
-        sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130; commands may have said more
+        if exc.code == 130 and not interrupt_reported():
+            err_console.print("interrupted: files and checkpoints written so far are kept")
+        raise
 
 
 if __name__ == "__main__":

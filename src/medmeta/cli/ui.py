@@ -29,6 +29,20 @@ def say(message: str) -> None:
     console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+_interrupt = {"reported": False}
+
+
+def report_interrupt(message: str) -> None:
+    """Print a command's own line for Ctrl-C on stderr (then the generic one of `medmeta.cli.main` is skipped)."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    _interrupt["reported"] = True
+
+
+def interrupt_reported() -> bool:
+    """True once a command has printed its own interruption line."""
+    return _interrupt["reported"]
+
+
 class RichProgress:
     """`medmeta.train.loop.ProgressHook` on a rich progress bar (one bar per phase)."""
 
