@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmeta.bench.cells import enumerate_cells, enumerate_jobs
+from medmeta.bench.cells import TrainJob, cell_cost, enumerate_cells, enumerate_jobs, job_cost
 from medmeta.bench.protocol import check_domains, load_protocol, parse_protocol
 from medmeta.errors import ConfigError
 from tests.bench.helpers import tiny_raw
@@ -26,6 +26,21 @@ def test_cross_domain_config_is_the_full_protocol() -> None:
     assert len(cells) == len(p.methods) * 4 * 3 * 3
     trainings = [j for j in enumerate_jobs(p) if hasattr(j, "cells")]
     assert len(trainings) == len(p.methods) * 4 * 3
+
+
+def test_jobs_run_seed_by_seed_and_cost_follows_ways_and_shots() -> None:
+    p = load_protocol(REPO / "configs" / "cross_domain.yaml")
+    jobs = enumerate_jobs(p)
+    seeds = [j.seed for j in jobs]
+    assert seeds == sorted(seeds)  # the whole first-seed table comes first
+    maml = next(j for j in jobs if isinstance(j, TrainJob) and j.method.name == "maml")
+    eight, two = {maml.domain: 8}, {maml.domain: 2}
+    assert cell_cost(p, maml, 10, eight) > cell_cost(p, maml, 1, eight) > cell_cost(p, maml, 1, two)
+    assert (
+        job_cost(p, maml, eight)
+        > job_cost(p, maml, two)
+        > job_cost(p, maml, two) - sum(cell_cost(p, maml, c.shots, two) for c in maml.cells)
+    )
 
 
 def test_medmnist_config_names_its_held_out_sets() -> None:

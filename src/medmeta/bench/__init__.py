@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medmeta.bench.cells import enumerate_cells, enumerate_jobs
-from medmeta.bench.domains import load_domains
+from medmeta.bench.domains import DomainSplits, load_domains
 from medmeta.bench.protocol import Protocol, check_domains, load_protocol, parse_protocol
 from medmeta.bench.report import RunInfo, write_report
 from medmeta.bench.runner import RunOutcome, RunProgress, in_job_order, run_benchmark
@@ -48,19 +48,31 @@ def run(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     command: str = "",
     workers: int = 1,
+    domains: dict[str, DomainSplits] | None = None,
 ) -> BenchmarkResult:
     """Run or resume `protocol` in `out` (`workers` jobs at once, see `run_benchmark`), then write
     ``summary.csv``, ``report.md`` and ``report.html``."""
     start = time.perf_counter()
     outcome = run_benchmark(
-        protocol, out, data_dir=data_dir, progress=progress, on_record=on_record, workers=workers
+        protocol,
+        out,
+        data_dir=data_dir,
+        progress=progress,
+        on_record=on_record,
+        workers=workers,
+        domains=domains,
     )
     root = data_dir if data_dir is not None else protocol.data.data_dir
     return _write_outputs(protocol, Path(out), outcome, root, command, time.perf_counter() - start)
 
 
 def report(
-    protocol: Protocol, out: str | Path, *, data_dir: str | Path | None = None, command: str = ""
+    protocol: Protocol,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    command: str = "",
+    domains: dict[str, DomainSplits] | None = None,
 ) -> BenchmarkResult:
     """Write ``summary.csv``, ``report.md`` and ``report.html`` from the cells already finished in `out`,
     running nothing (safe while a run is appending to `out`: the results file is only read).
@@ -74,7 +86,8 @@ def report(
         raise ConfigError(f"no results in {out}: run `medmeta benchmark CONFIG --out {out}` first")
     check_fingerprint(out, protocol.fingerprint(), protocol.as_config())
     root = data_dir if data_dir is not None else protocol.data.data_dir
-    domains = load_domains(protocol, check_domains(protocol, root), root)
+    if domains is None:
+        domains = load_domains(protocol, check_domains(protocol, root), root)
     records = in_job_order(store.records, enumerate_jobs(protocol))
     outcome = RunOutcome(
         out=out, records=records, resumed=True, test_sources={d: s.test_source for d, s in domains.items()}

@@ -8,31 +8,36 @@ job per (held-out domain, seed).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from medmeta.bench.protocol import MethodEntry, Protocol
 
-#: Rough seconds per training episode (or mini-batch) and per test episode, Conv4, 28x28, one thread,
-#: calibrated on blood_pbc (8-way) held out at 64 px (measured costs scale about with the pixel count).
-_COST: dict[str, tuple[float, float]] = {
-    "protonet": (0.03, 0.002),
-    "matching": (0.03, 0.002),
-    "relation": (0.04, 0.003),
-    "siamese": (0.04, 0.002),
-    "simpleshot": (0.03, 0.002),
-    "linear_probe": (0.03, 0.005),
-    "baseline_pp": (0.03, 0.005),
-    "finetune": (0.03, 0.02),
-    "maml": (0.12, 0.24),
-    "fomaml": (0.08, 0.24),
-    "maml_pp": (0.14, 0.24),
-    "meta_sgd": (0.12, 0.24),
-    "anil": (0.05, 0.1),
-    "reptile": (0.12, 0.23),
+#: Rough seconds on one CPU thread, Conv4 at 28x28, measured in ``configs/cross_domain.yaml`` (2026-12-01,
+#: a busy 2-core machine): per training episode or pretraining mini-batch (validation included), and per
+#: test episode ``n_way * (per_way_shot * shots + per_way)`` (adapting on the support and scoring the
+#: queries; the metric methods score cached features, so their cost hardly depends on the shots).
+_COST: dict[str, tuple[float, float, float]] = {
+    "protonet": (0.08, 0.0, 0.0002),
+    "matching": (0.10, 0.00001, 0.0002),
+    "relation": (0.11, 0.0, 0.0005),
+    "siamese": (0.10, 0.0, 0.0002),
+    "simpleshot": (0.10, 0.0, 0.0002),
+    "linear_probe": (0.10, 0.0003, 0.001),
+    "baseline_pp": (0.15, 0.00003, 0.0006),
+    "finetune": (0.12, 0.00004, 0.0005),
+    "maml": (0.70, 0.0045, 0.011),
+    "fomaml": (0.13, 0.0009, 0.007),
+    "maml_pp": (0.67, 0.0043, 0.010),
+    "meta_sgd": (0.17, 0.0009, 0.007),
+    "anil": (0.12, 0.0004, 0.0054),
+    "reptile": (0.43, 0.0047, 0.0107),
 }
-_DEFAULT_COST = (0.12, 0.24)
-#: Rough fixed seconds (28x28) per training (data, feature mean, checkpoints) and per cell (embedding).
-_JOB_OVERHEAD, _CELL_OVERHEAD = 1.0, 0.4
+_DEFAULT_COST = (0.70, 0.0045, 0.011)
+#: Rough seconds per supervised-reference step (batch 64) and fixed seconds per training and per cell.
+_REFERENCE_STEP, _JOB_OVERHEAD, _CELL_OVERHEAD = 0.1, 1.0, 0.4
+#: Classes assumed for a held-out domain whose class count is not given.
+_DEFAULT_WAYS = 5
 
 
 @dataclass(frozen=True)
@@ -105,23 +110,30 @@ def _scale(protocol: Protocol) -> float:
     return size * (6.0 if protocol.backbone == "resnet12" else 1.0)
 
 
-def job_cost(protocol: Protocol, job: Job) -> float:
-    """Rough seconds of a job on one CPU thread (training plus its test episodes)."""
+def job_cost(protocol: Protocol, job: Job, ways: Mapping[str, int] | None = None) -> float:
+    """Rough seconds of a job on one CPU thread (training plus its test episodes).
+
+    Args:
+        ways: class count of each held-out domain (its test episodes are that many ways); domains not in
+            it count as 5-way.
+    """
     if isinstance(job, ReferenceJob):
         r = protocol.reference
-        return _scale(protocol) * (_JOB_OVERHEAD + r.epochs * r.steps_per_epoch * 0.05 * r.batch_size / 64)
-    train_s, eval_s = _COST.get(job.method.name, _DEFAULT_COST)
+        return _scale(protocol) * (
+            _JOB_OVERHEAD + r.epochs * r.steps_per_epoch * _REFERENCE_STEP * r.batch_size / 64
+        )
+    train_s = _COST.get(job.method.name, _DEFAULT_COST)[0]
     cfg = protocol.train_config(job.method, job.seed)
-    training = cfg.epochs * (cfg.episodes_per_epoch + cfg.val_episodes) * train_s
-    testing = len(job.cells) * (_CELL_OVERHEAD + protocol.eval.episodes * eval_s)
-    return _scale(protocol) * (_JOB_OVERHEAD + training + testing)
+    training = _scale(protocol) * (_JOB_OVERHEAD + cfg.epochs * cfg.episodes_per_epoch * train_s)
+    return training + sum(cell_cost(protocol, job, c.shots, ways) for c in job.cells)
 
 
-def cell_cost(protocol: Protocol, job: TrainJob) -> float:
-    """Rough seconds of evaluating one cell of `job` (the rest of `job_cost` is training)."""
-    return _scale(protocol) * (
-        _CELL_OVERHEAD + protocol.eval.episodes * _COST.get(job.method.name, _DEFAULT_COST)[1]
-    )
+def cell_cost(protocol: Protocol, job: TrainJob, shots: int, ways: Mapping[str, int] | None = None) -> float:
+    """Rough seconds of evaluating one `shots`-shot cell of `job` (the rest of `job_cost` is training)."""
+    _, per_way_shot, per_way = _COST.get(job.method.name, _DEFAULT_COST)
+    n_way = (ways or {}).get(job.domain, _DEFAULT_WAYS)
+    episode = n_way * (per_way_shot * shots + per_way)
+    return _scale(protocol) * (_CELL_OVERHEAD + protocol.eval.episodes * episode)
 
 
 def safe_name(text: str) -> str:

@@ -109,6 +109,21 @@ def cell_config(protocol: Protocol, job: TrainJob, domains: dict[str, DomainSpli
     )
 
 
+def load_benchmark_domains(protocol: Protocol, root: str | Path | None) -> dict[str, DomainSplits]:
+    """Load every domain of `protocol`, failing before any training on an unknown domain or on shots
+    that a held-out domain's test classes cannot fill."""
+    domains = load_domains(protocol, check_domains(protocol, root), root)
+    for d in protocol.held_out_domains:
+        for k in protocol.eval.shots:
+            query_size(domains[d], k, protocol.eval.n_query)
+    return domains
+
+
+def class_counts(domains: dict[str, DomainSplits]) -> dict[str, int]:
+    """Each domain's class count (the ways of its test episodes), for the cost model."""
+    return {name: d.n_classes for name, d in domains.items()}
+
+
 def eval_seed(protocol: Protocol, seed: int) -> int:
     return protocol.eval.seed + seed
 
@@ -187,7 +202,10 @@ def _run_train_job(
     progress: RunProgress | None,
 ) -> None:
     checkpoint = _trained_method(protocol, job, domains, finished, out, sink, progress)
-    sink.advance(job_cost(protocol, job) - len(job.cells) * cell_cost(protocol, job))
+    ways = class_counts(domains)
+    sink.advance(
+        job_cost(protocol, job, ways) - sum(cell_cost(protocol, job, c.shots, ways) for c in job.cells)
+    )
     method, _, meta = load_method(checkpoint)
     device = resolve_device(protocol.train.device)
     method.to(device)
@@ -229,7 +247,7 @@ def _run_train_job(
                 "seconds": time.perf_counter() - t0,
             }
         )
-        sink.advance(cell_cost(protocol, job))
+        sink.advance(cell_cost(protocol, job, cell.shots, ways))
 
 
 def run_job(
@@ -250,7 +268,7 @@ def run_job(
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a reference cut short is trained again from scratch
         fields = train_reference(protocol, domains[job.domain], job.seed, ckpt_dir, progress=progress)
         sink.record({"kind": "reference", "key": job.key, "domain": job.domain, "seed": job.seed, **fields})
-        sink.advance(job_cost(protocol, job))
+        sink.advance(job_cost(protocol, job, class_counts(domains)))
         return
     _run_train_job(protocol, job, domains, finished, out, sink, progress)
 
@@ -289,6 +307,7 @@ def run_benchmark(
     progress: RunProgress | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     workers: int = 1,
+    domains: dict[str, DomainSplits] | None = None,
 ) -> RunOutcome:
     """Run (or resume) every job of `protocol` in `out`; results go to ``OUT/results.jsonl``.
 
@@ -301,6 +320,7 @@ def run_benchmark(
         on_record: called after each cell record is written (tests use it to interrupt a run).
         workers: jobs run at once, each in its own process with ``train.threads`` (default 1) torch
             threads; 1 runs every job in this process.
+        domains: the protocol's domains already loaded with `load_benchmark_domains` (default: loaded here).
 
     Raises:
         ConfigError: unknown domain, shots too large for a held-out domain, `out` holding another
@@ -311,11 +331,8 @@ def run_benchmark(
     start = time.perf_counter()
     out = Path(out)
     root = data_dir if data_dir is not None else protocol.data.data_dir
-    datasets = check_domains(protocol, root)
-    domains = load_domains(protocol, datasets, root)
-    for d in protocol.held_out_domains:  # fail before any training when shots do not fit
-        for k in protocol.eval.shots:
-            query_size(domains[d], k, protocol.eval.n_query)
+    if domains is None:
+        domains = load_benchmark_domains(protocol, root)
     resumed = check_fingerprint(out, protocol.fingerprint(), protocol.as_config())
     store = ResultsStore(out)
     outcome = RunOutcome(
@@ -324,8 +341,9 @@ def run_benchmark(
     jobs = enumerate_jobs(protocol)
     done_keys = store.keys()
     if progress is not None:
-        total = sum(job_cost(protocol, j) for j in jobs)
-        finished = sum(job_cost(protocol, j) for j in jobs if _is_done(j, done_keys))
+        ways = class_counts(domains)
+        total = sum(job_cost(protocol, j, ways) for j in jobs)
+        finished = sum(job_cost(protocol, j, ways) for j in jobs if _is_done(j, done_keys))
         progress.plan(total, finished)
     pending = []
     for job in jobs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import (
@@ -22,6 +22,9 @@ from rich.table import Table
 
 from medmeta.bench.protocol import Protocol
 from medmeta.cli.ui import console, err_console, report_interrupt, say
+
+if TYPE_CHECKING:
+    from medmeta.bench.domains import DomainSplits
 
 
 class BenchProgress:
@@ -104,14 +107,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h"
 
 
-def _plan_table(protocol: Protocol, data_dir: Path | None) -> Table:
-    """Every job with its cells, training domains, ways and queries (loads the data to check them)."""
+def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
+    """Every job with its cells, training domains, ways, queries and rough cost."""
     from medmeta.bench.cells import ReferenceJob, enumerate_jobs, job_cost
-    from medmeta.bench.domains import load_domains, query_size
-    from medmeta.bench.protocol import check_domains
+    from medmeta.bench.domains import query_size
+    from medmeta.bench.runner import class_counts
 
-    root = data_dir if data_dir is not None else protocol.data.data_dir
-    domains = load_domains(protocol, check_domains(protocol, root), root)
+    ways = class_counts(domains)
     table = Table(title=f"{protocol.name}: jobs and cells")
     for col in (
         "held out",
@@ -132,7 +134,7 @@ def _plan_table(protocol: Protocol, data_dir: Path | None) -> Table:
             shots = ", ".join(
                 f"{c.shots} ({query_size(d, c.shots, protocol.eval.n_query)})" for c in job.cells
             )
-        cost = job_cost(protocol, job)
+        cost = job_cost(protocol, job, ways)
         table.add_row(job.domain, str(job.seed), method, trained, str(d.n_classes), shots, _duration(cost))
     return table
 
@@ -172,14 +174,17 @@ def benchmark(
     from medmeta.bench import report, run
     from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
     from medmeta.bench.protocol import load_protocol
+    from medmeta.bench.runner import class_counts, load_benchmark_domains
     from medmeta.bench.store import RESULTS
 
     protocol = load_protocol(config)
     out = out if out is not None else Path("runs") / "bench" / protocol.name
+    domains = load_benchmark_domains(protocol, data_dir if data_dir is not None else protocol.data.data_dir)
     jobs = enumerate_jobs(protocol)
     n_cells = len(enumerate_cells(protocol))
     n_refs = sum(isinstance(j, ReferenceJob) for j in jobs)
-    cost = sum(job_cost(protocol, j) for j in jobs)
+    ways = class_counts(domains)
+    cost = sum(job_cost(protocol, j, ways) for j in jobs)
     say(
         f"benchmark {protocol.name}: {n_cells} cells ({len(protocol.methods)} methods x "
         f"{len(protocol.held_out_domains)} held-out domains x {len(protocol.eval.shots)} shots x "
@@ -197,11 +202,11 @@ def benchmark(
             "one-process run with torch's default threads; set train.threads: 1 for identical results"
         )
     if dry_run:
-        console.print(_plan_table(protocol, data_dir))
+        console.print(_plan_table(protocol, domains))
         return
     command = "medmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     if report_only:
-        partial = report(protocol, out, data_dir=data_dir, command=command)
+        partial = report(protocol, out, data_dir=data_dir, command=command, domains=domains)
         n_done = sum(r.get("kind") == "cell" for r in partial.outcome.records)
         say(f"{n_done} of {n_cells} cells finished in {out}; nothing run")
         console.print(_summary_table(partial.rows))
@@ -212,7 +217,13 @@ def benchmark(
     try:
         with BenchProgress(enabled=not quiet) as progress:
             result = run(
-                protocol, out, data_dir=data_dir, progress=progress, command=command, workers=workers
+                protocol,
+                out,
+                data_dir=data_dir,
+                progress=progress,
+                command=command,
+                workers=workers,
+                domains=domains,
             )
     except KeyboardInterrupt:  # typer would turn it into a silent exit 130
         report_interrupt(
