@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from medmeta.bench.cells import enumerate_cells, enumerate_jobs
-from medmeta.bench.domains import DomainSplits, load_domains
-from medmeta.bench.protocol import Protocol, check_domains, load_protocol, parse_protocol
+from medmeta.bench.domains import DomainSplits
+from medmeta.bench.protocol import Protocol, load_protocol, parse_protocol
 from medmeta.bench.report import RunInfo, write_report
-from medmeta.bench.runner import RunOutcome, RunProgress, in_job_order, run_benchmark
+from medmeta.bench.runner import RunOutcome, RunProgress, in_job_order, load_benchmark_domains, run_benchmark
 from medmeta.bench.store import ResultsStore, check_fingerprint
 from medmeta.bench.summary import Row, summarize, write_summary
 from medmeta.data.root import data_root
@@ -87,7 +87,7 @@ def report(
     check_fingerprint(out, protocol.fingerprint(), protocol.as_config())
     root = data_dir if data_dir is not None else protocol.data.data_dir
     if domains is None:
-        domains = load_domains(protocol, check_domains(protocol, root), root)
+        domains = load_benchmark_domains(protocol, root)
     records = in_job_order(store.records, enumerate_jobs(protocol))
     outcome = RunOutcome(
         out=out, records=records, resumed=True, test_sources={d: s.test_source for d, s in domains.items()}
