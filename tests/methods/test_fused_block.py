@@ -1,6 +1,13 @@
-"""The fused batch norm -> ReLU -> max-pool op and the fused Conv4 forward, against PyTorch's own ops."""
+"""The fused batch norm -> ReLU -> max-pool op and the fused Conv4 forward, against PyTorch's own ops.
+
+Every op test runs twice: through the compiled C++ kernels (``csrc/fused_block.cpp``) and through the
+pure-PyTorch fallback (``MEDMETA_KERNELS=torch``).
+"""
 
 from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -8,9 +15,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from medmeta.methods import fused_kernels
 from medmeta.methods.fused_block import bn_relu_pool, fused_conv4_forward
 from medmeta.methods.inner_loop import batchnorm_overrides, channels_last
 from medmeta.models.backbones import Conv4, ResNet12
+
+
+@pytest.fixture(params=["kernels", "torch"], autouse=True)
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test on the compiled kernels (which must build where a C++ compiler exists) and on torch."""
+    if request.param == "torch":
+        monkeypatch.setenv("MEDMETA_KERNELS", "torch")
+    else:
+        if shutil.which("c++") is None and shutil.which("g++") is None:
+            pytest.skip("no C++ compiler on this machine: medmeta uses the PyTorch ops")
+        monkeypatch.delenv("MEDMETA_KERNELS", raising=False)
+        assert fused_kernels.fused_block_kernels() is not None, "csrc/fused_block.cpp did not compile"
+    yield request.param
 
 
 def native(y: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:

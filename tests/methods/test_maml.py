@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from medmeta.config import make_config
 from medmeta.episodes.episode import Episode
 from medmeta.errors import ConfigError
-from medmeta.methods import build_method
+from medmeta.methods import build_method, fused_kernels
 from medmeta.methods.anil import ANIL, ANILOptions
 from medmeta.methods.maml import FOMAML, MAML, FOMAMLOptions, InnerLoopMethod, MAMLOptions
 from medmeta.methods.meta_sgd import MetaSGD, MetaSGDOptions
@@ -55,8 +55,14 @@ def max_diff(got: dict[str, Tensor], ref: dict[str, Tensor]) -> float:
     return max(float((got[n] - ref[n]).abs().max()) for n in ref)
 
 
+@pytest.mark.parametrize("kernels", ["compiled", "torch"])
 @pytest.mark.parametrize("task_threads", [1, 2])
-def test_second_order_meta_gradient_equals_unrolled_autograd_in_float64(task_threads: int) -> None:
+def test_second_order_meta_gradient_equals_unrolled_autograd_in_float64(
+    task_threads: int, kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conv4's second-order passes go through the fused block: its compiled kernels and its PyTorch ops."""
+    if kernels == "torch":
+        monkeypatch.setenv("MEDMETA_KERNELS", "torch")
     method = MAML(
         tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=2, inner_lr=0.3, task_threads=task_threads)
     )
@@ -64,6 +70,20 @@ def test_second_order_meta_gradient_equals_unrolled_autograd_in_float64(task_thr
     eps = episodes()
     ref = reference_gradient(method, eps, 2, 0.3, first_order=False, names=list(method.model_parameters()))
     assert max_diff(meta_gradient(method, eps), ref) < TOL
+
+
+def test_auto_task_threads_run_second_order_tasks_concurrently_only_on_the_compiled_fused_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Concurrent second-order tasks fit learn2learn's memory only with the compiled fused kernels."""
+    conv4 = MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY))
+    resnet = MAML(build_backbone("resnet12", in_channels=1, image_size=16), MAMLOptions(n_way=N_WAY))
+    assert conv4.task_threads() == (0 if fused_kernels.fused_block_kernels() is not None else 1)
+    assert resnet.task_threads() == 1
+    assert FOMAML(tiny_backbone(), FOMAMLOptions(n_way=N_WAY)).task_threads() == 0
+    assert MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, task_threads=2)).task_threads() == 2
+    monkeypatch.setenv("MEDMETA_KERNELS", "torch")
+    assert conv4.task_threads() == 1
 
 
 def test_first_order_meta_gradient_equals_a_hand_written_update() -> None:

@@ -136,3 +136,14 @@ def test_running_statistics_are_updated_by_meta_training_only_and_used_with_bn_s
         together = predictor.predict(ep.query_images)
         one_by_one = torch.cat([predictor.predict(ep.query_images[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(together[:4], one_by_one, rtol=0, atol=1e-10)  # no batch statistics at test
+
+
+def test_per_step_batch_norm_keeps_second_order_tasks_sequential_in_auto_mode() -> None:
+    """Per-step batch norm folds running statistics while training: not the fused path, so one task at
+    a time (its graphs are large); without it MAML++ follows MAML's rule."""
+    from medmeta.methods import fused_kernels
+
+    assert build().task_threads() == 1
+    fused = fused_kernels.fused_block_kernels() is not None
+    assert build(per_step_bn=False).task_threads() == (0 if fused else 1)
+    assert build(first_order=True).task_threads() == 0

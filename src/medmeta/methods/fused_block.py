@@ -23,10 +23,17 @@ argmax and the ReLU mask, which are piecewise constant, so the derivative of ``(
 with respect to ``(dp, y, gamma)`` is that of batch norm's backward composed with ``S`` (see
 `_FusedBackward.backward`). Ties inside a window go to the first maximum in scan order, as
 `F.max_pool2d` does.
+
+On CPU in float32/float64 the three functions (forward, backward, double backward) run as compiled C++
+kernels (`medmeta.methods.fused_kernels`, ``csrc/fused_block.cpp``): each one or two vectorised passes
+over channels-last memory, 5-10x faster than the PyTorch ops below at 28 px and without their
+temporaries. The PyTorch ops remain for other devices, for machines without a compiler and as the
+tests' reference (``MEDMETA_KERNELS=torch`` selects them).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -34,6 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from medmeta.methods.fused_conv import conv3x3
+from medmeta.methods.fused_kernels import fused_block_kernels
 
 _CL = torch.channels_last
 
@@ -93,6 +101,13 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, y: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
+        ctx.eps = eps
+        ctx.kernels = _kernels(y)
+        if ctx.kernels is not None:
+            out, mean, rstd, idx = ctx.kernels.forward(y, gamma.contiguous(), beta.contiguous(), eps)
+            ctx.save_for_backward(y, gamma, beta, mean, rstd, idx)
+            ctx.mark_non_differentiable(idx)
+            return out
         rows = _rows(y)  # (M, C)
         m = rows.shape[0]
         mean = rows.sum(0) / m
@@ -109,7 +124,6 @@ class _Fused(torch.autograd.Function):
             torch.eq(v[k], out, out=hit)
             idx.addcmul_(hit, k - idx)
         idx = idx.to(torch.uint8)
-        ctx.eps = eps
         ctx.save_for_backward(y, gamma, beta, mean, rstd, idx)
         ctx.mark_non_differentiable(idx)
         return out
@@ -117,7 +131,7 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dp: Tensor) -> tuple[Tensor | None, ...]:
         y, gamma, beta, mean, rstd, idx = ctx.saved_tensors
-        dy, dgamma, dbeta = _FusedBackward.apply(dp, y, gamma, beta, mean, rstd, idx)
+        dy, dgamma, dbeta = _FusedBackward.apply(dp, y, gamma, beta, mean, rstd, idx, ctx.kernels)
         return dy, dgamma, dbeta, None
 
 
@@ -126,9 +140,22 @@ class _FusedBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, dp: Tensor, y: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor, idx: Tensor
+        ctx: Any,
+        dp: Tensor,
+        y: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        idx: Tensor,
+        kernels: ModuleType | None,
     ) -> Any:
         dp = dp.contiguous(memory_format=_CL)
+        ctx.kernels = kernels
+        if kernels is not None:
+            dy, dgamma, dbeta, m1, m2 = kernels.backward(dp, y, gamma.contiguous(), beta, mean, rstd, idx)
+            ctx.save_for_backward(dp, y, gamma, beta, mean, rstd, idx, m1, m2)
+            return dy, dgamma, dbeta
         m = y.numel() // y.shape[1]
         onehot = _onehots(idx)
         xhat_at, mask = _at_maxima(y, onehot, gamma, beta, mean, rstd)
@@ -161,6 +188,11 @@ class _FusedBackward(torch.autograd.Function):
           ``D = -ggamma*r*m1 + a*r*(s*m1 + m2*ubar)``.
         """
         dp, y, gamma, beta, mean, rstd, idx, m1, m2 = ctx.saved_tensors
+        if ctx.kernels is not None:
+            g_dp, g_y, g_gamma = ctx.kernels.double_backward(
+                gx, ggamma, gbeta, dp, y, gamma.contiguous(), beta, mean, rstd, idx, m1, m2
+            )
+            return g_dp, g_y, g_gamma, None, None, None, None, None
         m = y.numel() // y.shape[1]
         r, a = rstd, gamma * rstd
         zero = torch.zeros_like(rstd)
@@ -192,7 +224,14 @@ class _FusedBackward(torch.autograd.Function):
             torch.addcmul(coef_d, centred, coef_b * r, out=_rows(g_y)).addcmul_(ur, coef_c)
             _scatter_add_(g_y, _ch(coef_a) * dz, onehot)
         g_dp = g_dz_at * mask
-        return g_dp, g_y, g_gamma, None, None, None, None
+        return g_dp, g_y, g_gamma, None, None, None, None, None
+
+
+def _kernels(y: Tensor) -> ModuleType | None:
+    """The compiled CPU kernels for `y`, or None for the PyTorch ops (GPU, other dtypes, no compiler)."""
+    if y.device.type != "cpu" or y.dtype not in (torch.float32, torch.float64):
+        return None
+    return fused_block_kernels()
 
 
 def bn_relu_pool(y: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-5) -> Tensor:
@@ -246,6 +285,11 @@ def _blocks(backbone: nn.Module) -> list[tuple[str, str, float]] | None:
             return None
         out.append((f"features.{i}", f"features.{i + 1}", float(bn.eps)))
     return out
+
+
+def fused_conv4_supported(backbone: nn.Module) -> bool:
+    """`backbone` is a 2D Conv4 of standard blocks, which `fused_conv4_forward` runs."""
+    return _blocks(backbone) is not None
 
 
 def fused_conv4_forward(backbone: nn.Module, weights: dict[str, Tensor], images: Tensor) -> Tensor | None:

@@ -21,9 +21,10 @@ Speed and memory (measured on 2 CPU cores, Conv4 on 28x28, against learn2learn 0
 task's graph, freed as soon as its meta-gradient is taken; (2) intra-op parallelism, which scales poorly
 on small convolutions and collapses when the cores are shared (OpenMP threads spin waiting for each
 other): tasks run on threads with one intra-op thread each instead, which costs one graph per thread in
-memory (so MAML's auto setting does this for first order only); (3) channels-last layout, and in
-Conv4's second-order support passes batch norm + ReLU + max-pool fused into one op with closed-form
-first and second derivatives (`medmeta.methods.fused_block`): fewer full-resolution passes and a
+memory (so MAML's auto setting does this for second order only on the compiled fused path below, whose
+graphs are small); (3) channels-last layout, and in Conv4's second-order passes batch norm + ReLU +
+max-pool fused into one op with closed-form first and second derivatives (`medmeta.methods.fused_block`,
+run by the C++ kernels of `medmeta.methods.fused_kernels`): one or two passes over memory per op and a
 quarter of the saved activations; its 3x3 convolutions through `medmeta.methods.fused_conv`.
 Tasks are not vectorised with `torch.func.vmap` (on 2 cores it was not faster than a loop), so no result depends on
 vmap's batching rules for second-order batch norm.

@@ -31,7 +31,8 @@ from medmeta.allocator import keep_freed_memory
 from medmeta.episodes.episode import Episode, Support
 from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.fused_block import fused_conv4_forward
+from medmeta.methods.fused_block import fused_conv4_forward, fused_conv4_supported
+from medmeta.methods.fused_kernels import fused_block_kernels
 from medmeta.methods.inner_loop import (
     InnerUpdate,
     ParamDict,
@@ -108,14 +109,16 @@ class InnerLoopOptions(MethodOptions):
         feature_dim: width of the backbone's output (None: the backbone's ``out_features``).
         task_threads: threads that meta-train the tasks of a meta-batch concurrently, each with an equal
             share of torch's intra-op threads; 1: one task at a time. 0 (auto): on CPU, one thread per
-            intra-op thread for first-order training, one task at a time for second order, whose task
-            graphs are large (two concurrent second-order tasks raised the peak memory by 80-320 MiB
-            on Conv4 at 28 px, above learn2learn's; see ``benchmarks/maml.py``).
+            intra-op thread, except for second order outside the compiled fused Conv4 path
+            (`fused_second_order`), whose task graphs are large: there one task at a time (two
+            concurrent tasks through PyTorch's ops raised the peak memory by 80-320 MiB on Conv4 at
+            28 px, above learn2learn's; see ``benchmarks/maml.py``).
         channels_last: run 2D passes in channels-last layout. In second-order meta-training (support
             and query passes), a 2D `Conv4` with batch statistics (every method here but MAML++ while
             it folds running statistics) runs through `medmeta.methods.fused_block`: batch norm, ReLU
-            and max-pool as one op with closed-form first and second derivatives, pairwise float32
-            statistics and a quarter of the saved activations (up to 1.35x faster per task on one
+            and max-pool as one op with closed-form first and second derivatives, accurate float32
+            statistics and a quarter of the saved activations, run by compiled C++ kernels where a
+            compiler exists (`medmeta.methods.fused_kernels`; about 1.5x faster per task on one
             thread, lower peak memory). Other passes (first order, evaluation) use PyTorch's
             channels-last kernels, faster there than the fused op. Second-order support passes of
             other backbones stay contiguous: PyTorch's channels-last batch-norm kernels accumulate
@@ -373,9 +376,18 @@ class InnerLoopMethod(FewShotMethod):
     def task_threads(self) -> int:
         """Worker threads for a meta-batch (`meta_batch`'s ``threads``), resolving the auto setting."""
         requested = self.options.task_threads
-        if requested == 0 and self.second_order():
+        if requested == 0 and self.second_order() and not self.fused_second_order():
             return 1
         return requested
+
+    def fused_second_order(self) -> bool:
+        """Second-order passes run through the compiled fused Conv4 kernels, whose task graphs are small
+        enough for concurrent tasks (see `InnerLoopOptions.task_threads`)."""
+        return (
+            self.options.channels_last
+            and fused_conv4_supported(self.backbone)
+            and fused_block_kernels() is not None
+        )
 
     def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
         """Mean query loss; each task's meta-gradient is taken right after its loss (one graph alive per
