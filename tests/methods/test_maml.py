@@ -86,7 +86,13 @@ def test_auto_task_threads_run_second_order_tasks_concurrently_only_on_the_compi
     assert conv4.task_threads() == 1
 
 
-def test_first_order_meta_gradient_equals_a_hand_written_update() -> None:
+@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+def test_first_order_meta_gradient_equals_a_hand_written_update(
+    kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the compiled kernels first order also runs through the fused block; else PyTorch's ops."""
+    if kernels == "torch":
+        monkeypatch.setenv("MEDMETA_KERNELS", "torch")
     method = FOMAML(tiny_backbone(), FOMAMLOptions(n_way=N_WAY, inner_steps=3, inner_lr=0.2)).double()
     eps = episodes()
     ref = reference_gradient(method, eps, 3, 0.2, first_order=True, names=list(method.model_parameters()))

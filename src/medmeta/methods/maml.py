@@ -110,7 +110,7 @@ class InnerLoopOptions(MethodOptions):
         task_threads: threads that meta-train the tasks of a meta-batch concurrently, each with an equal
             share of torch's intra-op threads; 1: one task at a time. 0 (auto): on CPU, one thread per
             intra-op thread, except for second order outside the compiled fused Conv4 path
-            (`fused_second_order`), whose task graphs are large: there one task at a time (two
+            (`fused_training`), whose task graphs are large: there one task at a time (two
             concurrent tasks through PyTorch's ops raised the peak memory by 80-320 MiB on Conv4 at
             28 px, above learn2learn's; see ``benchmarks/maml.py``).
         channels_last: run 2D passes in channels-last layout. In second-order meta-training (support
@@ -119,8 +119,10 @@ class InnerLoopOptions(MethodOptions):
             and max-pool as one op with closed-form first and second derivatives, accurate float32
             statistics and a quarter of the saved activations, run by compiled C++ kernels where a
             compiler exists (`medmeta.methods.fused_kernels`; about 1.5x faster per task on one
-            thread, lower peak memory). Other passes (first order, evaluation) use PyTorch's
-            channels-last kernels, faster there than the fused op. Second-order support passes of
+            thread, lower peak memory). With those kernels first-order meta-training takes the same
+            path (1.6-1.8x learn2learn's speed below its memory, against 1.5x above it through PyTorch's
+            ops). Evaluation-time adaptation uses PyTorch's channels-last kernels (the fused path was
+            not faster there). Second-order support passes of
             other backbones stay contiguous: PyTorch's channels-last batch-norm kernels accumulate
             sequentially in float32, about 20x the error of the contiguous ones, which visibly moved
             5-step second-order meta-gradients.
@@ -234,8 +236,9 @@ class InnerLoopMethod(FewShotMethod):
     ) -> Tensor:
         """Backbone features ``(N, d)`` of ``(N, C, *spatial)`` images under `params`.
 
-        `twice`: the result will be differentiated twice (second-order support passes); `lean`: it is
-        part of a second-order task graph (query passes), where saved memory counts. With the
+        `twice`: the result will be differentiated twice (second-order support passes, or any support
+        pass of meta-training on the compiled fused path); `lean`: it is part of a meta-training task
+        graph (query passes), where saved memory counts. With the
         ``channels_last`` option (see `InnerLoopOptions`) such passes of a 2D `Conv4` with batch
         statistics run the fused forward of `medmeta.methods.fused_block`, and other passes run in
         channels-last layout.
@@ -284,7 +287,7 @@ class InnerLoopMethod(FewShotMethod):
     ) -> StepLoss:
         """``(theta_k, k) -> cross-entropy on the support``; ANIL-style head-only adaptation embeds once."""
         head_only = all(n.startswith("head.") for n in self.adapted) and not self.step_dependent_backbone()
-        twice = track and self.second_order()
+        twice = track and (self.second_order() or self.fused_training())
         if head_only:
             with torch.set_grad_enabled(track):
                 feats = self.features(params, support.images, 0, backbone, twice=twice)  # (n_support, d)
@@ -361,7 +364,7 @@ class InnerLoopMethod(FewShotMethod):
         steps = self.options.inner_steps
         track = torch.is_grad_enabled()
         final = self.trajectory(episode.support, steps, track=track, backbone=module)[-1]
-        lean = track and self.second_order()
+        lean = track and (self.second_order() or self.fused_training())
         logits = self.logits(final, episode.query_images, episode.n_way, steps, module, lean=lean)
         return F.cross_entropy(logits, episode.query_labels), None
 
@@ -376,13 +379,14 @@ class InnerLoopMethod(FewShotMethod):
     def task_threads(self) -> int:
         """Worker threads for a meta-batch (`meta_batch`'s ``threads``), resolving the auto setting."""
         requested = self.options.task_threads
-        if requested == 0 and self.second_order() and not self.fused_second_order():
+        if requested == 0 and self.second_order() and not self.fused_training():
             return 1
         return requested
 
-    def fused_second_order(self) -> bool:
-        """Second-order passes run through the compiled fused Conv4 kernels, whose task graphs are small
-        enough for concurrent tasks (see `InnerLoopOptions.task_threads`)."""
+    def fused_training(self) -> bool:
+        """Meta-training passes (first or second order) run through the compiled fused Conv4 kernels:
+        faster than PyTorch's ops, and task graphs small enough for concurrent second-order tasks (see
+        `InnerLoopOptions.task_threads`)."""
         return (
             self.options.channels_last
             and fused_conv4_supported(self.backbone)

@@ -145,9 +145,9 @@ class MAMLPlusPlus(InnerLoopMethod):
     def second_order(self) -> bool:
         return not (self.options.first_order or self._annealing(self.options.first_order_fraction))
 
-    def fused_second_order(self) -> bool:
+    def fused_training(self) -> bool:
         """Per-step batch norm folds running statistics while training: not the fused path."""
-        return not self.options.per_step_bn and super().fused_second_order()
+        return not self.options.per_step_bn and super().fused_training()
 
     def query_loss_weights(self) -> list[float]:
         """Weights of the query losses after steps ``1..K`` at the current epoch."""
