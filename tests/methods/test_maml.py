@@ -296,3 +296,34 @@ def test_meta_training_on_blood_cells_beats_chance_on_unseen_classes(data_dir: P
     method, _, data = train_method(cfg)
     (result,) = evaluate_on_tests(method, cfg, data.test, normalization=default_normalization(1))
     assert result.accuracy - result.ci95 > 1 / 3, result.summary()
+
+
+@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+def test_evaluation_passes_take_the_fused_path_only_with_the_compiled_kernels(
+    kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adapting and predicting under no_grad (evaluation) run Conv4 through the compiled fused block
+    (more accurate float32 statistics than PyTorch's channels-last batch norm) and give, in float64, the
+    same logits as PyTorch's ops."""
+    import medmeta.methods.maml as maml_module
+
+    if kernels == "torch":
+        monkeypatch.setenv("MEDMETA_KERNELS", "torch")
+    calls: list[int] = []
+    real = maml_module.fused_conv4_forward
+
+    def counting(*args: object, **kw: object) -> Tensor | None:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(maml_module, "fused_conv4_forward", counting)
+    method = MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=2, inner_lr=0.3)).double().eval()
+    ep = episodes()[0]
+    with torch.no_grad():
+        logits = method.adapt(ep.support).predict(ep.query_images)
+    fused = kernels == "compiled" and fused_kernels.fused_block_kernels() is not None
+    assert bool(calls) == fused
+    monkeypatch.setattr(maml_module, "fused_conv4_forward", lambda *a, **k: None)  # PyTorch's ops
+    with torch.no_grad():
+        ref = method.adapt(ep.support).predict(ep.query_images)
+    assert torch.allclose(logits, ref, atol=1e-10, rtol=0)
