@@ -20,6 +20,7 @@ from medmeta.bench.protocol import parse_protocol
 from medmeta.bench.summary import REFERENCE
 from medmeta.cli.main import main
 from medmeta.eval.metrics import mean_ci
+from medmeta.provenance import code_version
 from tests.bench.helpers import synthetic_folders, tiny_protocol, tiny_raw
 from tests.conftest import REPO
 
@@ -73,6 +74,8 @@ def test_tiny_benchmark_on_real_data_writes_consistent_files(data_dir: Path, tmp
     md = (out / "report.md").read_text()
     assert "## Accuracy % (± 95% CI)" in md and "| protonet |" in md and "| simpleshot |" in md
     assert REFERENCE in md and "Exact config" in md and "torch" in md
+    assert {r["code"] for r in records} == {code_version()}  # which code produced each record
+    assert f"{code_version()} ({len(records)} records)" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5
     assert "src='http" not in html and "<table>" in html

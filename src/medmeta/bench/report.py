@@ -9,6 +9,7 @@ import html
 import math
 import platform
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +52,12 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[p] = "not installed"
     return out
+
+
+def code_summary(records: list[dict[str, Any]]) -> str:
+    """``"0.1.0+git.abc1234 (120 records); not recorded (40 records)"``, most frequent first."""
+    counts = Counter(str(r.get("code", "not recorded")) for r in records)
+    return "; ".join(f"{code} ({n} record{'s' * (n != 1)})" for code, n in counts.most_common()) or "none"
 
 
 def cell_text(mean: float, ci: float, scale: float = 100.0) -> str:
@@ -192,6 +199,7 @@ def write_report(
             else f"{info.wall_seconds:.0f} s" + (" (resumed run)" if info.resumed else "")
         ),
         "compute time recorded (training + testing, all sessions)": f"{compute:.0f} s",
+        "code that produced the records": code_summary(records),
         "data root": info.data_root,
         **versions(),
     }

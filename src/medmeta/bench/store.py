@@ -3,7 +3,8 @@
 A record is written in one ``write`` and flushed to disk before the next job starts, so a killed run
 loses at most the job in progress. A line cut short by a kill is dropped on the next open.
 Record kinds: ``cell`` (one method x domain x shots x seed result), ``train`` (a finished training,
-with its history and checkpoint) and ``reference`` (the fully-supervised reference of a domain).
+with its history and checkpoint) and ``reference`` (the fully-supervised reference of a domain). Each
+carries ``code``, the medmeta version and git commit that produced it (`medmeta.provenance`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medmeta.errors import ConfigError
+from medmeta.provenance import code_version
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +83,9 @@ class ResultsStore:
         return None
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write `record` as one line and flush it to disk."""
+        """Write `record` as one line, stamped with the code that produced it (``code``), and flush it."""
         self.out.mkdir(parents=True, exist_ok=True)
+        record = {**record, "code": record.get("code", code_version())}
         line = json.dumps(record, allow_nan=True) + "\n"
         with self.path.open("a") as f:
             f.write(line)
