@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medmeta.errors import ConfigError
 from medmeta.practice import adapt
 from medmeta.practice.export import export_onnx, onnx_logits
 from tests.practice.test_adapted import png_folder, untrained_checkpoint
@@ -35,7 +34,16 @@ def test_onnx_runtime_gives_the_same_logits_as_torch(tmp_path: Path, tiny_checkp
     assert meta["medmeta.method"] == "protonet"
 
 
-def test_maml_export_is_refused_with_the_reason(tmp_path: Path) -> None:
-    model = adapt(untrained_checkpoint(tmp_path, "maml", {"n_way": 3}), png_folder(tmp_path / "s", size=16))
-    with pytest.raises(ConfigError, match="normalises batch norm with each input batch's statistics"):
-        export_onnx(model, tmp_path / "m.onnx")
+@pytest.mark.parametrize("method", ["maml", "maml_pp"])
+def test_maml_family_export_gives_each_image_its_one_image_prediction(tmp_path: Path, method: str) -> None:
+    """MAML-family models predict one image at a time (batch norm with that image's statistics); the
+    exported graph reproduces that for a whole batch."""
+    import torch
+
+    model = adapt(untrained_checkpoint(tmp_path, method, {"n_way": 3}), png_folder(tmp_path / "s", size=16))
+    path = export_onnx(model, tmp_path / "m.onnx")
+    images = np.random.default_rng(1).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
+    expected = model.logits(torch.from_numpy(images)).numpy()  # one image at a time
+    got = onnx_logits(path, images)
+    assert got.shape == (6, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))

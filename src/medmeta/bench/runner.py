@@ -32,6 +32,7 @@ from medmeta.config import RunConfig, make_config
 from medmeta.errors import ConfigError
 from medmeta.methods import METHODS
 from medmeta.pipeline import RunData, load_method, normalization_from_meta, train_method
+from medmeta.provenance import code_version
 from medmeta.train.loop import ProgressHook, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -329,6 +330,7 @@ def run_benchmark(
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}: pass --workers 1 or more")
     start = time.perf_counter()
+    code_version()  # the code this process loaded, before anyone edits the sources during a long run
     out = Path(out)
     root = data_dir if data_dir is not None else protocol.data.data_dir
     if domains is None:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from medmeta._optional import optional_import
-from medmeta.errors import ConfigError
 from medmeta.practice.adapted import AdaptedModel
+from medmeta.practice.per_image_graph import PerImageGraph
 
 OPSET = 17
 
@@ -31,6 +31,8 @@ class AdaptedGraph(nn.Module):
         super().__init__()
         self.model = model
         self.method = model.method  # registered, so the tracer sees its weights as parameters
+        # MAML family: batch norm with each image's own statistics, as in one-image-at-a-time prediction
+        self.per_image = PerImageGraph(model.predictor) if model.per_image else None  # type: ignore[arg-type]
         norm = model.base.normalization
         self.mean: Tensor
         self.std: Tensor
@@ -38,24 +40,22 @@ class AdaptedGraph(nn.Module):
         self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model.predictor.predict((images - self.mean) / self.std)  # (N, n_way)
+        x = (images - self.mean) / self.std  # (N, C, H, W)
+        if self.per_image is not None:
+            return self.per_image(x)  # (N, n_way)
+        return self.model.predictor.predict(x)  # (N, n_way)
 
 
 def export_onnx(model: AdaptedModel, path: str | Path) -> Path:
     """Write `model` as an ONNX file at `path` (dynamic batch size).
 
+    MAML-family models (which predict one image at a time) are exported through `PerImageGraph`: batch
+    norm with each image's own statistics, so every row of a batched run equals that image's prediction.
+
     Raises:
-        ConfigError: the method normalises with its input batch's statistics (MAML family), so a
-            batched graph would not reproduce one-image-at-a-time predictions.
         OptionalDependencyError: the ``onnx`` package is missing.
     """
     onnx = optional_import("onnx", "exporting to ONNX")
-    if model.per_image:
-        raise ConfigError(
-            f"method {model.base.meta.get('method')} normalises batch norm with each input batch's "
-            "statistics, so an ONNX graph would not match its predictions: export a metric or transfer "
-            "method (protonet, matching, relation, siamese, simpleshot, linear_probe, baseline_pp, finetune)"
-        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = AdaptedGraph(model).eval()
