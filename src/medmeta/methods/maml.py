@@ -128,6 +128,12 @@ class InnerLoopOptions(MethodOptions):
             other backbones stay contiguous: PyTorch's channels-last batch-norm kernels accumulate
             sequentially in float32, about 20x the error of the contiguous ones, which visibly moved
             5-step second-order meta-gradients.
+        zero_head: start every task's head at zero, in meta-training and adaptation alike (the
+            "zeroing trick" of Kao et al., "MAML is a Noisy Contrastive Learner in Classification",
+            ICLR 2022, arXiv:2106.15367): the head is not meta-learned, the first inner step writes
+            each class's row from its support features, and episodes with more ways than seen in
+            training start unbiased (a learned head's untrained rows barely move in one inner step).
+            Needs the head among the adapted parameters.
     """
 
     n_way: int = Field(5, ge=2)
@@ -138,6 +144,7 @@ class InnerLoopOptions(MethodOptions):
     feature_dim: int | None = Field(None, ge=1)
     task_threads: int = Field(0, ge=0)
     channels_last: bool = True
+    zero_head: bool = False
 
 
 class MAMLOptions(InnerLoopOptions):
@@ -195,6 +202,11 @@ class InnerLoopMethod(FewShotMethod):
         self.batchnorm_layers = tuple(batchnorm_names(backbone))
         names = list(self.model_parameters())
         self.adapted = select_adapted(opts.adapt, names, self.not_adaptable())
+        if opts.zero_head and not any(n.startswith("head.") for n in self.adapted):
+            raise ConfigError(
+                f"zero_head starts the head at zero, so it must be adapted, but adapt={opts.adapt!r} "
+                "leaves it out: set adapt=all (or head), or zero_head=false"
+            )
 
     # ----------------------------------------------------------------------------------------- hooks
     def not_adaptable(self) -> tuple[str, ...]:
@@ -223,8 +235,18 @@ class InnerLoopMethod(FewShotMethod):
 
     # ---------------------------------------------------------------------------------- functional core
     def model_parameters(self) -> ParamDict:
-        """``theta_0``: the backbone's and head's parameters, named ``backbone.*`` and ``head.*``."""
+        """The backbone's and head's parameters, named ``backbone.*`` and ``head.*``."""
         return {n: p for n, p in self.named_parameters() if n.startswith(_MODEL_PREFIXES)}
+
+    def initial_parameters(self) -> ParamDict:
+        """``theta_0`` of a task: `model_parameters`, with the head at zero under ``zero_head`` (fresh
+        leaves, so the inner loop can differentiate with respect to them; no meta-gradient reaches the
+        head's own parameters)."""
+        params = self.model_parameters()
+        if self.options.zero_head:
+            for n in ("head.weight", "head.bias"):
+                params[n] = torch.zeros_like(params[n], requires_grad=True)
+        return params
 
     def features(
         self,
@@ -322,7 +344,7 @@ class InnerLoopMethod(FewShotMethod):
             losses: if given, receives the detached support loss of every step.
         """
         module = self.backbone if backbone is None else backbone
-        params = self.model_parameters()
+        params = self.initial_parameters()
         loss_fn = self.support_loss(params, support, backbone=module, track=track)
         if losses is not None:
             inner_fn = loss_fn

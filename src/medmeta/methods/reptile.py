@@ -90,8 +90,9 @@ class Reptile(InnerLoopMethod):
             losses=losses,
         )[-1]
         theta = self.model_parameters()
+        moved = [n for n in self.adapted if not (self.options.zero_head and n.startswith("head."))]
         grads: list[Tensor | None] = [
-            reptile_direction([theta[n]], [final[n]])[0] if n in self.adapted else None for n in names
+            reptile_direction([theta[n]], [final[n]])[0] if n in moved else None for n in names
         ]
         return losses[-1], grads
 
