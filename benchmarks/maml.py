@@ -8,10 +8,11 @@ Each library runs in its own subprocess, one after the other (never two at once)
 (``ru_maxrss`` of the process: imports, model, data and training) is its own: medmeta with this
 interpreter, learn2learn with the peers venv's (``benchmarks/_peers.py``). learn2learn runs its canonical
 loop (``clone``, ``adapt`` per step, ``backward`` per task). Both get ``--threads`` torch threads; medmeta
-uses them as it does by default (``task_threads=0``: first order runs the tasks of a meta-batch on
-concurrent threads with one intra-op thread each, second order one task at a time with intra-op
-parallelism, to stay within learn2learn's memory), learn2learn through intra-op parallelism. To time
-concurrent second-order tasks: ``--medmeta-options '{"task_threads": 2}'``.
+uses them as it does by default (``task_threads=0``: the tasks of a meta-batch on concurrent threads with
+one intra-op thread each, in both orders on Conv4's compiled fused path; second order through PyTorch's
+ops, ``MEDMETA_KERNELS=torch``, one task at a time with intra-op parallelism, to stay within
+learn2learn's memory), learn2learn through intra-op parallelism. To time one task at a time:
+``--medmeta-options '{"task_threads": 1}'``.
 
 Per config: a warm-up meta-iteration, then timed ones; ``*_its_per_s`` is 1 / median time. The meta-
 gradients of the first iteration (same weights, same tasks) are compared: ``grad_max_abs_diff``.
