@@ -61,7 +61,12 @@ def _ninja_on_path() -> None:
 
 
 def _compile() -> ModuleType | None:
-    digest = hashlib.sha1(_SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()[:10]
+    import torch
+
+    # a build per source, flags and torch version: an extension built against another torch's headers
+    # would not load
+    key = _SOURCE.read_bytes() + " ".join([*_FLAGS, torch.__version__]).encode()
+    digest = hashlib.sha1(key).hexdigest()[:10]
     name = f"medmeta_fused_block_{digest}"
     try:
         from torch.utils.cpp_extension import load
