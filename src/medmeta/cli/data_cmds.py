@@ -9,6 +9,7 @@ from rich.table import Table
 
 from medmeta.cli.ui import console, say
 from medmeta.data.root import data_root
+from medmeta.errors import ConfigError
 
 app = typer.Typer(help="List, inspect, picture and download datasets.", no_args_is_help=True)
 
@@ -60,6 +61,38 @@ def info_cmd(
             say(f"  {f}: {why}")
     else:
         say("unreadable files: none")
+
+
+@app.command("near-duplicates")
+def near_duplicates_cmd(
+    name: str = typer.Argument(..., help="Registered name or folder / .npz path (2D images)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
+    size: int = typer.Option(64, "--size", help="Working size the images are loaded at."),
+    out: Path | None = typer.Option(
+        None, "--out", help="CSV of every near-duplicate group (group, split, class, file)."
+    ),
+) -> None:
+    """Near-duplicate images within and across splits (train/test leakage), by a coarse perceptual key."""
+    import csv
+
+    from medmeta.data.near_duplicates import near_duplicates
+    from medmeta.data.registry import load_dataset
+
+    if size < 16:
+        raise ConfigError(f"--size must be at least 16 (the key is 16x16), got {size}")
+    ds = load_dataset(name, root=data_root(data_dir), image_size=size, channels=1)
+    report = near_duplicates(ds)
+    say(report.summary())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["group", "index", "split", "class", "file"])
+            for gid, group in enumerate(report.groups):
+                for i in group:
+                    file = "" if ds.files is None else str(ds.files[i])
+                    w.writerow([gid, int(i), report.splits[i], ds.class_names[int(ds.labels[i])], file])
+        say(f"groups: {out}")
 
 
 @app.command("show")
