@@ -52,3 +52,19 @@ def test_the_graph_holds_copies_and_leaves_the_method_untouched(tmp_path: Path) 
         for p in graph.parameters():
             p.add_(1.0)
     assert all(torch.equal(before[k], v) for k, v in model.method.state_dict().items())
+
+
+def test_resnet12_residual_blocks_get_per_image_statistics_too() -> None:
+    from medmeta.episodes.episode import Support
+    from medmeta.methods.maml import MAML, MAMLOptions
+    from medmeta.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet12", in_channels=3, image_size=32, widths=(8, 8, 8, 8))
+    method = MAML(backbone, MAMLOptions(n_way=3)).eval()
+    with torch.no_grad():
+        predictor = method.adapt(Support(torch.randn(6, 3, 32, 32), torch.arange(3).repeat_interleave(2), 3))
+        x = torch.randn(4, 3, 32, 32)
+        batched = PerImageGraph(predictor)(x)
+        one_by_one = torch.cat([predictor.predict(xi[None]) for xi in x])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
