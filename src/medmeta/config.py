@@ -34,6 +34,8 @@ class DataConfig(_Frozen):
         data_dir: data root (default ``$MEDMETA_DATA``).
         skip_bad: skip unreadable image files instead of stopping.
         allow_class_overlap: allow a test class that is also a training class of the same dataset.
+        dedupe: keep one image per near-duplicate group of every 2D dataset before splitting
+            (`medmeta.data.near_duplicates`): its training copy when a group spans splits.
     """
 
     train: list[str] = Field(default_factory=lambda: ["synthetic"], min_length=1)
@@ -45,6 +47,7 @@ class DataConfig(_Frozen):
     data_dir: str | None = None
     skip_bad: bool = False
     allow_class_overlap: bool = False
+    dedupe: bool = False
 
 
 class EpisodeConfig(_Frozen):

@@ -57,6 +57,7 @@ def load_domain(spec: DomainSpec, cfg: RunConfig) -> ImageDataset:
         image_size=cfg.data.image_size,
         channels=cfg.data.channels,
         skip_bad=cfg.data.skip_bad,
+        dedupe=cfg.data.dedupe,
     )
 
 

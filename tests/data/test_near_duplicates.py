@@ -65,3 +65,40 @@ def test_cli_prints_one_line_and_writes_the_groups(
     assert len(rows) == 4 and {r["group"] for r in rows} == {"0", "1"} and all(r["file"] for r in rows)
     code, _, err = run(capsys, "data", "near-duplicates", "blood_pbc", "--size", "8")
     assert_one_line_error(code, err, "--size must be at least 16")
+
+
+def test_dedupe_keeps_the_training_copy_and_one_image_per_group() -> None:
+    from medmeta.data.near_duplicates import dedupe
+
+    ds = dedupe(planted())
+    assert len(ds.images) == 12  # the test copy of image 0 and the second train copy of image 1 dropped
+    assert near_duplicates(ds).groups == []
+    assert list(ds.splits) == ["train"] * 6 + ["test"] * 6  # image 0 (train) kept, its test copy gone
+    assert ds.class_names == planted().class_names  # labels keep their meaning
+
+
+@pytest.mark.data
+def test_deduplicated_brain_mri_test_split_has_no_copy_of_training(data_dir: Path) -> None:
+    """252 of the 394 test images have a near-copy in train and more repeat inside test: after dedupe
+    the loaded set has no near-duplicate left, and its test split is much smaller."""
+    from medmeta.config import make_config
+    from medmeta.data.registry import DomainSpec
+    from medmeta.pipeline import load_domain
+
+    spec = DomainSpec.parse("brain_tumor_mri")
+    full = spec.load(root=data_dir, image_size=32, channels=1, dedupe=True)
+    assert near_duplicates(full).groups == []
+    cfg = make_config(
+        {
+            "data": {
+                "train": ["blood_pbc"],
+                "image_size": 32,
+                "channels": 1,
+                "data_dir": str(data_dir),
+                "dedupe": True,
+            }
+        }
+    )
+    test = load_domain(DomainSpec.parse("brain_tumor_mri@test"), cfg)
+    plain = DomainSpec.parse("brain_tumor_mri@test").load(root=data_dir, image_size=32, channels=1)
+    assert len(plain.images) == 394 and len(test.images) < 200

@@ -89,6 +89,11 @@ def train(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
     allow_class_overlap: bool = typer.Option(False, "--allow-class-overlap"),
+    dedupe: bool = typer.Option(
+        False,
+        "--dedupe",
+        help="Keep one image per near-duplicate group (see `medmeta data near-duplicates`).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Meta-train a method, keep the best checkpoint (OUT/best.json) and evaluate on the test domains."""
@@ -114,6 +119,7 @@ def train(
             "data.data_dir": None if data_dir is None else str(data_dir),
             "data.skip_bad": skip_bad or None,
             "data.allow_class_overlap": allow_class_overlap or None,
+            "data.dedupe": dedupe or None,
             "eval.episodes": eval_episodes,
             "eval.n_shot": eval_n_shot,
         }

@@ -80,6 +80,23 @@ class NearDuplicateReport:
         return "; ".join(parts) + f" (key: {KEY_SIZE}x{KEY_SIZE} grey, {LEVELS} levels)"
 
 
+_SPLIT_PRIORITY = {"train": 0, "val": 1, "test": 2}
+
+
+def dedupe(dataset: ImageDataset) -> ImageDataset:
+    """`dataset` with one image per near-duplicate group: the one in the training split when the group
+    spans splits (so the test split loses its near-copies of training images), else the first."""
+    report = near_duplicates(dataset)
+    drop: list[int] = []
+    for g in report.groups:
+        order = sorted(g.tolist(), key=lambda i: (_SPLIT_PRIORITY.get(str(report.splits[i]), 3), i))
+        drop.extend(order[1:])
+    if not drop:
+        return dataset
+    keep = np.setdiff1d(np.arange(len(dataset.images)), np.asarray(drop))
+    return dataset.subset(keep, relabel=False)
+
+
 def near_duplicates(dataset: ImageDataset) -> NearDuplicateReport:
     """Group the images of a 2D `dataset` by their perceptual key."""
     if dataset.images.ndim != 4:

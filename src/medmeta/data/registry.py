@@ -172,9 +172,18 @@ class DomainSpec:
         channels: int = 3,
         skip_bad: bool = False,
         exclude_classes: tuple[str, ...] = (),
+        dedupe: bool = False,
     ) -> ImageDataset:
-        """Load the dataset and apply the split, class selection and `exclude_classes`."""
+        """Load the dataset and apply the split, class selection and `exclude_classes`.
+
+        `dedupe`: first keep one image per near-duplicate group (`medmeta.data.near_duplicates.dedupe`;
+        the training copy when a group spans splits), so a test split holds no near-copy of training.
+        """
         ds = load_dataset(self.name, root=root, image_size=image_size, channels=channels, skip_bad=skip_bad)
+        if dedupe and ds.images.ndim == 4:
+            from medmeta.data.near_duplicates import dedupe as drop_near_duplicates
+
+            ds = drop_near_duplicates(ds)
         if self.split:
             ds = ds.select_split(self.split)
         if self.classes:
