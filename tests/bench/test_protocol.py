@@ -125,3 +125,30 @@ def test_the_config_written_to_reports_reads_back_to_the_same_protocol() -> None
     p = load_protocol(REPO / "configs" / "cross_domain.yaml")
     again = parse_protocol(yaml.safe_load(yaml.safe_dump(p.as_config())))
     assert again == p and again.fingerprint() == p.fingerprint()
+
+
+def test_a_field_added_later_leaves_earlier_fingerprints_alone() -> None:
+    """`data.dedupe` at its default does not enter the hash, so run folders from before it still resume."""
+    raw = yaml.safe_load((REPO / "configs" / "cross_domain.yaml").read_text())
+    before = parse_protocol(raw).fingerprint()
+    raw["data"]["dedupe"] = False
+    assert parse_protocol(raw).fingerprint() == before
+    raw["data"]["dedupe"] = True
+    assert parse_protocol(raw).fingerprint() != before
+
+
+@pytest.mark.data
+def test_dedupe_drops_near_copies_before_the_domains_are_split(data_dir: Path) -> None:
+    from medmeta.bench.domains import load_domains
+    from medmeta.data.near_duplicates import near_duplicates
+
+    domains = ["brain_tumor_mri", "breastmnist_resaved"]
+    plain = parse_protocol(tiny_raw(domains, data={"domains": domains, "image_size": 16, "channels": 1}))
+    deduped = parse_protocol(
+        tiny_raw(domains, data={"domains": domains, "image_size": 16, "channels": 1, "dedupe": True})
+    )
+    names = check_domains(plain, data_dir)
+    a = load_domains(plain, names, data_dir)["brain_tumor_mri"]
+    b = load_domains(deduped, names, data_dir)["brain_tumor_mri"]
+    assert len(b.test.images) < len(a.test.images) - 200
+    assert near_duplicates(b.test).groups == [] and near_duplicates(a.test).groups != []

@@ -14,6 +14,7 @@ import numpy as np
 
 from medmeta.bench.protocol import Protocol
 from medmeta.data.datasets import ImageDataset
+from medmeta.data.near_duplicates import dedupe
 from medmeta.data.registry import load_dataset
 from medmeta.errors import ConfigError
 
@@ -81,6 +82,8 @@ def load_domains(
         ds = load_dataset(
             datasets[name], root=root, image_size=protocol.data.image_size, channels=protocol.data.channels
         )
+        if protocol.data.dedupe and ds.images.ndim == 4:
+            ds = dedupe(ds)
         out[name] = split_domain(name, ds, protocol)
     return out
 

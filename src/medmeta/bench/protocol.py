@@ -82,6 +82,8 @@ class DataSection(_Frozen):
         val_fraction: share of a domain's training images held out for validation when it has no
             val split.
         split_seed: seeds those splits.
+        dedupe: keep one image per near-duplicate group of each domain before splitting (the training
+            copy when a group spans the dataset's own splits; `medmeta.data.near_duplicates`).
         data_dir: data root (default ``--data-dir`` or ``$MEDMETA_DATA``).
     """
 
@@ -93,6 +95,7 @@ class DataSection(_Frozen):
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     split_seed: int = 0
+    dedupe: bool = False
     data_dir: str | None = None
 
     @model_validator(mode="after")
@@ -230,10 +233,21 @@ class Protocol(_Frozen):
         return self.model_dump(mode="json", exclude={"train": {"seed"}})
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (not the data root): guards resumed runs."""
+        """Hash of everything that changes results (not the data root): guards resumed runs.
+
+        Fields added after runs existed (`_ADDED_LATER`) enter the hash only when set away from their
+        default, so a run folder from before they existed still resumes.
+        """
         payload = self.as_config()
         payload["data"].pop("data_dir", None)
+        for section, name, default in _ADDED_LATER:
+            if payload[section].get(name) == default:
+                payload[section].pop(name, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: ``(section, field, default)`` of protocol fields added after benchmark runs existed.
+_ADDED_LATER: tuple[tuple[str, str, Any], ...] = (("data", "dedupe", False),)
 
 
 def parse_protocol(raw: dict[str, Any], source: str = "protocol") -> Protocol:
