@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from medmeta.data.registry import DomainSpec, list_datasets, load_dataset, resolve
 from medmeta.data.synthetic import make_synthetic
@@ -81,3 +82,22 @@ def test_medmnist_files_resolve_by_their_official_name_prefix(data_dir: Path) ->
     ds = load_dataset("breastmnist", root=data_dir, image_size=28)
     assert ds.images.shape[1:] == (3, 28, 28)
     assert ds.available_splits() == ("test", "train", "val")
+
+
+def test_class_names_holding_a_comma_are_written_in_double_quotes(tmp_path: Path) -> None:
+    spec = DomainSpec.parse('my_folder@test:"nevus, atypical", melanoma')
+    assert spec.classes == ("nevus, atypical", "melanoma") and spec.split == "test"
+    assert str(spec) == 'my_folder@test:"nevus, atypical",melanoma'
+    assert DomainSpec.parse(str(spec)) == spec
+    assert DomainSpec.parse("blood_pbc:basophil, eosinophil").classes == ("basophil", "eosinophil")
+    with pytest.raises(DataError, match="put a name holding a comma in double quotes"):
+        DomainSpec.parse('my_folder:"nevus, atypical,melanoma')
+    for c in ("nevus, atypical", "melanoma"):  # and such a folder loads with the quoted spec
+        for i in range(2):
+            d = tmp_path / "skin" / c
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), 40 * i + (100 if c == "melanoma" else 0), np.uint8)).save(
+                d / f"{i}.png"
+            )
+    ds = DomainSpec.parse(f'{tmp_path / "skin"}:"nevus, atypical"').load(image_size=8)
+    assert ds.class_names == ("nevus, atypical",) and len(ds.images) == 2

@@ -7,6 +7,8 @@ MedMNIST download. Anything with a path separator (or that exists) is read as a 
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -133,11 +135,24 @@ def load_dataset(
     )
 
 
+def _parse_classes(text: str, spec: str) -> tuple[str, ...]:
+    """``a,b`` or, for names holding a comma, ``"a, b",c`` (CSV quoting) -> class names."""
+    try:
+        (fields,) = list(csv.reader([text], skipinitialspace=True, strict=True))
+    except (csv.Error, ValueError):
+        raise DataError(
+            f"cannot read the classes of dataset spec '{spec}': separate them with commas and put a name "
+            'holding a comma in double quotes, e.g. NAME:"class, one",class2'
+        ) from None
+    return tuple(f.strip() for f in fields if f.strip())
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """A dataset plus an optional split and class selection, written ``NAME[@SPLIT][:CLASS,CLASS,...]``.
 
-    Examples: ``blood_pbc:basophil,eosinophil``, ``brain_tumor_mri@test``, ``../my_folder``.
+    Examples: ``blood_pbc:basophil,eosinophil``, ``brain_tumor_mri@test``, ``../my_folder``,
+    ``my_folder:"nevus, atypical",melanoma`` (a class name holding a comma, in double quotes).
     """
 
     name: str
@@ -153,7 +168,7 @@ class DomainSpec:
         return cls(
             name=m.group("name"),
             split=m.group("split"),
-            classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
+            classes=_parse_classes(classes, text) if classes else None,
         )
 
     def __str__(self) -> str:
@@ -161,7 +176,9 @@ class DomainSpec:
         if self.split:
             out += f"@{self.split}"
         if self.classes:
-            out += ":" + ",".join(self.classes)
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="").writerow(self.classes)  # quotes names holding a comma
+            out += ":" + buf.getvalue()
         return out
 
     def load(
