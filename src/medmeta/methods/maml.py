@@ -124,10 +124,9 @@ class InnerLoopOptions(MethodOptions):
             against 1.5x above it through PyTorch's ops) and evaluation (5-10% faster, and accurate
             float32 statistics: after 5 untrained inner steps PyTorch's channels-last kernels moved
             8-way logits by up to 0.11 from a float64 run, the kernels by 1e-5). Second-order support
-            passes of
-            other backbones stay contiguous: PyTorch's channels-last batch-norm kernels accumulate
-            sequentially in float32, about 20x the error of the contiguous ones, which visibly moved
-            5-step second-order meta-gradients.
+            passes of other backbones stay contiguous: PyTorch's channels-last batch-norm kernels
+            accumulate sequentially in float32, about 20x the error of the contiguous ones, which
+            visibly moved 5-step second-order meta-gradients.
         zero_head: start every task's head at zero, in meta-training and adaptation alike (the
             "zeroing trick" of Kao et al., "MAML is a Noisy Contrastive Learner in Classification",
             ICLR 2022, arXiv:2106.15367): the head is not meta-learned, the first inner step writes
