@@ -223,6 +223,12 @@ def test_report_only_summarises_finished_cells_without_running_or_rewriting(
     assert "report written from the finished cells" in (out / "report.html").read_text()
     assert [r["kind"] for r in read_records_tolerant(out)] == ["train", "cell"]  # nothing was run
 
+    with pytest.raises(SystemExit) as done:  # a dry run on the folder says what a resumed run has left
+        main(["benchmark", str(config), "--out", str(out), "--dry-run"])
+    assert done.value.code == 0
+    assert f"{out} already holds 1 of 4 cells: a resumed run has roughly" in capsys.readouterr().out
+    assert (out / "results.jsonl").read_bytes() == before
+
     with pytest.raises(SystemExit) as info:
         main(["benchmark", str(config), "--out", str(tmp_path / "empty"), "--report-only"])
     err = capsys.readouterr().err

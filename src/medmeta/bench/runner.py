@@ -22,7 +22,16 @@ from typing import Protocol as TypingProtocol
 
 import torch
 
-from medmeta.bench.cells import Job, ReferenceJob, TrainJob, cell_cost, enumerate_jobs, job_cost, safe_name
+from medmeta.bench.cells import (
+    Job,
+    ReferenceJob,
+    TrainJob,
+    cell_cost,
+    enumerate_cells,
+    enumerate_jobs,
+    job_cost,
+    safe_name,
+)
 from medmeta.bench.domains import DomainSplits, load_domains, query_size
 from medmeta.bench.evaluation import evaluate_cell
 from medmeta.bench.protocol import MethodEntry, Protocol, check_domains
@@ -381,6 +390,13 @@ def in_job_order(records: list[dict[str, Any]], jobs: list[Job]) -> list[dict[st
         for c in getattr(job, "cells", ()):
             rank[c.key] = len(rank)
     return sorted(records, key=lambda r: rank.get(r.get("key", ""), len(rank)))
+
+
+def remaining_work(protocol: Protocol, out: Path, ways: dict[str, int]) -> tuple[int, float]:
+    """``(cells finished in run folder `out`, rough cost of the jobs not finished)``; reads only."""
+    keys = ResultsStore(out, repair=False).keys()
+    done = sum(c.key in keys for c in enumerate_cells(protocol))
+    return done, sum(job_cost(protocol, j, ways) for j in enumerate_jobs(protocol) if not _is_done(j, keys))
 
 
 def _is_done(job: Job, keys: set[str]) -> bool:

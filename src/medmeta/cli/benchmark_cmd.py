@@ -139,6 +139,27 @@ def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
     return table
 
 
+def _say_remaining(protocol: Protocol, out: Path, ways: dict[str, int], n_cells: int, workers: int) -> None:
+    """Dry run on an existing run folder: what a resumed run still has to do."""
+    import json
+
+    from medmeta.bench.runner import remaining_work
+    from medmeta.bench.store import PROTOCOL
+
+    try:
+        stored = json.loads((out / PROTOCOL).read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        stored = None
+    if stored != protocol.fingerprint():
+        say(f"{out} holds results of another config: this one would need another --out")
+        return
+    done, left = remaining_work(protocol, out, ways)
+    say(
+        f"{out} already holds {done} of {n_cells} cells: a resumed run has roughly {_duration(left)} left on "
+        f"one CPU thread ({_duration(left / workers)} with {workers} worker{'s' if workers > 1 else ''})"
+    )
+
+
 def benchmark(
     config: Path = typer.Argument(..., help="Benchmark protocol YAML (see configs/quick.yaml)."),
     out: Path | None = typer.Option(
@@ -203,6 +224,8 @@ def benchmark(
         )
     if dry_run:
         console.print(_plan_table(protocol, domains))
+        if (out / RESULTS).is_file():
+            _say_remaining(protocol, out, ways, n_cells, workers)
         return
     command = "medmeta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     if report_only:
