@@ -82,7 +82,7 @@ def load_domains(
         ds = load_dataset(
             datasets[name], root=root, image_size=protocol.data.image_size, channels=protocol.data.channels
         )
-        if protocol.data.dedupe and ds.images.ndim == 4:
+        if protocol.data.dedupe:
             ds = dedupe(ds)
         out[name] = split_domain(name, ds, protocol)
     return out

@@ -94,6 +94,14 @@ class ResultsStore:
         self._records.append(record)
 
 
+def stored_fingerprint(out: str | Path) -> str | None:
+    """The protocol fingerprint recorded in run folder `out` (None: no folder, or an unreadable file)."""
+    try:
+        return json.loads((Path(out) / PROTOCOL).read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def check_fingerprint(out: str | Path, fingerprint: str, protocol_dump: dict[str, Any]) -> bool:
     """Record the protocol of a new run folder, or check that a resumed one used the same protocol.
 
@@ -105,10 +113,7 @@ def check_fingerprint(out: str | Path, fingerprint: str, protocol_dump: dict[str
     """
     path = Path(out) / PROTOCOL
     if path.is_file():
-        try:
-            stored = json.loads(path.read_text()).get("fingerprint")
-        except (json.JSONDecodeError, AttributeError):
-            stored = None
+        stored = stored_fingerprint(out)
         if stored != fingerprint:
             raise ConfigError(
                 f"{out} holds results of a different benchmark config (fingerprint {stored}, this config "

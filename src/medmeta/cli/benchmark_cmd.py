@@ -141,16 +141,10 @@ def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
 
 def _say_remaining(protocol: Protocol, out: Path, ways: dict[str, int], n_cells: int, workers: int) -> None:
     """Dry run on an existing run folder: what a resumed run still has to do."""
-    import json
-
     from medmeta.bench.runner import remaining_work
-    from medmeta.bench.store import PROTOCOL
+    from medmeta.bench.store import stored_fingerprint
 
-    try:
-        stored = json.loads((out / PROTOCOL).read_text()).get("fingerprint")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        stored = None
-    if stored != protocol.fingerprint():
+    if stored_fingerprint(out) != protocol.fingerprint():
         say(f"{out} holds results of another config: this one would need another --out")
         return
     done, left = remaining_work(protocol, out, ways)

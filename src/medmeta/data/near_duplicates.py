@@ -85,7 +85,10 @@ _SPLIT_PRIORITY = {"train": 0, "val": 1, "test": 2}
 
 def dedupe(dataset: ImageDataset) -> ImageDataset:
     """`dataset` with one image per near-duplicate group: the one in the training split when the group
-    spans splits (so the test split loses its near-copies of training images), else the first."""
+    spans splits (so the test split loses its near-copies of training images), else the first. 3D
+    volumes have no key and are returned as they are."""
+    if dataset.images.ndim != 4:
+        return dataset
     report = near_duplicates(dataset)
     drop: list[int] = []
     for g in report.groups:

@@ -197,7 +197,7 @@ class DomainSpec:
         the training copy when a group spans splits), so a test split holds no near-copy of training.
         """
         ds = load_dataset(self.name, root=root, image_size=image_size, channels=channels, skip_bad=skip_bad)
-        if dedupe and ds.images.ndim == 4:
+        if dedupe:
             from medmeta.data.near_duplicates import dedupe as drop_near_duplicates
 
             ds = drop_near_duplicates(ds)
