@@ -99,3 +99,38 @@ def test_confusion_maps_episode_labels_to_dataset_classes() -> None:
     cm = class_confusion(logits, target, classes, 2)
     # episode 1: both right; episode 2: true 1 -> pred 1 (right), true 0 -> pred 1 (wrong)
     assert cm.tolist() == [[1, 1], [0, 2]]
+
+
+def test_each_seed_keeps_its_own_mean_and_the_csv_their_spread() -> None:
+    p = tiny_protocol(["a", "b"], seeds=[0, 1], data={"domains": ["a", "b"], "held_out": ["a"]})
+    rows = summarize(p, [cell("protonet", "a", 1, 1, [0.9, 0.7]), cell("protonet", "a", 1, 0, [0.5, 0.7])])
+    assert rows[0].seed_accuracy == pytest.approx({0: 0.6, 1: 0.8})
+    assert rows[0].seed_sd == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    line = next(csv.DictReader(io.StringIO(summary_csv(rows))))
+    assert float(line["accuracy_seed_sd"]) == pytest.approx(np.std([0.6, 0.8], ddof=1), abs=1e-6)
+    one = summarize(p, [cell("protonet", "a", 1, 0, [0.5, 0.7])])
+    assert math.isnan(one[0].seed_sd)
+    assert next(csv.DictReader(io.StringIO(summary_csv(one))))["accuracy_seed_sd"] == ""
+
+
+def test_seed_table_counts_the_seeds_where_the_pooled_best_is_best_alone() -> None:
+    from medmeta.bench.report import seed_table
+
+    p = tiny_protocol(["a", "b"], seeds=[0, 1, 2], data={"domains": ["a", "b"], "held_out": ["a"]})
+    records = [
+        # protonet: 0.60 / 0.90 / 0.60 -> pooled 0.70, best; simpleshot 0.65 / 0.65 / 0.65
+        cell("protonet", "a", 1, 0, [0.6, 0.6]),
+        cell("protonet", "a", 1, 1, [0.9, 0.9]),
+        cell("protonet", "a", 1, 2, [0.6, 0.6]),
+        *[cell("simpleshot", "a", 1, s, [0.65, 0.65]) for s in range(3)],
+    ]
+    rows = summarize(p, records)
+    assert rows[0].marks["accuracy"] == "best"
+    table = seed_table(p, rows)
+    assert table is not None
+    header, body = table
+    assert header == ["method", "a 1-shot", "a 3-shot"]  # the protocol's shots are 1 and 3
+    assert body[0] == ["protonet", "sd 17.32: 60.0 / 90.0 / 60.0", "—"]
+    assert body[1] == ["simpleshot", "sd 0.00: 65.0 / 65.0 / 65.0", "—"]
+    assert body[-1] == ["▲ also best in its seeds", "protonet: 1 of 3", "—"]
+    assert seed_table(p, summarize(p, records[:1])) is None  # one seed: no spread to show

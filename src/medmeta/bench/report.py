@@ -103,6 +103,46 @@ def accuracy_table(
     return header, body
 
 
+def seed_table(protocol: Protocol, rows: list[Row]) -> tuple[list[str], list[list[str]]] | None:
+    """Header and body of the seed-spread table (None unless some row has two seeds or more).
+
+    A cell is the standard deviation over training seeds of the seeds' mean accuracies, then each
+    seed's mean (points). The last line says in how many seeds the column's best method was also the
+    best of that seed alone.
+    """
+    if not any(len(r.seed_accuracy) > 1 for r in rows):
+        return None
+    columns = [(d, k) for d in protocol.held_out_domains for k in protocol.eval.shots]
+    index = {(r.method, r.domain, r.shots): r for r in rows}
+    body = []
+    for label in [m.label for m in protocol.methods] + [REFERENCE]:
+        line = [label]
+        for d, k in columns:
+            r = index.get((label, d, "all" if label == REFERENCE else k))
+            line.append("—" if r is None else _spread_text(r))
+        if any(x != "—" for x in line[1:]):
+            body.append(line)
+    body.append(["▲ also best in its seeds"] + [_seed_wins(rows, d, k) for d, k in columns])
+    return ["method"] + [f"{d} {k}-shot" for d, k in columns], body
+
+
+def _spread_text(r: Row) -> str:
+    seeds = " / ".join(f"{100 * a:.1f}" for a in r.seed_accuracy.values())
+    sd = r.seed_sd
+    return seeds if not math.isfinite(sd) else f"sd {100 * sd:.2f}: {seeds}"
+
+
+def _seed_wins(rows: list[Row], domain: str, shots: int) -> str:
+    col = [r for r in rows if r.domain == domain and r.shots == shots and r.method != REFERENCE]
+    best = next((r for r in col if r.marks.get("accuracy") == "best"), None)
+    if best is None:
+        return "—"
+    wins = 0
+    for seed, acc in best.seed_accuracy.items():
+        wins += all(acc >= r.seed_accuracy[seed] for r in col if seed in r.seed_accuracy)
+    return f"{best.method}: {wins} of {len(best.seed_accuracy)}"
+
+
 def gap_lines(protocol: Protocol, rows: list[Row]) -> list[list[str]]:
     """Per domain and shots: the best few-shot accuracy, the reference's, and the gap (points)."""
     out = []
@@ -134,6 +174,9 @@ def notes(protocol: Protocol, rows: list[Row], test_sources: dict[str, str]) -> 
         "normal-approximation 95% confidence interval over episodes (AUC: episodes where it is defined).",
         "Per column (held-out domain, shots): **bold** / ▲ is the best mean; ≈ marks a method whose 95% CI overlaps "
         "the best one's (a statistical tie). Lower is better for ECE.",
+        "The CI covers the test episodes of the trained models, not the choice of training seed; with several seeds, "
+        "'Spread over training seeds' gives each seed's own mean accuracy and their standard deviation, and in how "
+        "many seeds the best method was also best on that seed's models alone.",
         f"Every test episode has all classes of the held-out domain (n_way = its class count), {protocol.eval.n_query} "
         f"queries per class, {protocol.eval.episodes} episodes per seed; seed s uses test-episode seed "
         f"{protocol.eval.seed} + s, and every method sees the same episodes.",
@@ -246,6 +289,10 @@ class _Parts:
         out += ["## Accuracy % (± 95% CI)", "", _md_row(header), _md_row(["---"] * len(header))]
         for line in body:
             out.append(_md_row([_acc_cell(r, text, True) for r, text in line]))
+        spread = seed_table(p, self.rows)
+        if spread is not None:
+            out += ["", _SPREAD_TITLE_MD, "", _md_row(spread[0]), _md_row(["---"] * len(spread[0]))]
+            out += [_md_row(line) for line in spread[1]]
         header, detail = self._detail()
         out += ["", "## All metrics", "", _md_row(header), _md_row(["---"] * len(header))]
         for cells in detail:
@@ -282,6 +329,10 @@ class _Parts:
         ]
         header, body = accuracy_table(p, self.rows)
         out.append(_html_table(header, [[_acc_cell(r, text, False) for r, text in line] for line in body]))
+        spread = seed_table(p, self.rows)
+        if spread is not None:
+            out.append(f"<h2>{esc(_SPREAD_TITLE_MD[3:])}</h2>")
+            out.append(_html_table(spread[0], [[esc(x) for x in line] for line in spread[1]]))
         header, detail = self._detail()
         lines = []
         for cells in detail:
@@ -308,6 +359,7 @@ class _Parts:
         return "\n".join(out)
 
 
+_SPREAD_TITLE_MD = "## Spread over training seeds (accuracy %: sd over seeds, then each seed's mean)"
 _GAP_HEADER = [
     "held-out domain",
     "shots",

@@ -6,6 +6,10 @@ column (domain, shots, metric) the method with the best mean is marked ``best``;
 overlaps the best one's is marked ``tie`` (the data cannot tell them apart). Higher is better for every
 metric except ECE. The fully-supervised reference gets one row per domain (shots ``all``; its
 ``n_query`` column holds the number of test images and ``episodes`` is 0).
+
+The episode CI says how sure the mean is for these trained models; it does not include the variation
+between training seeds. Each row therefore also keeps every seed's own mean accuracy, and the CSV its
+standard deviation over seeds (``accuracy_seed_sd``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ REFERENCE = "supervised reference"
 
 @dataclass
 class Row:
-    """One line of the summary: ``metrics[name] = (mean, ci95)`` and ``marks[name]`` in best/tie/''."""
+    """One line of the summary: ``metrics[name] = (mean, ci95)`` and ``marks[name]`` in best/tie/''.
+
+    ``seed_accuracy`` maps each seed to its own mean accuracy (seed order).
+    """
 
     method: str
     domain: str
@@ -40,6 +47,14 @@ class Row:
     episodes: int
     metrics: dict[str, tuple[float, float]]
     marks: dict[str, str] = field(default_factory=dict)
+    seed_accuracy: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def seed_sd(self) -> float:
+        """Sample standard deviation of the seeds' mean accuracies (NaN with fewer than 2 seeds)."""
+        if len(self.seed_accuracy) < 2:
+            return math.nan
+        return float(np.std(list(self.seed_accuracy.values()), ddof=1))
 
 
 def _pooled(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
@@ -50,11 +65,17 @@ def _pooled(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _seed_mean(record: dict[str, Any]) -> float:
+    v = np.asarray(record["per_episode"]["accuracy"], dtype=np.float64)
+    return float(np.mean(v))
+
+
 def reference_row(domain: str, records: list[dict[str, Any]]) -> Row:
     """The reference of one domain over seeds: accuracy CI over all test predictions, others averaged."""
     correct = np.concatenate([np.asarray(r["per_image_correct"], dtype=np.float64) for r in records])
     metrics = {m: (float(np.mean([r["metrics"][m]["mean"] for r in records])), math.nan) for m in METRICS}
     metrics["accuracy"] = mean_ci(correct)
+    per_seed = {int(r["seed"]): float(np.mean(r["per_image_correct"])) for r in records}
     return Row(
         method=REFERENCE,
         domain=domain,
@@ -64,6 +85,7 @@ def reference_row(domain: str, records: list[dict[str, Any]]) -> Row:
         seeds=len(records),
         episodes=0,
         metrics=metrics,
+        seed_accuracy=per_seed,
     )
 
 
@@ -113,6 +135,7 @@ def summarize(protocol: Protocol, records: list[dict[str, Any]]) -> list[Row]:
                         seeds=len(found),
                         episodes=sum(int(r["episodes"]) for r in found),
                         metrics=_pooled(found),
+                        seed_accuracy={int(r["seed"]): _seed_mean(r) for r in found},
                     )
                 )
             for metric in METRICS:
@@ -129,19 +152,20 @@ def _num(x: float) -> str:
 
 
 def summary_csv(rows: list[Row]) -> str:
-    """The rows as CSV text: identity columns, then ``METRIC``, ``METRIC_ci95``, ``METRIC_mark``."""
+    """The rows as CSV text: identity columns, then ``METRIC``, ``METRIC_ci95``, ``METRIC_mark``, then
+    ``accuracy_seed_sd`` (empty with one seed)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["method", "domain", "shots", "n_way", "n_query", "seeds", "episodes"]
     for m in METRICS:
         header += [m, f"{m}_ci95", f"{m}_mark"]
-    writer.writerow(header)
+    writer.writerow([*header, "accuracy_seed_sd"])
     for r in rows:
         line: list[Any] = [r.method, r.domain, r.shots, r.n_way, r.n_query, r.seeds, r.episodes]
         for m in METRICS:
             mean, ci = r.metrics[m]
             line += [_num(mean), _num(ci), r.marks.get(m, "")]
-        writer.writerow(line)
+        writer.writerow([*line, _num(r.seed_sd)])
     return buf.getvalue()
 
 
