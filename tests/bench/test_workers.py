@@ -197,6 +197,43 @@ def test_an_interrupt_stops_the_workers_and_the_rerun_finishes(
     assert summary(out) == summary(w1)
 
 
+def _named_semaphores() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("sem.*")}
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="POSIX named semaphores live in /dev/shm (Linux)")
+def test_a_run_killed_with_its_whole_group_leaves_no_semaphore_behind(
+    sequential: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    """`kill -9 -- -PGID` skips every cleanup: the workers must share nothing that outlives them."""
+    domains, w1 = sequential
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw(domains)))
+    out = tmp_path / "killed"
+    before = _named_semaphores()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medmeta.cli.main", "benchmark", str(config), "--out", str(out), *WORKERS_2],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.is_file() and '"kind": "train"' in results.read_text():
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # parent, workers and multiprocessing's resource tracker
+    proc.wait(timeout=30)
+    assert _named_semaphores() - before == set()
+    again = run(tiny_protocol(domains), out, workers=2)
+    assert again.outcome.resumed
+    assert summary(out) == summary(w1)
+
+
 def test_dry_run_names_the_workers(sequential: tuple[list[str], Path], tmp_path: Path, capsys) -> None:
     config = tmp_path / "tiny.yaml"
     protocol: Protocol = tiny_protocol(sequential[0])

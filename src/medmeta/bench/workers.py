@@ -3,8 +3,9 @@
 Each worker is a fresh ("spawn") Python process: it sets ``train.threads`` (default 1) torch threads,
 loads the domains once (the same deterministic `load_domains` call as the parent) and runs whole jobs,
 a training with all of its cells or a reference. Workers write checkpoints into the job's own folder
-but never ``results.jsonl``: they send every finished record to the parent, which appends it to the
-`ResultsStore`, so a killed run keeps only complete records and a rerun redoes what was not reported.
+but never ``results.jsonl``: they send every finished record to the parent (each worker through its
+own pipe), which appends it to the `ResultsStore`, so a killed run keeps only complete records and a
+rerun redoes what was not reported.
 On any exit of the parent loop (done, an error, Ctrl-C, SIGTERM) the workers are terminated; a worker
 whose parent died (SIGKILL) exits within a second.
 """
@@ -14,13 +15,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
-import queue
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +39,17 @@ Message = tuple[str, int | None, Any]
 _POLL_SECONDS = 0.5
 
 
-class _QueueSink:
+class _PipeSink:
     """A worker's sink: every record and progress step goes to the parent."""
 
-    def __init__(self, results: Any, index: int) -> None:
-        self.results, self.index = results, index
+    def __init__(self, conn: Connection, index: int) -> None:
+        self.conn, self.index = conn, index
 
     def record(self, record: dict[str, Any]) -> None:
-        self.results.put(("record", self.index, record))
+        self.conn.send(("record", self.index, record))
 
     def advance(self, units: float) -> None:
-        self.results.put(("advance", self.index, units))
+        self.conn.send(("advance", self.index, units))
 
 
 def _portable(exc: BaseException) -> tuple[BaseException | None, str]:
@@ -75,9 +76,10 @@ def _exit_with_parent() -> None:
 
 
 def worker_main(
-    protocol: Protocol, root: str | Path | None, out: Path, threads: int, tasks: Any, results: Any
+    protocol: Protocol, root: str | Path | None, out: Path, threads: int, conn: Connection
 ) -> None:
-    """A worker: load the domains, then run tasks ``(index, job, finished)`` until a None arrives."""
+    """A worker: load the domains, say ``ready``, then run each task ``(index, job, finished)`` the
+    parent sends back, answering ``done``, until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     _exit_with_parent()
     keep_freed_memory()
@@ -85,13 +87,16 @@ def worker_main(
     index: int | None = None
     try:
         domains = load_domains(protocol, check_domains(protocol, root), root)
-        while (task := tasks.get()) is not None:
+        conn.send(("ready", None, None))
+        while (task := conn.recv()) is not None:
             index, job, finished = task
-            results.put(("start", index, None))
-            run_job(protocol, job, domains, finished, out, _QueueSink(results, index))
-            results.put(("done", index, None))
+            conn.send(("start", index, None))
+            run_job(protocol, job, domains, finished, out, _PipeSink(conn, index))
+            conn.send(("done", index, None))
     except BaseException as exc:
-        results.put(("error", index, _portable(exc)))
+        conn.send(("error", index, _portable(exc)))
+    finally:
+        conn.close()
 
 
 @contextmanager
@@ -111,7 +116,7 @@ def _parent_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def _stop(processes: Sequence[mp.process.BaseProcess], queues: Sequence[Any]) -> None:
+def _stop(processes: Sequence[mp.process.BaseProcess], conns: Sequence[Connection]) -> None:
     for p in processes:
         if p.is_alive():
             p.terminate()
@@ -121,9 +126,8 @@ def _stop(processes: Sequence[mp.process.BaseProcess], queues: Sequence[Any]) ->
         if p.is_alive():
             p.kill()
             p.join()
-    for q in queues:
-        q.cancel_join_thread()
-        q.close()
+    for c in conns:
+        c.close()
 
 
 def _raise_worker_error(job: Job | None, payload: tuple[BaseException | None, str]) -> None:
@@ -146,7 +150,10 @@ def run_in_workers(
 ) -> None:
     """Run `tasks` (each job with what an earlier session finished of it) on `workers` processes.
 
-    Records reach `recorder` in the order workers finish them. Returns when every job is done.
+    Each worker talks to the parent through its own pipe and gets the next task in order when it
+    asks for one, so no lock or semaphore is shared: a run killed with its whole process group leaves
+    nothing behind in ``/dev/shm``. Records reach `recorder` in the order workers finish them.
+    Returns when every job is done.
 
     Raises:
         MedmetaError: the first one raised in a worker (the run stops).
@@ -156,25 +163,22 @@ def run_in_workers(
     if not tasks:
         return
     ctx = mp.get_context("spawn")
-    task_queue, results = ctx.Queue(), ctx.Queue()
     n = min(workers, len(tasks))
-    for i, task in enumerate(tasks):
-        task_queue.put((i, *task))
-    for _ in range(n):
-        task_queue.put(None)
     threads = protocol.train.threads or 1
+    pipes = [ctx.Pipe(duplex=True) for _ in range(n)]
     processes = [
         ctx.Process(
             target=worker_main,
-            args=(protocol, root, out, threads, task_queue, results),
+            args=(protocol, root, out, threads, child),
             name=f"medmeta-bench-worker-{w}",
             daemon=True,
         )
-        for w in range(n)
+        for w, (_, child) in enumerate(pipes)
     ]
+    conns = {parent: p for (parent, _), p in zip(pipes, processes, strict=True)}
     running: dict[int, str] = {}
     remaining = set(range(len(tasks)))
-    quiet_polls = 0
+    order = iter(range(len(tasks)))
     with _parent_signals():
         try:
             old_int = _ignore_sigint()
@@ -183,32 +187,40 @@ def run_in_workers(
                     p.start()
             finally:
                 _restore_sigint(old_int)
+            for _, child in pipes:
+                child.close()  # the worker holds it now: its death reads as end of file here
             while remaining:
-                try:
-                    kind, index, payload = results.get(timeout=_POLL_SECONDS)
-                except queue.Empty:
-                    quiet_polls = quiet_polls + 1 if _check_alive(processes) else 0
-                    if quiet_polls > 4:  # every worker exited and nothing more arrived
-                        raise TrainingError(
-                            "every benchmark worker exited before its jobs were done: rerun the same "
-                            "command to resume"
-                        ) from None
-                    continue
-                if kind == "record":
-                    recorder.record(payload)
-                elif kind == "advance":
-                    recorder.advance(payload)
-                elif kind == "start" and index is not None:
-                    running[index] = describe(tasks[index][0])
-                elif kind == "done" and index is not None:
-                    running.pop(index, None)
-                    remaining.discard(index)
-                elif kind == "error":
-                    _raise_worker_error(None if index is None else tasks[index][0], payload)
-                if kind in ("start", "done") and progress is not None:
-                    progress.job(_running_text(running))
+                if not conns:
+                    raise TrainingError(
+                        "every benchmark worker exited before its jobs were done: rerun the same command to resume"
+                    )
+                for conn in wait(list(conns), timeout=_POLL_SECONDS):
+                    assert isinstance(conn, Connection)
+                    try:
+                        kind, index, payload = conn.recv()
+                    except EOFError:
+                        process = conns.pop(conn)
+                        process.join(5.0)
+                        _check_alive([process])
+                        continue
+                    if kind == "record":
+                        recorder.record(payload)
+                    elif kind == "advance":
+                        recorder.advance(payload)
+                    elif kind == "start" and index is not None:
+                        running[index] = describe(tasks[index][0])
+                    elif kind == "error":
+                        _raise_worker_error(None if index is None else tasks[index][0], payload)
+                    if kind == "done" and index is not None:
+                        running.pop(index, None)
+                        remaining.discard(index)
+                    if kind in ("ready", "done"):
+                        nxt = next(order, None)
+                        conn.send(None if nxt is None else (nxt, *tasks[nxt]))
+                    if kind in ("start", "done") and progress is not None:
+                        progress.job(_running_text(running))
         finally:
-            _stop(processes, (task_queue, results))
+            _stop(processes, [parent for parent, _ in pipes])
 
 
 def _running_text(running: dict[int, str]) -> str:
