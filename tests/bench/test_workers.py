@@ -157,22 +157,18 @@ def _workers_in_session(sid: int) -> list[str]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="lists processes through /proc (Linux)")
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_an_interrupt_stops_the_workers_and_the_rerun_finishes(
-    how: str, sequential: tuple[list[str], Path], tmp_path: Path
-) -> None:
-    domains, w1 = sequential
+def _start_in_own_group(domains: list[str], tmp_path: Path, out: Path) -> subprocess.Popen[bytes]:
+    """`medmeta benchmark --workers 2` on the tiny protocol in its own process group (like a terminal
+    job), returned once its first training is recorded (or it ended; stderr is piped)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_raw(domains)))
-    out = tmp_path / "interrupted"
     proc = subprocess.Popen(
         [sys.executable, "-m", "medmeta.cli.main", "benchmark", str(config), "--out", str(out), *WORKERS_2],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, like a terminal job
+        start_new_session=True,
     )
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
@@ -180,6 +176,17 @@ def test_an_interrupt_stops_the_workers_and_the_rerun_finishes(
         if results.is_file() and '"kind": "train"' in results.read_text():
             break
         time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="lists processes through /proc (Linux)")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupt_stops_the_workers_and_the_rerun_finishes(
+    how: str, sequential: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    domains, w1 = sequential
+    out = tmp_path / "interrupted"
+    proc = _start_in_own_group(domains, tmp_path, out)
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the parent and its workers
     else:
@@ -207,27 +214,12 @@ def test_a_run_killed_with_its_whole_group_leaves_no_semaphore_behind(
 ) -> None:
     """`kill -9 -- -PGID` skips every cleanup: the workers must share nothing that outlives them."""
     domains, w1 = sequential
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_raw(domains)))
     out = tmp_path / "killed"
     before = _named_semaphores()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medmeta.cli.main", "benchmark", str(config), "--out", str(out), *WORKERS_2],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if results.is_file() and '"kind": "train"' in results.read_text():
-            break
-        time.sleep(0.02)
+    proc = _start_in_own_group(domains, tmp_path, out)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # parent, workers and multiprocessing's resource tracker
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
     assert _named_semaphores() - before == set()
     again = run(tiny_protocol(domains), out, workers=2)
     assert again.outcome.resumed
