@@ -112,18 +112,11 @@ def seed_table(protocol: Protocol, rows: list[Row]) -> tuple[list[str], list[lis
     """
     if not any(len(r.seed_accuracy) > 1 for r in rows):
         return None
+    header, body = accuracy_table(protocol, rows)
+    lines = [[line[0][1]] + ["—" if r is None else _spread_text(r) for r, _ in line[1:]] for line in body]
     columns = [(d, k) for d in protocol.held_out_domains for k in protocol.eval.shots]
-    index = {(r.method, r.domain, r.shots): r for r in rows}
-    body = []
-    for label in [m.label for m in protocol.methods] + [REFERENCE]:
-        line = [label]
-        for d, k in columns:
-            r = index.get((label, d, "all" if label == REFERENCE else k))
-            line.append("—" if r is None else _spread_text(r))
-        if any(x != "—" for x in line[1:]):
-            body.append(line)
-    body.append(["▲ also best in its seeds"] + [_seed_wins(rows, d, k) for d, k in columns])
-    return ["method"] + [f"{d} {k}-shot" for d, k in columns], body
+    lines.append(["▲ also best in its seeds"] + [_seed_wins(rows, d, k) for d, k in columns])
+    return header, lines
 
 
 def _spread_text(r: Row) -> str:
