@@ -28,6 +28,20 @@ def test_cross_domain_config_is_the_full_protocol() -> None:
     assert len(trainings) == len(p.methods) * 4 * 3
 
 
+def test_the_zero_head_companion_differs_from_cross_domain_only_in_its_methods() -> None:
+    """Its rows compare with cross_domain's: same domains, splits, budgets, test episodes and seeds."""
+    full = load_protocol(REPO / "configs" / "cross_domain.yaml")
+    zero = load_protocol(REPO / "configs" / "cross_domain_zero_head.yaml")
+    for section in ("data", "episodes", "train", "eval"):
+        assert getattr(zero, section) == getattr(full, section), section
+    assert (zero.seeds, zero.backbone, zero.reference.enabled) == (full.seeds, full.backbone, False)
+    twins = {m.label: m for m in full.methods}
+    for m in zero.methods:
+        twin = twins[m.name]
+        assert m.label == f"{m.name}_zero_head" and m.train == twin.train
+        assert m.options == {**twin.options, "zero_head": True}
+
+
 def test_jobs_run_seed_by_seed_and_cost_follows_ways_and_shots() -> None:
     p = load_protocol(REPO / "configs" / "cross_domain.yaml")
     jobs = enumerate_jobs(p)
