@@ -155,16 +155,28 @@ def test_every_registered_method_runs_with_domains_of_different_class_counts(tmp
     assert all(0.0 <= r["metrics"]["accuracy"]["mean"] <= 1.0 for r in cells)
 
 
-def test_another_config_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+def test_another_config_in_the_same_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from medmeta.errors import ConfigError
 
     domains = synthetic_folders(tmp_path / "data")
     run(tiny_protocol(domains, methods=["protonet"], reference={"enabled": False}), tmp_path / "run")
+    other = tiny_raw(domains, methods=["protonet"], seeds=[1], reference={"enabled": False})
     with pytest.raises(ConfigError, match="different benchmark config"):
         run(
-            tiny_protocol(domains, methods=["protonet"], seeds=[1], reference={"enabled": False}),
+            tiny_protocol(domains, **{k: other[k] for k in ("methods", "seeds", "reference")}),
             tmp_path / "run",
         )
+    config = tmp_path / "other.yaml"
+    config.write_text(yaml.safe_dump(other))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(config), "--out", str(tmp_path / "run"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1, err
+    assert "different benchmark config" in err and "resuming" not in out + err  # refused, not resumed
 
 
 def test_cli_dry_run_lists_cells_and_errors_are_one_line(

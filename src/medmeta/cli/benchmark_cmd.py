@@ -190,7 +190,7 @@ def benchmark(
     from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
     from medmeta.bench.protocol import load_protocol
     from medmeta.bench.runner import class_counts, load_benchmark_domains
-    from medmeta.bench.store import RESULTS
+    from medmeta.bench.store import RESULTS, stored_fingerprint
 
     protocol = load_protocol(config)
     out = out if out is not None else Path("runs") / "bench" / protocol.name
@@ -229,8 +229,8 @@ def benchmark(
         console.print(_summary_table(partial.rows))
         say(f"wrote {partial.summary_csv}, {partial.report_md}, {partial.report_html}")
         return
-    if (out / RESULTS).is_file():
-        say(f"resuming {out}: finished cells are kept, the rest is run")
+    if (out / RESULTS).is_file() and stored_fingerprint(out) == protocol.fingerprint():
+        say(f"resuming {out}: finished cells are kept, the rest is run")  # another config: run() refuses
     try:
         with BenchProgress(enabled=not quiet) as progress:
             result = run(
