@@ -13,6 +13,7 @@ off, and this module logs counts only).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -35,7 +36,7 @@ from medmeta.explain.render import safe_stem
 from medmeta.practice.adapted import AdaptedModel, TrainedModel, adapt_support, load_model
 from medmeta.practice.predict import predict_files
 from medmeta.serve import page
-from medmeta.serve.session import Session, SessionStore
+from medmeta.serve.session import Session, SessionsFull, SessionStore
 from medmeta.serve.uploads import Form, Limits, UploadError, basename, parse_form
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class Workspace:
                 raise UploadError(f"class name '{name}' is used twice: give each class one row")
             classes.append(name)
             folder = run / "support" / name
-            folder.mkdir(parents=True)
+            folder.parent.mkdir(exist_ok=True)
+            folder.mkdir()  # never `parents=True`: an ended session's folder must stay deleted
             for k, f in enumerate(files):
                 path = folder / f"{k:04d}_{_safe_name(f.filename)}"
                 path.write_bytes(f.data)
@@ -247,21 +249,27 @@ def create_app(
         return html(work.form())
 
     async def predict(request: Any) -> Any:
-        session = store.get_or_create(request.cookies.get(COOKIE))
         try:
-            declared = int(request.headers.get("content-length") or 0)
-            if declared > work.limits.max_upload_bytes:
-                raise UploadError(
-                    f"the upload is larger than {work.limits.max_upload_bytes / 1e6:g} MB "
-                    "(start the page with a larger --max-upload-mb)",
-                    413,
-                )
-            form = await parse_form(request.headers.get("content-type", ""), request.stream(), work.limits)
-            results = await concurrency.run_in_threadpool(work.run, session, form)
-        except (MedmetaError, OptionalDependencyError) as exc:
-            status = exc.status if isinstance(exc, UploadError) else 400
-            return html(work.form(), status, str(exc), session.token)
-        return html(work.form() + results, token=session.token)
+            with store.use(request.cookies.get(COOKIE)) as session:
+                try:
+                    declared = int(request.headers.get("content-length") or 0)
+                    if declared > work.limits.max_upload_bytes:
+                        raise UploadError(
+                            f"the upload is larger than {work.limits.max_upload_bytes / 1e6:g} MB "
+                            "(start the page with a larger --max-upload-mb)",
+                            413,
+                        )
+                    form = await parse_form(
+                        request.headers.get("content-type", ""), request.stream(), work.limits
+                    )
+                    results = await concurrency.run_in_threadpool(work.run, session, form)
+                except (MedmetaError, OptionalDependencyError) as exc:
+                    return html(work.form(), getattr(exc, "status", 400), str(exc), session.token)
+                return html(work.form() + results, token=session.token)
+        except SessionsFull as exc:
+            response = html(work.form(), exc.status, str(exc))
+            response.headers["Retry-After"] = "60"
+            return response
 
     async def download(request: Any) -> Any:
         session = store.get(request.cookies.get(COOKIE))
@@ -279,11 +287,19 @@ def create_app(
         response.delete_cookie(COOKIE)
         return response
 
+    async def sweep_idle() -> None:
+        """End idle sessions even when no request comes to trigger it."""
+        while True:
+            await asyncio.sleep(min(max(idle_seconds / 4, 0.05), 60.0))
+            store.sweep()
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_idle())
         try:
             yield
         finally:
+            sweeper.cancel()
             store.close()
 
     routes = [
