@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from medmeta.eval.evaluate import EvalResult, evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.models.backbones import build_backbone
-from medmeta.train.checkpoint import load_checkpoint
+from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -231,20 +232,16 @@ def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[
     state, meta = load_checkpoint(checkpoint)
     try:
         cfg = make_config(meta["config"], source=f"config stored in {checkpoint}")
-        shape = meta["image_shape"]
+        channels = int(meta["image_shape"][0])
         spatial_dims = int(meta["spatial_dims"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, ConfigError) as exc:
         raise CheckpointError(
-            f"checkpoint {checkpoint} lacks field {exc}: it was not written by train"
+            f"checkpoint {checkpoint} lacks a usable model description ({exc}): it was not written by train"
         ) from None
-    method = build_method_from_config(cfg, channels=int(shape[0]), spatial_dims=spatial_dims)
+    method = build_method_from_config(cfg, channels=channels, spatial_dims=spatial_dims)
     # an adapted checkpoint (medmeta.practice) also holds its support set under "adapted.*"
     state = {k: v for k, v in state.items() if not k.startswith("adapted.")}
-    try:
-        method.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit its own config: {first}") from None
+    load_state_strictly(method, state, f"checkpoint {checkpoint} ({cfg.method.name}, {cfg.model.backbone})")
     method.eval()
     return method, cfg, meta
 
@@ -252,6 +249,12 @@ def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[
 def normalization_from_meta(meta: dict[str, Any]) -> Normalization:
     try:
         n = meta["normalization"]
-        return Normalization(mean=tuple(n["mean"]), std=tuple(n["std"]))
-    except (KeyError, TypeError):
+        mean = tuple(float(v) for v in n["mean"])
+        std = tuple(float(v) for v in n["std"])
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise CheckpointError("checkpoint has no normalization record: retrain with this medmeta") from None
+    if not mean or len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise CheckpointError(
+            "checkpoint's normalization record is not finite means and positive stds of one length: retrain"
+        )
+    return Normalization(mean=mean, std=std)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from medmeta.errors import CheckpointError, DataError
 from medmeta.pipeline import build_method_from_config, default_normalization
 from medmeta.practice import adapt, load_adapted, load_model, load_support, load_trained, predict
 from medmeta.practice.adapted import AdaptedModel, TrainedModel
-from medmeta.train.checkpoint import load_checkpoint, save_checkpoint
+from medmeta.train.checkpoint import load_checkpoint, save_checkpoint, sign
 
 
 def png_folder(root: Path, classes: int = 3, per_class: int = 3, size: int = 20) -> Path:
@@ -120,9 +121,29 @@ def test_an_adapted_checkpoint_from_another_version_is_refused(tmp_path: Path, t
     path = tmp_path / "adapted.json"
     meta = json.loads(path.read_text())
     meta["adapted_version"] = 99
-    path.write_text(json.dumps(meta))
+    path.write_text(json.dumps(sign(meta)))  # re-signed: the version check itself is what is tested
     with pytest.raises(CheckpointError, match=r"version 99 .* adapt again with this medmeta"):
         load_adapted(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [
+        ("class_names", lambda v: list(reversed(v))),
+        ("image_shape", lambda v: [v[0], 64, 64]),
+        ("normalization", lambda v: {**v, "mean": [0.0] * len(v["mean"])}),
+    ],
+)
+def test_an_adapted_checkpoint_whose_description_was_edited_is_refused_naming_the_field(
+    tmp_path: Path, tiny_checkpoint: Path, field: str, edit: Any
+) -> None:
+    adapt(tiny_checkpoint, png_folder(tmp_path / "s"), out=tmp_path / "adapted")
+    path = tmp_path / "adapted.json"
+    meta = json.loads(path.read_text())
+    meta[field] = edit(meta[field])
+    path.write_text(json.dumps(meta, indent=2))
+    with pytest.raises(CheckpointError, match=f"edited after it was saved \\(changed '{field}'\\)"):
+        load_model(path)
 
 
 def test_a_predictor_that_cannot_be_rebuilt_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from medmeta.errors import CheckpointError
 from medmeta.train import checkpoint as ckpt
 from medmeta.train.checkpoint import load_checkpoint, save_checkpoint
+from tests._helpers.audit import recording_opens as _recording_opens
 
 
 def _state(value: float = 1.0) -> dict[str, torch.Tensor]:
@@ -66,7 +70,7 @@ def test_a_checkpoint_of_another_format_version_is_refused(tmp_path: Path) -> No
     path = save_checkpoint(tmp_path / "best", _state(), {})
     record = json.loads(path.read_text())
     record["format_version"] = 99
-    path.write_text(json.dumps(record))
+    path.write_text(json.dumps(ckpt.sign(record)))
     with pytest.raises(CheckpointError, match="format version 99"):
         load_checkpoint(path)
 
@@ -87,3 +91,171 @@ def test_a_json_that_is_not_a_medmeta_checkpoint_is_refused(tmp_path: Path) -> N
     (tmp_path / "x.json").write_text('{"hello": 1}')
     with pytest.raises(CheckpointError, match="is not a medmeta checkpoint"):
         load_checkpoint(tmp_path / "x.json")
+
+
+# --- trust boundary: a checkpoint is a folder (issue 16, items 1, 2, 4 and 9) ---
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep me")
+    return victim
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_saving_over_a_json_naming_an_outside_file_never_deletes_it(tmp_path: Path, how: str) -> None:
+    victim = _victim(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    named = str(victim) if how == "absolute" else "../outside/victim.txt"
+    (run / "best.json").write_text(json.dumps({"format": ckpt.FORMAT, "weights": named}))
+    save_checkpoint(run / "best", _state(), {})
+    assert victim.read_text() == "keep me"
+    load_checkpoint(run / "best")
+
+
+def test_saving_deletes_only_the_old_weights_file_it_named_itself(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    save_checkpoint(run / "best", _state(1.0), {})
+    other = run / "notes-0123abcd.safetensors"  # a user's file with a weights-like name of another stem
+    other.write_text("mine")
+    record = json.loads((run / "best.json").read_text())
+    record["weights"] = other.name
+    (run / "best.json").write_text(json.dumps(record))
+    save_checkpoint(run / "best", _state(2.0), {})
+    assert other.read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "subfolder", "symlink"])
+def test_weights_named_outside_the_checkpoint_folder_are_refused_before_being_opened(
+    tmp_path: Path, kind: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    foreign = outside / "best-0123abcd.safetensors"
+    save_checkpoint(outside / "best", _state(7.0), {})
+    next(outside.glob("best-*.safetensors")).rename(foreign)
+    run = tmp_path / "run"
+    path = save_checkpoint(run / "best", _state(), {})
+    record = json.loads(path.read_text())
+    if kind == "symlink":
+        (run / "best-89abcdef.safetensors").symlink_to(foreign)
+        name = "best-89abcdef.safetensors"
+    else:
+        name = {
+            "absolute": str(foreign),
+            "dotdot": "../outside/" + foreign.name,
+            "subfolder": "x/" + foreign.name,
+        }[kind]
+    record["weights"] = name
+    record["sha256"] = ckpt._sha256(foreign)
+    path.write_text(json.dumps(ckpt.sign(record)))
+    with pytest.raises(CheckpointError, match=r"plain|symlink") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_loading_never_hashes_a_system_file_named_as_weights(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "best", _state(), {})
+    record = json.loads(path.read_text())
+    record["weights"] = "/etc/passwd"
+    path.write_text(json.dumps(ckpt.sign(record)))
+    opened: list[str] = []
+    with _recording_opens(opened), pytest.raises(CheckpointError, match="plain"):
+        load_checkpoint(path)
+    assert not any("passwd" in p for p in opened)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("class_names", ["b", "a"]),
+        ("image_shape", [3, 64, 64]),
+        ("normalization", {"mean": [0.0], "std": [1.0]}),
+    ],
+)
+def test_an_edited_description_field_is_refused_and_named(tmp_path: Path, field: str, value: object) -> None:
+    meta = {
+        "class_names": ["a", "b"],
+        "image_shape": [3, 32, 32],
+        "normalization": {"mean": [0.5], "std": [0.2]},
+    }
+    path = save_checkpoint(tmp_path / "best", _state(), meta)
+    record = json.loads(path.read_text())
+    record[field] = value
+    path.write_text(json.dumps(record, indent=2))
+    with pytest.raises(CheckpointError, match=f"edited after it was saved \\(changed '{field}'\\)"):
+        load_checkpoint(path)
+
+
+def test_a_removed_or_added_description_field_is_named(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "best", _state(), {"class_names": ["a", "b"]})
+    record = json.loads(path.read_text())
+    del record["class_names"]
+    record["threshold"] = 0.5
+    path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="added 'threshold'; removed 'class_names'"):
+        load_checkpoint(path)
+
+
+def test_reformatting_the_json_without_changing_it_still_loads(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "best", _state(), {"class_names": ["a", "b"]})
+    path.write_text(json.dumps(dict(reversed(json.loads(path.read_text()).items()))))
+    assert load_checkpoint(path)[1]["class_names"] == ["a", "b"]
+
+
+def test_a_version_1_checkpoint_without_a_description_checksum_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "best", _state(), {})
+    record = json.loads(path.read_text())
+    record["format_version"] = 1
+    del record["description_sha256"], record["field_sha256"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"format version 1 .* no description checksum"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("special", ["symlink", "fifo"])
+def test_saving_refuses_to_replace_a_symlink_or_fifo_at_the_json_path(tmp_path: Path, special: str) -> None:
+    victim = _victim(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    if special == "symlink":
+        (run / "best.json").symlink_to(victim)
+    else:
+        os.mkfifo(run / "best.json")
+    with pytest.raises(CheckpointError, match="not a checkpoint file medmeta wrote"):
+        save_checkpoint(run / "best", _state(), {})
+    assert victim.read_text() == "keep me"
+    assert (
+        (run / "best.json").is_symlink()
+        if special == "symlink"
+        else stat.S_ISFIFO(os.lstat(run / "best.json").st_mode)
+    )
+    assert not list(run.glob("*.safetensors"))
+
+
+def test_a_fifo_given_as_checkpoint_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "best.json")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(tmp_path / "best.json")
+
+
+def test_a_state_dict_mismatch_names_missing_unexpected_and_misshaped_keys() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    state = model.state_dict()
+    state["9.weight"] = state.pop("1.weight")
+    state["0.bias"] = torch.zeros(5)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_state_strictly(model, state, "checkpoint x.json (demo)")
+    message = str(err.value)
+    assert "missing keys '1.weight'" in message and "unexpected keys '9.weight'" in message
+    assert "0.bias (5,) saved vs (4,) built" in message and "\n" not in message
+
+
+def test_a_state_dict_mismatch_lists_the_first_few_keys_and_counts_the_rest() -> None:
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(6)])
+    with pytest.raises(
+        CheckpointError, match=r"missing keys '0.bias', '0.weight', '1.bias', '1.weight' and 8 more"
+    ):
+        ckpt.load_state_strictly(model, {}, "checkpoint x.json")

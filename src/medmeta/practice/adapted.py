@@ -12,7 +12,6 @@ seconds), and the stored support images are what the nearest-support explanation
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from medmeta.methods.base import FewShotMethod, Predictor
 from medmeta.methods.maml import InnerLoopMethod
 from medmeta.methods.protonet import embed
 from medmeta.pipeline import build_method_from_config, normalization_from_meta
-from medmeta.train.checkpoint import checkpoint_json, load_checkpoint, save_checkpoint
+from medmeta.train.checkpoint import checkpoint_json, load_checkpoint, load_state_strictly, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -72,27 +71,35 @@ class TrainedModel:
         return int(self.meta["image_shape"][-1])
 
 
+_MAX_CHANNELS = 4
+_MAX_SIZE = 4096
+
+
 def _rebuild(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> TrainedModel:
     try:
         cfg = make_config(meta["config"], source=f"config stored in {path}")
         shape = [int(s) for s in meta["image_shape"]]
         spatial_dims = int(meta["spatial_dims"])
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, ConfigError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} lacks a usable model description ({exc}): retrain"
+            f"checkpoint {path} lacks a usable model description ({str(exc)[:200]}): retrain"
         ) from None
     if spatial_dims != 2 or len(shape) != 3:
         raise CheckpointError(
-            f"checkpoint {path} is a {spatial_dims}-D model {shape}: adapt/predict work on 2-D images only"
+            f"checkpoint {path} is a {spatial_dims}-D model {str(shape)[:80]}: adapt/predict work on 2-D "
+            "images only"
         )
+    if not (1 <= shape[0] <= _MAX_CHANNELS and all(8 <= s <= _MAX_SIZE for s in shape[1:])):
+        raise CheckpointError(
+            f"checkpoint {path} describes images of shape {shape}, outside 1-{_MAX_CHANNELS} channels of "
+            f"8-{_MAX_SIZE} pixels: not a model medmeta wrote; retrain"
+        )
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"checkpoint {path} has class names that are not a list of strings: retrain")
     method = build_method_from_config(cfg, channels=shape[0], spatial_dims=spatial_dims)
     weights = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
-    try:
-        method.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit its own config: {str(exc).splitlines()[0]}"
-        ) from None
+    load_state_strictly(method, weights, f"checkpoint {path} ({cfg.method.name}, {cfg.model.backbone})")
     method.eval()
     described = {k: v for k, v in meta.items() if k not in _FILE_KEYS}
     source = {"file": path.name, "sha256": str(meta.get("sha256", ""))}
@@ -265,6 +272,10 @@ def load_adapted(path: str | Path) -> AdaptedModel:
     """
     json_path = checkpoint_json(path)
     state, meta = load_checkpoint(json_path)
+    return _adapted_from(state, meta, json_path)
+
+
+def _adapted_from(state: dict[str, Tensor], meta: dict[str, Any], json_path: Path) -> AdaptedModel:
     if meta.get("kind") != KIND:
         raise CheckpointError(
             f"{json_path} is a meta-trained checkpoint, not an adapted one: run `medmeta adapt --model "
@@ -272,7 +283,7 @@ def load_adapted(path: str | Path) -> AdaptedModel:
         )
     if meta.get("adapted_version") != ADAPTED_VERSION:
         raise CheckpointError(
-            f"adapted checkpoint {json_path} has version {meta.get('adapted_version')} ({meta.get('written_by')});"
+            f"adapted checkpoint {json_path} has version {str(meta.get('adapted_version'))[:20]} ({str(meta.get('written_by'))[:40]});"
             f" this medmeta {__version__} reads version {ADAPTED_VERSION}: adapt again with this medmeta"
         )
     base = _rebuild(state, meta, json_path)
@@ -280,11 +291,23 @@ def load_adapted(path: str | Path) -> AdaptedModel:
         images = state[PREFIX + "support_images"]
         labels = state[PREFIX + "support_labels"]
         stored = state[PREFIX + "support_logits"]
-        names = tuple(str(c) for c in meta["class_names"])
-        files = tuple(str(f) for f in meta["support_files"])
+        names = tuple(meta["class_names"])
+        files = tuple(meta["support_files"])
     except KeyError as exc:
         raise CheckpointError(f"adapted checkpoint {json_path} lacks {exc}: adapt again") from None
-    if images.dtype != torch.uint8 or images.shape[0] != labels.shape[0] or len(files) != labels.shape[0]:
+    except TypeError:
+        names, files = (), ()  # not lists: refused as inconsistent below
+    consistent = (
+        images.dtype == torch.uint8
+        and images.ndim == 4
+        and tuple(images.shape[1:]) == tuple(int(d) for d in meta["image_shape"])
+        and labels.ndim == 1
+        and images.shape[0] == labels.shape[0] == len(files) == stored.shape[0]
+        and labels.numel() > 0
+        and all(isinstance(x, str) for x in names + files)
+        and set(labels.tolist()) == set(range(len(names)))
+    )
+    if not consistent:
         raise CheckpointError(f"adapted checkpoint {json_path} has an inconsistent support set: adapt again")
     predictor = _adapt_predictor(base.method, Support(base.normalization(images), labels.long(), len(names)))
     model = AdaptedModel(base, predictor, names, images, labels.long(), files)
@@ -300,8 +323,7 @@ def load_adapted(path: str | Path) -> AdaptedModel:
 def load_model(path: str | Path) -> TrainedModel | AdaptedModel:
     """An adapted checkpoint as `AdaptedModel`, a meta-trained one as `TrainedModel`."""
     json_path = checkpoint_json(path)
-    try:
-        kind = json.loads(json_path.read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None  # load_trained reports what is wrong with the file
-    return load_adapted(json_path) if kind == KIND else load_trained(json_path)
+    state, meta = load_checkpoint(json_path)
+    if meta.get("kind") == KIND:
+        return _adapted_from(state, meta, json_path)
+    return _rebuild(state, meta, json_path)

@@ -16,7 +16,7 @@ from medmeta.seg.config import SegConfig, make_seg_config
 from medmeta.seg.data import SegSource, SegStructure, load_source, parse_spec, select_structures
 from medmeta.seg.episode import EpisodeSource, SegEpisodeSampler
 from medmeta.seg.superpixels import SuperpixelEpisodes
-from medmeta.train.checkpoint import load_checkpoint
+from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 
 CHECKPOINT_KIND = "medmeta-segmenter"
 
@@ -97,10 +97,5 @@ def load_segmenter(path: str | Path) -> tuple[FewShotSegmenter, SegConfig, dict[
         )
     cfg = make_seg_config(meta["config"], source=f"config stored in {path}")
     model = build_segmenter(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit {cfg.method.name}: {str(exc).splitlines()[0]}"
-        ) from None
+    load_state_strictly(model, state, f"segmentation checkpoint {path} ({cfg.method.name})")
     return model.eval(), cfg, meta
