@@ -14,7 +14,7 @@ pytest.importorskip("starlette", reason="the web page needs `pip install 'medmet
 pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[serve]'`")
 
 from medmeta.practice import adapt
-from medmeta.serve.app import create_app
+from medmeta.serve.app import _hide_paths, create_app
 from medmeta.serve.uploads import Limits
 from tests.practice.fixtures import PATIENT, write_dicom
 from tests.practice.test_adapted import png_folder
@@ -182,3 +182,40 @@ def test_an_unreadable_support_image_is_named_by_its_upload_name(
             url + "/predict", b"--x\r\nnonsense", {"Content-Type": "multipart/form-data; boundary=x"}
         )
         assert empty.status == 400 and "choose one or more images to classify" in empty.text
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "message"),
+    [
+        (
+            {"class_name_0": "kind 0", "class_name_1": "kind 1"},
+            [("support_0", "a.png", png(1)), ("support_1", "b.png", png(2)), ("queries", "scan 3.jpg", b"?")],
+            "none of the 1 uploaded image(s) could be read as an image: &#x27;scan 3.jpg&#x27;",
+        ),
+        (
+            {"class_name_0": "train", "class_name_1": "test"},
+            [("support_0", "a.png", png(1)), ("support_1", "b.png", png(200)), ("queries", "q.png", png(60))],
+            "adapted to test (1), train (1)",
+        ),
+    ],
+    ids=["unreadable query", "classes named like splits"],
+)
+def test_the_page_names_uploads_by_their_own_names_and_never_shows_a_server_path(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    fields: dict[str, str],
+    files: list[tuple[str, str, bytes]],
+    message: str,
+) -> None:
+    with running(create_app(tiny_checkpoint, temp_root=tmp_path / "t")) as url:
+        reply = post_form(url + "/predict", fields, files)
+    assert message in reply.text, reply.text
+    assert str(tmp_path) not in reply.text and "/run1/" not in reply.text and "0000_" not in reply.text
+
+
+def test_a_path_inside_the_session_folder_is_replaced_in_an_error_message(tmp_path: Path) -> None:
+    folder = tmp_path / "medmeta-session-x"
+    message = f"cannot read image {folder}/run1/query/0000_a.png: bad header; folder {folder} is empty"
+    assert _hide_paths(message, folder) == (
+        "cannot read image an uploaded file: bad header; folder an uploaded file is empty"
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import re
 import shutil
@@ -28,16 +27,16 @@ import numpy as np
 
 from medmeta._optional import OptionalDependencyError, optional_import
 from medmeta.data.datasets import ImageDataset
-from medmeta.data.folder import load_image_folder
-from medmeta.data.readers import UnreadableImageError, read_image
+from medmeta.data.readers import IMAGE_SUFFIXES, UnreadableImageError
 from medmeta.errors import MedmetaError
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import safe_stem
 from medmeta.practice.adapted import AdaptedModel, TrainedModel, adapt_support, load_model
-from medmeta.practice.predict import predict_files
+from medmeta.practice.inputs import QueryImages, read_model_image
+from medmeta.practice.predict import predict_images
 from medmeta.serve import page
 from medmeta.serve.session import Session, SessionsFull, SessionStore
-from medmeta.serve.uploads import Form, Limits, UploadError, basename, parse_form
+from medmeta.serve.uploads import Form, Limits, UploadedFile, UploadError, basename, parse_form
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +83,20 @@ class Workspace:
             stored = {c: int((labels == i).sum()) for i, c in enumerate(self.stored.class_names)}
         return page.form_html(self.model_text(), stored, self.limits_text())
 
+    def _read(self, f: UploadedFile, folder: Path, k: int) -> np.ndarray:
+        """An uploaded image as the model sees it; written to the session's `folder` for the readers.
+
+        Raises:
+            UnreadableImageError: its message holds the temporary path: never show it, name `f.filename`.
+        """
+        path = folder / f"{k:04d}_{_safe_name(f.filename)}"
+        path.write_bytes(f.data)
+        return read_model_image(path, image_size=self.base.image_size, channels=self.base.channels)
+
     def _support(self, form: Form, run: Path) -> AdaptedModel:
-        classes: list[str] = []
+        uploaded: dict[str, list[tuple[np.ndarray, str]]] = {}  # class -> (image, upload name)
+        folder = run / "support"
+        folder.mkdir()  # never `parents=True`: an ended session's folder must stay deleted
         for i in range(page_rows(form)):
             name = form.value(f"class_name_{i}").strip()
             files = form.files_of(f"support_{i}")
@@ -99,25 +110,21 @@ class Workspace:
                 raise UploadError(
                     f"class name '{name}' is not allowed: use letters, digits, spaces and ._-()+ (at most 64)"
                 )
-            if name in classes:
+            if name in uploaded:
                 raise UploadError(f"class name '{name}' is used twice: give each class one row")
-            classes.append(name)
-            folder = run / "support" / name
-            folder.parent.mkdir(exist_ok=True)
-            folder.mkdir()  # never `parents=True`: an ended session's folder must stay deleted
-            for k, f in enumerate(files):
-                path = folder / f"{k:04d}_{_safe_name(f.filename)}"
-                path.write_bytes(f.data)
+            uploaded[name] = []
+            for f in files:
                 try:
-                    read_image(path)
+                    image = self._read(f, folder, sum(map(len, uploaded.values())))
                 except UnreadableImageError:
                     raise UploadError(
                         f"support image '{basename(f.filename)}' of class '{name}' cannot be read as an "
                         "image: remove it or upload another file"
                     ) from None
-        return self._combine(form.fields.get("stored_class", []), classes, run / "support")
+                uploaded[name].append((image, basename(f.filename)))
+        return self._combine(form.fields.get("stored_class", []), uploaded)
 
-    def _combine(self, picked: list[str], uploaded: list[str], folder: Path) -> AdaptedModel:
+    def _combine(self, picked: list[str], uploaded: dict[str, list[tuple[np.ndarray, str]]]) -> AdaptedModel:
         """The support set of the picked stored classes plus the uploaded ones (same name: images added)."""
         stored = self.stored
         picked = [c for c in picked if stored is not None and c in stored.class_names]
@@ -129,7 +136,6 @@ class Workspace:
                 "upload a support set: a class name and its images for at least two classes"
                 + (" (or tick the model's own classes)" if stored is not None else "")
             )
-        size, channels = self.base.image_size, self.base.channels
         images: list[np.ndarray] = []
         labels: list[int] = []
         files: list[str] = []
@@ -139,15 +145,10 @@ class Workspace:
                 images += [stored.support_images[i].numpy() for i in idx]
                 labels += [names.index(c)] * len(idx)
                 files += [stored.support_files[i] for i in idx]
-        if uploaded:
-            ds = load_image_folder(folder, image_size=size, channels=channels)
-            images += list(ds.images)
-            labels += [names.index(ds.class_names[int(y)]) for y in ds.labels]
-            sources = ds.files if ds.files is not None else np.full(len(ds), "")
-            files += [
-                f"{ds.class_names[int(y)]}/{Path(str(f)).name}"
-                for f, y in zip(sources, ds.labels, strict=True)
-            ]
+        for c, read in uploaded.items():
+            images += [image for image, _ in read]
+            labels += [names.index(c)] * len(read)
+            files += [f"{c}/{upload}" for _, upload in read]
         support = ImageDataset(
             images=np.stack(images),
             labels=np.asarray(labels, dtype=np.int64),
@@ -156,30 +157,49 @@ class Workspace:
         )
         return adapt_support(self.base, support, tuple(files))
 
+    def _queries(self, form: Form, run: Path) -> QueryImages:
+        """The query uploads read for the model, named by their upload names (unreadable ones skipped)."""
+        queries = form.files_of("queries")
+        if not queries:
+            raise UploadError("choose one or more images to classify")
+        folder = run / "query"
+        folder.mkdir()
+        images: list[np.ndarray] = []
+        names: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        for k, f in enumerate(queries):
+            try:
+                images.append(self._read(f, folder, k))
+                names.append(basename(f.filename))
+            except UnreadableImageError:
+                skipped.append((basename(f.filename), "could not be read as an image"))
+        if not images:
+            listed = ", ".join(f"'{name}'" for name, _ in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            raise UploadError(
+                f"none of the {len(skipped)} uploaded image(s) could be read as an image: {listed}; "
+                f"upload {', '.join(IMAGE_SUFFIXES)} files"
+            )
+        return QueryImages(np.stack(images), names, skipped)
+
     def run(self, session: Session, form: Form) -> str:
-        """Adapt (or reuse the stored support set), predict, explain; returns the results' HTML."""
+        """Adapt (or reuse the stored support set), predict, explain; returns the results' HTML.
+
+        Uploads are named by their upload names only: an error that would show a path inside the
+        session's folder is refused with a generic message instead.
+        """
         run = session.new_run_folder()
         session.csv = None
         try:
-            queries = form.files_of("queries")
-            if not queries:
-                raise UploadError("choose one or more images to classify")
             with self._lock:
+                queries = self._queries(form, run)
                 adapted = self._support(form, run)
-                qdir = run / "query"
-                qdir.mkdir()
-                original: dict[str, str] = {}
-                for k, f in enumerate(queries):
-                    path = qdir / f"{k:04d}_{_safe_name(f.filename)}"
-                    path.write_bytes(f.data)
-                    original[str(path)] = basename(f.filename)
-                result = predict_files(adapted, [qdir], skip_bad=True)
+                result = predict_images(adapted, queries)
                 explanations = explain(adapted, result)
+        except MedmetaError as exc:
+            raise UploadError(_hide_paths(str(exc), session.folder), getattr(exc, "status", 400)) from None
         finally:
             shutil.rmtree(run, ignore_errors=True)  # results stay in memory only
-        names = [original[f] for f in result.files]
-        skipped = [(original.get(f, "?"), "could not be read as an image") for f, _reason in result.skipped]
-        session.csv = dataclasses.replace(result, files=names).to_csv()
+        session.csv = result.to_csv()
         counts = ", ".join(
             f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
         )
@@ -189,8 +209,20 @@ class Workspace:
         )
         logger.info("predicted %d image(s), skipped %d", len(result), len(result.skipped))
         return page.results_html(
-            explanations, names, result.probabilities.tolist(), adapted.class_names, summary, skipped
+            explanations,
+            result.files,
+            result.probabilities.tolist(),
+            adapted.class_names,
+            summary,
+            result.skipped,
         )
+
+
+def _hide_paths(message: str, folder: Path) -> str:
+    """`message` with every path inside the session's `folder` replaced by "an uploaded file"."""
+    for root in {str(folder), str(folder.resolve())}:
+        message = re.sub(re.escape(root) + r"[^\s:;'\"]*", "an uploaded file", message)
+    return message
 
 
 def page_rows(form: Form) -> int:
