@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import re
 import shutil
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -44,7 +46,7 @@ COOKIE = "medmeta_session"
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 _CLASS_NAME = re.compile(r"^[\w][\w .()+-]{0,63}$")
 
-__all__ = ["Limits", "Workspace", "create_app", "run_server"]
+__all__ = ["Limits", "Workspace", "bind", "create_app", "run_server"]
 
 
 class Workspace:
@@ -361,15 +363,55 @@ def run_server(
 ) -> None:
     """Serve the page until interrupted; every session folder is deleted on the way out.
 
+    The address is bound before the model is loaded, and announced only once it is bound.
+
     Args:
-        announce: called with the page's address once the model is loaded.
+        announce: called with the page's address once the address is bound and the model loaded.
+
+    Raises:
+        MedmetaError: the address cannot be bound (port in use, no permission, unknown host).
     """
     uvicorn = optional_import("uvicorn", "the web page (medmeta serve)")
-    hosts = LOOPBACK if host in LOOPBACK else None
-    app = create_app(model, limits=limits, allowed_hosts=hosts)
+    sock = bind(host, port)
     try:
-        if announce is not None:
-            announce(f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/")
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        hosts = LOOPBACK if host in LOOPBACK else None
+        app = create_app(model, limits=limits, allowed_hosts=hosts)
+        try:
+            sock.listen(128)
+            if announce is not None:
+                announce(f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/")
+            config = uvicorn.Config(app, log_level="warning", access_log=False)
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            app.state.sessions.close()
     finally:
-        app.state.sessions.close()
+        sock.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (not yet listening).
+
+    Raises:
+        MedmetaError: the port is in use or needs privileges, or `host` is not an address of this machine.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart without waiting
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise MedmetaError(
+                f"port {port} on {host} is already in use (another server?): stop it, or choose a free "
+                "port with --port"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise MedmetaError(
+                f"no permission to bind port {port} on {host}: choose a port above 1023 with --port"
+            ) from None
+        raise MedmetaError(
+            f"cannot bind {host} port {port} ({exc.strerror or exc}): give an address of this machine "
+            "with --host (default 127.0.0.1)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
