@@ -25,3 +25,7 @@ class CheckpointError(MedmetaError):
 
 class TrainingError(MedmetaError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class OutputError(MedmetaError):
+    """An output path cannot be written as asked (it exists, is a special file, or is not writable)."""

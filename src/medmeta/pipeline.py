@@ -11,14 +11,18 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from medmeta import __version__
 from medmeta.config import RunConfig, make_config
@@ -26,11 +30,12 @@ from medmeta.data.datasets import ImageDataset
 from medmeta.data.registry import DomainSpec, resolve
 from medmeta.data.transforms import Normalization
 from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
-from medmeta.errors import CheckpointError, ConfigError
+from medmeta.errors import CheckpointError, ConfigError, DataError
 from medmeta.eval.evaluate import EvalResult, evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.models.backbones import build_backbone
+from medmeta.outputs import RunFolder, check_run_folder
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
 
@@ -106,6 +111,40 @@ def load_run_data(cfg: RunConfig) -> RunData:
     return RunData(train=train, val=val, test=test, test_specs=test_specs)
 
 
+def check_test_episodes(cfg: RunConfig, test_sets: list[ImageDataset]) -> None:
+    """Refuse test domains too small for the configured test episodes (before any training).
+
+    Raises:
+        DataError: a test domain with fewer classes than ``eval.n_way`` (or than 2), or a class with fewer
+            than ``eval.n_shot + eval.n_query`` images.
+    """
+    e = cfg.eval
+    for ds in test_sets:
+        n_way = ds.n_classes if e.n_way is None else e.n_way
+        if ds.n_classes < max(n_way, 2):
+            raise DataError(
+                f"test domain {ds.display_name} has {ds.n_classes} class(es), fewer than eval.n_way="
+                f"{max(n_way, 2)}: lower --eval-n-way or test on a domain with more classes"
+            )
+        need = e.n_shot + e.n_query
+        small = [(name, n) for name, n in ds.class_counts().items() if n < need]
+        if small:
+            listed = ", ".join(f"'{name}' has {n} images" for name, n in small[:3])
+            raise DataError(
+                f"test domain {ds.display_name}: {listed}, fewer than eval.n_shot + eval.n_query = "
+                f"{e.n_shot} + {e.n_query}: lower --eval-n-shot or eval.n_query"
+            )
+
+
+def _write_config(folder: RunFolder, cfg: RunConfig) -> None:
+    """The earlier run's files go (overwrite) or its stale results (resume); the run's config is written."""
+    folder.clear()
+    path = folder.path / "config.yaml"
+    tmp = path.with_name(f".config.yaml.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)
+
+
 def _val_sampler(ds: ImageDataset, cfg: RunConfig) -> EpisodeSampler | None:
     """Validation episodes that fit the (possibly small) held-out set; None when impossible."""
     n_shot = cfg.episodes.n_shot
@@ -140,11 +179,34 @@ def train_method(
     out_dir: str | Path | None = None,
     data: RunData | None = None,
     progress: ProgressHook | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> tuple[FewShotMethod, FitResult, RunData]:
-    """Seed, load data, build the method and meta-train it (see `medmeta.train.loop.fit`)."""
+    """Seed, load data, build the method and meta-train it (see `medmeta.train.loop.fit`).
+
+    Everything is checked before the first training step: the run folder, the data, and the test domains'
+    size for the test episodes.
+
+    Args:
+        cfg: the run.
+        out_dir: run folder (None: nothing written). A non-empty folder is refused unless `resume` or
+            `overwrite` (`medmeta.outputs.check_run_folder`); ``config.yaml`` is written into it.
+        data: the datasets, when already loaded.
+        progress: progress receiver.
+        overwrite: replace the earlier run in `out_dir` (only files medmeta writes there are removed;
+            a folder holding anything else is refused).
+        resume: continue `out_dir`'s run from its last complete epoch (an empty or missing folder starts
+            a new run).
+
+    Raises:
+        OutputError: the run folder may not or cannot be used as asked.
+        DataError: unusable data, or test domains too small for the test episodes.
+    """
+    folder = None if out_dir is None else check_run_folder(Path(out_dir), overwrite=overwrite, resume=resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data or load_run_data(cfg)
+    check_test_episodes(cfg, data.test)
     first = data.train[0]
     torch.manual_seed(cfg.train.seed)
     method = build_method_from_config(cfg, channels=first.channels, spatial_dims=first.spatial_dims)
@@ -171,16 +233,24 @@ def train_method(
         "torch_version": torch.__version__,
         "medmeta_version": __version__,
     }
+    out: Path | None = None
+    on_start: Callable[[], None] | None = None
+    if folder is not None:
+        out = folder.prepare()
+        on_start = functools.partial(_write_config, folder, cfg)
+    run: dict[str, Any] = {
+        "out_dir": out,
+        "resume": folder is not None and folder.resume,
+        "on_start": on_start,
+    }
     if method.trainer == "supervised":
         from medmeta.pretrain.supervised import fit_supervised
 
         result = fit_supervised(
-            method, data.train, val, cfg.train, prepare=norm, out_dir=out_dir, meta=meta, progress=progress
+            method, data.train, val, cfg.train, prepare=norm, meta=meta, progress=progress, **run
         )
     else:
-        result = fit(
-            method, sampler, val, cfg.train, prepare=norm, out_dir=out_dir, meta=meta, progress=progress
-        )
+        result = fit(method, sampler, val, cfg.train, prepare=norm, meta=meta, progress=progress, **run)
     return method, result, data
 
 

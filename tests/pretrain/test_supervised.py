@@ -109,7 +109,8 @@ def test_fit_supervised_writes_best_last_and_history_and_keeps_the_best_weights(
     result = fit_supervised(
         method, [train], [sampler], quick_cfg(), prepare=NORM, out_dir=tmp_path, meta=meta
     )
-    assert {p.name for p in tmp_path.glob("*.json")} == {"best.json", "last.json", "history.json"}
+    written = {p.name for p in tmp_path.glob("*.json")}
+    assert written == {"best.json", "last.json", "history.json", "train_state.json"}
     assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1, 2]
     assert result.best_val_accuracy == max(r["val_accuracy"] for r in result.history)
     state, stored = load_checkpoint(tmp_path / "best.json")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.markup import escape
 
 from medmeta._optional import OptionalDependencyError
@@ -20,6 +19,7 @@ from medmeta.cli.overrides import collect, parse_options, parse_way
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
+from medmeta.outputs import claim_output_file
 
 app = typer.Typer(
     name="medmeta",
@@ -51,6 +51,17 @@ def _build_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:
     return make_config(apply_overrides({}, overrides), source="options")
 
 
+OVERWRITE_RUN_HELP = (
+    "Replace the run already in OUT: only the files medmeta writes there (best*, last*, train_state*, "
+    "history.json, results.json, config.yaml) are removed; a folder holding any other file is refused."
+)
+RESUME_HELP = (
+    "Continue the run in OUT from its last complete epoch (weights, optimiser, schedule, RNG); the config "
+    "must match (train.epochs may grow with a constant learning rate). An empty or missing OUT starts anew."
+)
+OVERWRITE_FILE_HELP = "Replace an existing output file (never a folder, link or special file)."
+
+
 def _write_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -60,7 +71,11 @@ def _write_json(path: Path, payload: Any) -> None:
 
 @app.command()
 def train(
-    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, history, results."),
+    out: Path = typer.Option(
+        ..., "--out", help="Run folder: checkpoints, history, results (must be new or empty, see below)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_RUN_HELP),
     config: Path | None = typer.Option(None, "--config", help="YAML run config (flags override it)."),
     train_data: list[str] | None = typer.Option(
         None, "--train", help="Training domain NAME[@SPLIT][:CLASS,...]."
@@ -131,11 +146,11 @@ def train(
         if way != "unset":
             ov[key] = way
     cfg = _build_config(config, ov)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     say(f"training {cfg.method.name} ({cfg.model.backbone}) on {', '.join(cfg.data.train)} -> {out}")
     progress = RichProgress(enabled=not quiet)
-    method_obj, fit_result, data = train_method(cfg, out_dir=out, progress=progress)
+    method_obj, fit_result, data = train_method(
+        cfg, out_dir=out, progress=progress, overwrite=overwrite, resume=resume
+    )
     say(
         f"best validation accuracy {100 * fit_result.best_val_accuracy:.2f}% "
         f"(checkpoint {fit_result.best_checkpoint}, {fit_result.seconds:.0f} s)"
@@ -158,6 +173,7 @@ def evaluate(
     seed: int | None = typer.Option(None, "--seed"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
     out: Path | None = typer.Option(None, "--out", help="Write the results as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_FILE_HELP),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Evaluate a checkpoint on seeded test episodes: accuracy with a 95% CI per domain."""
@@ -169,6 +185,8 @@ def evaluate(
         normalization_from_meta,
     )
 
+    if out is not None:
+        claim_output_file(out, overwrite=overwrite)
     method_obj, cfg, meta = load_method(model)
     ov = collect(
         {
@@ -197,7 +215,12 @@ def evaluate(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder."),
+    out: Path = typer.Option(
+        Path("runs/demo"),
+        "--out",
+        help="Run folder. The demo owns it: an earlier run's medmeta files in it are replaced; a folder "
+        "holding any other file is refused.",
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
     episodes: int = typer.Option(300, "--episodes", help="Training episodes."),
     eval_episodes: int = typer.Option(300, "--eval-episodes", help="Test episodes per domain."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,6 +13,13 @@ import yaml
 from medmeta.cli.overrides import collect, parse_options
 from medmeta.cli.ui import RichProgress, say
 from medmeta.errors import ConfigError, MedmetaError
+from medmeta.outputs import (
+    RunFolder,
+    check_output_file,
+    check_run_folder,
+    claim_output_file,
+    claim_output_folder,
+)
 
 app = typer.Typer(
     help="Few-shot segmentation: train segmenters and evaluate them on held-out structures.",
@@ -19,16 +27,32 @@ app = typer.Typer(
 )
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename (never through whatever is at `path`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:
     from medmeta.seg.evaluate import results_markdown
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2, default=str))
+    _replace_text(out, json.dumps(rows, indent=2, default=str))
     tables = [
         f"Dice (%), mean ± 95% CI\n\n{results_markdown(rows)}",
         f"HD95 (px), mean ± 95% CI\n\n{results_markdown(rows, 'hd95')}",
     ]
-    out.with_suffix(".md").write_text("\n\n".join(tables) + "\n")
+    _replace_text(out.with_suffix(".md"), "\n\n".join(tables) + "\n")
+
+
+def _start_run(folder: RunFolder, cfg: Any) -> None:
+    """The earlier run's files go (overwrite) or its stale results (resume); the run's config is written."""
+    folder.clear()
+    _replace_text(folder.path / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+_OVERWRITE_HELP = "Replace an existing output file (never a folder, link or special file in its place)."
 
 
 def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
@@ -43,6 +67,17 @@ def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
 @app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder: best.json checkpoint, history, results."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in OUT from its last complete epoch (same config; an empty OUT starts anew).",
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the run in OUT: only the files medmeta writes there are removed; a folder holding "
+        "any other file is refused.",
+    ),
     config: Path | None = typer.Option(
         None, "--config", help="YAML segmentation config (configs/seg_*.yaml)."
     ),
@@ -82,14 +117,15 @@ def train_cmd(
     if option:
         ov["method.options"] = parse_options(option)
     cfg = _config(config, ov)
+    folder = check_run_folder(out, overwrite=overwrite, resume=resume)
     model = build_segmenter(cfg)
     if model.training_source == "none":
         raise ConfigError(
             f"'{cfg.method.name}' is a trivial baseline with nothing to train: evaluate it with `medmeta seg evaluate --model {cfg.method.name} --config ...`"
         )
     data = load_seg_data(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    episodes = training_episodes(model, data, cfg)
+    folder.prepare()
     say(f"training {cfg.method.name} on {len(data.train)} structure(s) ({model.training_source}) -> {out}")
     from medmeta.seg.episode import SegEpisodeSampler
 
@@ -100,12 +136,14 @@ def train_cmd(
     meta = {"kind": CHECKPOINT_KIND, "method": cfg.method.name, "config": cfg.model_dump(mode="json")}
     result = fit_segmenter(
         model,
-        training_episodes(model, data, cfg),
+        episodes,
         cfg.train,
         val_episodes=val,
         out_dir=out,
         meta=meta,
         progress=RichProgress(enabled=not quiet),
+        resume=folder.resume,
+        on_start=lambda: _start_run(folder, cfg),
     )
     say(
         f"checkpoint {result.best_checkpoint} ({result.seconds:.0f} s, validation Dice {result.best_val_dice:.3f})"
@@ -145,11 +183,16 @@ def evaluate_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Write rows as JSON here (and a .md table beside it)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
 ) -> None:
     """Dice and HD95 (mean ± 95% CI over episodes) per held-out structure, every model on the same episodes."""
     from medmeta.seg import BASELINES, SEG_METHODS
     from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
     from medmeta.seg.pipeline import load_seg_data, load_segmenter
+
+    if out is not None:
+        check_output_file(out.with_suffix(".md"), overwrite=overwrite)
+        claim_output_file(out, overwrite=overwrite)
 
     names = list(dict.fromkeys([*model, *(BASELINES if baselines else ())]))
     loaded: dict[str, Any] = {}
@@ -218,6 +261,11 @@ def segment(
     max_slices: int = typer.Option(
         5, "--max-slices", help="Support slices taken from a NIfTI support volume."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a non-empty --out folder (same-named masks replaced, other files kept).",
+    ),
 ) -> None:
     """Segment new images from a few annotated ones: masks as PNG (2D) or NIfTI (input geometry kept), plus overlays."""
     from medmeta.seg import SEG_METHODS
@@ -229,6 +277,7 @@ def segment(
         raise ConfigError(f"--channel must be grey or green, got '{channel}'")
     if window not in ("ct", "percentile"):
         raise ConfigError(f"--window must be ct or percentile, got '{window}'")
+    claim_output_folder(out, overwrite=overwrite)
     if model in SEG_METHODS and SEG_METHODS[model].training_source == "none":
         segmenter, work = SEG_METHODS[model](), size or 64
     else:

@@ -30,6 +30,7 @@ from medmeta.methods.base import FewShotMethod
 from medmeta.pretrain.base import SupervisedMethod
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.loop import FitResult, ProgressHook, resolve_device, step, validate
+from medmeta.train.state import best_record_value, resume_training, save_train_state
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,8 @@ def fit_supervised(
     out_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     progress: ProgressHook | None = None,
+    resume: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> FitResult:
     """Pretrain `method` with cross-entropy on all training classes; keep the best validation checkpoint.
 
@@ -198,6 +201,8 @@ def fit_supervised(
         out_dir: where ``best.json``/``last.json`` checkpoints and ``history.json`` go (None: not saved).
         meta: JSON stored in the checkpoints; its ``config`` gains ``method.options.head_sizes``.
         progress: progress receiver.
+        resume: continue from ``out_dir``'s training state, as in `fit`.
+        on_start: called before the first training step, as in `fit`.
 
     Returns:
         The history and checkpoint paths; `method` ends holding the best weights.
@@ -229,8 +234,23 @@ def fit_supervised(
     out = Path(out_dir) if out_dir is not None else None
     result = FitResult()
     keeper = BestKeeper(out, meta)
+    first = 0
+    if resume and out is not None:
+        first = resume_training(
+            out,
+            model=method,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            keeper=keeper,
+            cfg=cfg,
+            meta=keeper.meta,
+        )
+        result.best_val_accuracy = best_record_value(keeper, "val_accuracy")
+    if on_start is not None:
+        on_start()
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         t0 = time.perf_counter()
         method.set_epoch(epoch, cfg.epochs)
         method.train()
@@ -275,6 +295,16 @@ def fit_supervised(
         record["seconds"] = time.perf_counter() - t0
         if keeper.end_epoch(method, epoch, record, val_acc):
             result.best_val_accuracy = val_acc
+        if out is not None:
+            save_train_state(
+                out,
+                model=method,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                keeper=keeper,
+                meta=keeper.meta,
+            )
     keeper.restore(method)
     result.history = keeper.history
     result.best_checkpoint, result.last_checkpoint = keeper.best_checkpoint, keeper.last_checkpoint

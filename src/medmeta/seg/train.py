@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from medmeta.seg.episode import EpisodeSource
 from medmeta.seg.evaluate import evaluate_structure_episodes
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.loop import ProgressHook, resolve_device, step
+from medmeta.train.state import best_record_value, resume_training, save_train_state
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +43,20 @@ def fit_segmenter(
     out_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     progress: ProgressHook | None = None,
+    resume: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> SegFitResult:
     """Train `model` on ``episodes(i)`` for ``epochs * episodes_per_epoch`` episodes.
 
     Episode indices run ``0, 1, ...`` across epochs, so a run is reproducible from ``cfg.seed``.
     After each epoch, ``cfg.val_episodes`` validation episodes (from `val_episodes`) give a mean Dice;
-    the best epoch (the last one without validation) is saved as ``out_dir/best`` (safetensors + JSON).
+    the best epoch (the last one without validation) is saved as ``out_dir/best`` (safetensors + JSON),
+    and the training state after every epoch (`medmeta.train.state`): `resume` continues from it.
+    `on_start` is called once everything is checked, before the first training step.
 
     Raises:
         TrainingError: the model has nothing to train, or the loss became NaN/inf.
+        ConfigError: `resume` with a run that differs from the folder's.
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -60,12 +67,27 @@ def fit_segmenter(
     out = Path(out_dir) if out_dir is not None else None
     result = SegFitResult()
     keeper = BestKeeper(out, meta, save_last=False)
+    first = 0
+    if resume and out is not None:
+        first = resume_training(
+            out,
+            model=model,
+            optimizer=optimizer,
+            scheduler=None,
+            scaler=None,
+            keeper=keeper,
+            cfg=cfg,
+            meta=keeper.meta,
+        )
+        result.best_val_dice = best_record_value(keeper, "val_dice")
+    if on_start is not None:
+        on_start()
     start = time.perf_counter()
-    index = 0
-    for epoch in range(cfg.epochs):
+    steps = max(1, cfg.episodes_per_epoch // cfg.meta_batch)
+    index = first * steps * cfg.meta_batch
+    for epoch in range(first, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        steps = max(1, cfg.episodes_per_epoch // cfg.meta_batch)
         if progress is not None:
             progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps)
         total = 0.0
@@ -95,6 +117,16 @@ def fit_segmenter(
         record["seconds"] = time.perf_counter() - t0
         if keeper.end_epoch(model, epoch, record, val_dice):
             result.best_val_dice = val_dice
+        if out is not None:
+            save_train_state(
+                out,
+                model=model,
+                optimizer=optimizer,
+                scheduler=None,
+                scaler=None,
+                keeper=keeper,
+                meta=keeper.meta,
+            )
     keeper.restore(model)
     result.history, result.best_checkpoint = keeper.history, keeper.best_checkpoint
     model.eval()

@@ -41,6 +41,7 @@ class BestKeeper:
         self.save_last = save_last
         self.history: list[dict[str, float]] = []
         self.best = -math.inf
+        self.best_epoch = 0  # 1-based; 0: no epoch yet
         self.best_state: dict[str, torch.Tensor] = {}
         self.best_checkpoint: Path | None = None
         self.last_checkpoint: Path | None = None
@@ -52,16 +53,36 @@ class BestKeeper:
         score = val_score if math.isfinite(val_score) else float(epoch)
         improved = score > self.best
         if improved:
-            self.best = score
+            self.best, self.best_epoch = score, epoch + 1
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if self.out is not None:
-            ckpt_meta = {**self.meta, "epoch": epoch + 1, "history": self.history}
-            if self.save_last:
-                self.last_checkpoint = save_checkpoint(self.out / "last", model.state_dict(), ckpt_meta)
-            if improved:
-                self.best_checkpoint = save_checkpoint(self.out / "best", self.best_state, ckpt_meta)
-            _atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=2))
+        self._write(model.state_dict(), best=improved)
         return improved
+
+    def _write(self, last_state: dict[str, torch.Tensor], *, best: bool) -> None:
+        if self.out is None:
+            return
+        epoch = len(self.history)
+        if self.save_last:
+            meta = {**self.meta, "epoch": epoch, "history": self.history}
+            self.last_checkpoint = save_checkpoint(self.out / "last", last_state, meta)
+        if best:
+            meta = {**self.meta, "epoch": self.best_epoch, "history": self.history[: self.best_epoch]}
+            self.best_checkpoint = save_checkpoint(self.out / "best", self.best_state, meta)
+        _atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=2))
+
+    def state(self) -> dict[str, Any]:
+        """The bookkeeping a resumed run needs besides the weights (JSON)."""
+        return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch}
+
+    def resume(self, state: dict[str, Any], best_state: dict[str, torch.Tensor], model: nn.Module) -> None:
+        """Continue from `state` (see `state`) with the best epoch's weights `best_state` and `model` holding
+        the last epoch's; the run folder's checkpoints and history are written again from them, so files
+        left half-updated by a run killed mid-epoch-end agree with the state again."""
+        self.history = [dict(r) for r in state["history"]]
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        self.best_state = {k: v.detach().clone() for k, v in best_state.items()}
+        if self.history:
+            self._write(model.state_dict(), best=self.best_epoch > 0)
 
     def restore(self, model: nn.Module) -> None:
         """Load the best epoch's weights into `model` (nothing to do before the first epoch)."""

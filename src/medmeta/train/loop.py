@@ -22,6 +22,7 @@ from medmeta.errors import TrainingError
 from medmeta.eval.evaluate import evaluate
 from medmeta.methods.base import FewShotMethod
 from medmeta.train.keeper import BestKeeper
+from medmeta.train.state import best_record_value, resume_training, save_train_state
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ def fit(
     out_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     progress: ProgressHook | None = None,
+    resume: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> FitResult:
     """Meta-train `method` and keep the checkpoint with the best validation accuracy.
 
@@ -148,15 +151,22 @@ def fit(
             evaluated after every epoch; empty: the last epoch is kept.
         cfg: training hyper-parameters.
         prepare: uint8 images -> normalised float images.
-        out_dir: where ``best.json``/``last.json`` checkpoints and ``history.json`` go (None: not saved).
+        out_dir: where ``best.json``/``last.json`` checkpoints, ``history.json`` and the training state
+            (`medmeta.train.state`) go (None: not saved). The caller has claimed it
+            (`medmeta.outputs.check_run_folder`).
         meta: extra JSON stored in the checkpoints (config, class names, normalisation...).
         progress: progress receiver.
+        resume: continue from ``out_dir``'s training state (model, optimiser, scheduler, RNG, history).
+        on_start: called once everything is checked (and a resumed state restored), before the first
+            training step: the caller's moment to touch the run folder.
 
     Returns:
         The history and checkpoint paths; `method` ends holding the best weights.
 
     Raises:
         TrainingError: the loss became NaN/inf (checkpoints already written are kept).
+        ConfigError: `resume` with a run that differs from the folder's.
+        CheckpointError: `resume` with a missing or altered training state.
     """
     device = resolve_device(cfg.device)
     method.to(device)
@@ -172,8 +182,23 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     result = FitResult()
     keeper = BestKeeper(out, meta)
+    first = 0
+    if resume and out is not None:
+        first = resume_training(
+            out,
+            model=method,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            keeper=keeper,
+            cfg=cfg,
+            meta=keeper.meta,
+        )
+        result.best_val_accuracy = best_record_value(keeper, "val_accuracy")
+    if on_start is not None:
+        on_start()
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         t0 = time.perf_counter()
         method.set_epoch(epoch, cfg.epochs)
         if progress is not None:
@@ -203,6 +228,16 @@ def fit(
         record["seconds"] = time.perf_counter() - t0
         if keeper.end_epoch(method, epoch, record, val_acc):
             result.best_val_accuracy = val_acc
+        if out is not None:
+            save_train_state(
+                out,
+                model=method,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                keeper=keeper,
+                meta=keeper.meta,
+            )
     keeper.restore(method)
     result.history = keeper.history
     result.best_checkpoint, result.last_checkpoint = keeper.best_checkpoint, keeper.last_checkpoint
