@@ -23,11 +23,16 @@ def adapt(
     out: str | Path | None = None,
     min_shots: int = 1,
     skip_bad: bool = False,
+    max_pixels: int | None = None,
 ) -> AdaptedModel:
-    """Adapt a meta-trained checkpoint to ``support/CLASS/*`` images (see `medmeta.practice.api.adapt`)."""
+    """Adapt a meta-trained checkpoint to ``support/CLASS/*`` images (see `medmeta.practice.api.adapt`).
+
+    `max_pixels` (default 50 MP) caps the pixels an image may declare; it is checked before decoding.
+    """
     from medmeta.practice.api import adapt as _adapt
 
-    return _adapt(model, support, out=out, min_shots=min_shots, skip_bad=skip_bad)
+    cap = {} if max_pixels is None else {"max_pixels": max_pixels}
+    return _adapt(model, support, out=out, min_shots=min_shots, skip_bad=skip_bad, **cap)
 
 
 def predict(
@@ -37,11 +42,13 @@ def predict(
     out: str | Path | None = None,
     explain_dir: str | Path | None = None,
     skip_bad: bool = True,
+    max_pixels: int | None = None,
 ) -> Predictions:
-    """Predict images with an adapted model (see `medmeta.practice.api.predict`)."""
+    """Predict images with an adapted model (see `medmeta.practice.api.predict`; `max_pixels` as in `adapt`)."""
     from medmeta.practice.api import predict as _predict
 
-    return _predict(model, images, out=out, explain_dir=explain_dir, skip_bad=skip_bad)
+    cap = {} if max_pixels is None else {"max_pixels": max_pixels}
+    return _predict(model, images, out=out, explain_dir=explain_dir, skip_bad=skip_bad, **cap)
 
 
 __all__ = ["__version__", "adapt", "predict"]

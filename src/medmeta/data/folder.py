@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medmeta.data.datasets import ImageDataset
-from medmeta.data.readers import UnreadableImageError, is_image_file, read_image
+from medmeta.data.readers import DEFAULT_MAX_PIXELS, UnreadableImageError, is_image_file, read_image
 from medmeta.data.transforms import resize_2d, to_channels_first, to_uint8
 from medmeta.errors import DataError
 
@@ -67,6 +67,7 @@ def load_image_folder(
     skip_bad: bool = False,
     nifti_slice: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ImageDataset:
     """Read every image below `root` into an `ImageDataset` at ``(channels, image_size, image_size)``.
 
@@ -80,6 +81,8 @@ def load_image_folder(
         channels: 1 (grey) or 3 (RGB).
         skip_bad: skip unreadable files (listed in ``dataset.skipped``) instead of stopping.
         progress: called as ``progress(done, total)`` while reading.
+        max_pixels: most pixels an image may declare (checked before decoding; above it the image is
+            unreadable). Large images are shrunk early to about twice `image_size` (see `read_image`).
 
     Raises:
         DataError: missing/empty folder, or an unreadable image when `skip_bad` is False.
@@ -95,10 +98,10 @@ def load_image_folder(
     skipped: list[str] = []
     for n, (path, cls, split) in enumerate(entries):
         try:
-            raw = read_image(path, nifti_slice=nifti_slice)
+            raw = read_image(path, nifti_slice=nifti_slice, max_pixels=max_pixels, working_size=image_size)
         except UnreadableImageError as exc:
             if not skip_bad:
-                raise UnreadableImageError(f"{exc}; remove the file or pass --skip-bad") from exc
+                raise type(exc)(f"{exc}; remove the file or pass --skip-bad") from exc
             logger.warning("skipping unreadable image %s", path)
             skipped.append(str(path.relative_to(root)))
             continue

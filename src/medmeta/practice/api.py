@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from medmeta.data.readers import DEFAULT_MAX_PIXELS
 from medmeta.practice.adapted import (
     AdaptedModel,
     TrainedModel,
@@ -24,6 +25,7 @@ def adapt(
     out: str | Path | None = None,
     min_shots: int = 1,
     skip_bad: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> AdaptedModel:
     """Adapt a meta-trained checkpoint to the labelled images in ``support/CLASS/*``.
 
@@ -33,6 +35,7 @@ def adapt(
         out: if given, save the adapted model there (``out.json`` + weights).
         min_shots: fewest images a class may have.
         skip_bad: skip unreadable support images instead of stopping.
+        max_pixels: most pixels (width x height) an image may declare; checked before decoding.
 
     Example:
         >>> import medmeta
@@ -41,7 +44,12 @@ def adapt(
     """
     base = model if isinstance(model, TrainedModel) else load_trained(model)
     ds = load_support(
-        support, image_size=base.image_size, channels=base.channels, min_shots=min_shots, skip_bad=skip_bad
+        support,
+        image_size=base.image_size,
+        channels=base.channels,
+        min_shots=min_shots,
+        skip_bad=skip_bad,
+        max_pixels=max_pixels,
     )
     adapted = adapt_support(base, ds)
     if out is not None:
@@ -56,6 +64,7 @@ def predict(
     out: str | Path | None = None,
     explain_dir: str | Path | None = None,
     skip_bad: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Predictions:
     """Predict image files or folders with an adapted model; optionally write the CSV and explanations.
 
@@ -65,10 +74,11 @@ def predict(
         out: CSV path (one row per image: file, predicted class, probability per class).
         explain_dir: folder for one explanation PNG per image (saliency overlay, nearest support images).
         skip_bad: skip unreadable files (listed in ``Predictions.skipped``) instead of stopping.
+        max_pixels: most pixels (width x height) an image may declare; a larger one is unreadable.
     """
     adapted = model if isinstance(model, AdaptedModel) else load_adapted(model)
     paths = [images] if isinstance(images, str | Path) else list(images)
-    result = predict_files(adapted, paths, skip_bad=skip_bad)
+    result = predict_files(adapted, paths, skip_bad=skip_bad, max_pixels=max_pixels)
     if out is not None:
         result.write_csv(out)
     if explain_dir is not None:

@@ -4,7 +4,8 @@ Every image, whatever its format (PNG, JPEG, TIFF, BMP, 16-bit, DICOM, NIfTI), s
 is converted exactly as the training data were: intensities scaled to uint8 (16-bit, DICOM and NIfTI
 windowed to the 0.5-99.5 percentiles), grey repeated to RGB or RGB turned grey by luminance to match the
 model's channels, then centre-cropped to a square and resized (bilinear) to the model's image size.
-DICOM files are read for their pixels only.
+DICOM files are read for their pixels only. An image declaring more than `max_pixels` pixels (default
+50 MP) is refused before decoding; one above 4 MP is shrunk while decoding to about twice the model size.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import numpy as np
 
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.folder import SPLIT_NAMES, load_image_folder
-from medmeta.data.readers import IMAGE_SUFFIXES, UnreadableImageError, is_image_file, read_image
+from medmeta.data.readers import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    UnreadableImageError,
+    is_image_file,
+    read_image,
+)
 from medmeta.data.transforms import resize_2d, to_channels_first, to_uint8
 from medmeta.errors import DataError
 
@@ -32,6 +39,7 @@ def load_support(
     channels: int,
     min_shots: int = 1,
     skip_bad: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ImageDataset:
     """Read a support set laid out as ``folder/CLASS/*`` at the model's input size.
 
@@ -41,6 +49,7 @@ def load_support(
         channels: 1 or 3, the model's input channels.
         min_shots: fewest images a class may have.
         skip_bad: skip unreadable files (they are listed in ``dataset.skipped``) instead of stopping.
+        max_pixels: most pixels an image may declare; a larger one is unreadable (checked before decoding).
 
     Returns:
         An `ImageDataset` ``(n_support, channels, image_size, image_size)`` with the class names.
@@ -63,7 +72,9 @@ def load_support(
                     f"class folder {d} holds no image ({', '.join(IMAGE_SUFFIXES)}): add at least "
                     f"{min_shots} image(s) or remove the folder"
                 )
-    ds = load_image_folder(root, image_size=image_size, channels=channels, skip_bad=skip_bad)
+    ds = load_image_folder(
+        root, image_size=image_size, channels=channels, skip_bad=skip_bad, max_pixels=max_pixels
+    )
     if ds.n_classes < 2:
         raise DataError(
             f"support folder {root} has {ds.n_classes} class ({', '.join(ds.class_names)}): a classifier "
@@ -104,13 +115,15 @@ def list_image_files(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def read_model_image(path: str | Path, *, image_size: int, channels: int) -> np.ndarray:
+def read_model_image(
+    path: str | Path, *, image_size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """One image file as the model sees it: uint8 ``(channels, image_size, image_size)``.
 
     Raises:
-        UnreadableImageError: the file cannot be decoded.
+        UnreadableImageError: the file cannot be decoded or declares more than `max_pixels` pixels.
     """
-    raw = read_image(path)
+    raw = read_image(path, max_pixels=max_pixels, working_size=image_size)
     if raw.ndim == 3 and raw.shape[-1] not in (1, 3, 4):
         raise UnreadableImageError(f"cannot read image {path}: shape {raw.shape} is not a 2-D image")
     return resize_2d(to_channels_first(to_uint8(raw), channels), image_size)
@@ -132,9 +145,16 @@ class QueryImages:
 
 
 def load_queries(
-    paths: Sequence[str | Path], *, image_size: int, channels: int, skip_bad: bool = True
+    paths: Sequence[str | Path],
+    *,
+    image_size: int,
+    channels: int,
+    skip_bad: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> QueryImages:
     """Read query images; unreadable files are skipped and reported (or raise without `skip_bad`).
+
+    An image declaring more than `max_pixels` pixels is unreadable (refused before decoding).
 
     Raises:
         DataError: nothing readable, or (without `skip_bad`) an unreadable file.
@@ -145,7 +165,9 @@ def load_queries(
     skipped: list[tuple[str, str]] = []
     for f in files:
         try:
-            images.append(read_model_image(f, image_size=image_size, channels=channels))
+            images.append(
+                read_model_image(f, image_size=image_size, channels=channels, max_pixels=max_pixels)
+            )
             kept.append(str(f))
         except UnreadableImageError as exc:
             if not skip_bad:

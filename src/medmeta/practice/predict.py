@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from medmeta.data.readers import DEFAULT_MAX_PIXELS
 from medmeta.practice.adapted import AdaptedModel
 from medmeta.practice.inputs import QueryImages, load_queries
 
@@ -87,17 +88,28 @@ def predict_images(model: AdaptedModel, queries: QueryImages) -> Predictions:
     )
 
 
-def predict_files(model: AdaptedModel, paths: Sequence[str | Path], *, skip_bad: bool = True) -> Predictions:
+def predict_files(
+    model: AdaptedModel,
+    paths: Sequence[str | Path],
+    *,
+    skip_bad: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Predictions:
     """Read image files or folders (recursively) and predict them.
 
-    Unreadable files are skipped and listed in ``Predictions.skipped`` (with `skip_bad`), else raise.
+    Unreadable files, and images declaring more than `max_pixels` pixels, are skipped and listed in
+    ``Predictions.skipped`` (with `skip_bad`), else raise.
 
     Raises:
         DataError: no path, a missing path, a non-image file named explicitly, or nothing readable.
     """
     start = time.perf_counter()
     queries = load_queries(
-        paths, image_size=model.base.image_size, channels=model.base.channels, skip_bad=skip_bad
+        paths,
+        image_size=model.base.image_size,
+        channels=model.base.channels,
+        skip_bad=skip_bad,
+        max_pixels=max_pixels,
     )
     result = predict_images(model, queries)
     result.seconds = time.perf_counter() - start
