@@ -15,7 +15,7 @@ pytest.importorskip("starlette", reason="the web page needs `pip install 'medmet
 pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[serve]'`")
 
 from medmeta.serve.app import create_app
-from medmeta.serve.session import SessionStore
+from medmeta.serve.session import SessionEnded, SessionStore
 from tests.serve.helpers import Reply, post_form, running
 from tests.serve.test_app import png, session_dirs, support_form
 from tests.serve.test_browser import start_server
@@ -130,3 +130,14 @@ def test_a_store_without_room_or_idle_time_is_refused(tmp_path: Path) -> None:
         SessionStore(tmp_path, idle_seconds=0)
     with pytest.raises(ValueError, match="max_sessions must be at least 1, got 0"):
         SessionStore(tmp_path, max_sessions=0)
+
+
+def test_a_request_of_a_session_ended_meanwhile_is_refused_and_its_folder_stays_deleted(
+    tmp_path: Path,
+) -> None:
+    store = SessionStore(tmp_path)
+    with store.use(None) as session:
+        store.end(session.token)  # "End session" pressed in another tab while this request runs
+        with pytest.raises(SessionEnded, match="this session was ended while the request was processed"):
+            session.new_run_folder()
+    assert list(tmp_path.iterdir()) == []

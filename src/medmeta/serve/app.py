@@ -37,7 +37,7 @@ from medmeta.practice.adapted import AdaptedModel, TrainedModel, adapt_support, 
 from medmeta.practice.inputs import QueryImages, read_model_image
 from medmeta.practice.predict import predict_images
 from medmeta.serve import page
-from medmeta.serve.session import Session, SessionsFull, SessionStore
+from medmeta.serve.session import Session, SessionEnded, SessionsFull, SessionStore
 from medmeta.serve.uploads import Form, Limits, UploadedFile, UploadError, basename, parse_form
 
 logger = logging.getLogger(__name__)
@@ -199,6 +199,10 @@ class Workspace:
                 explanations = explain(adapted, result)
         except MedmetaError as exc:
             raise UploadError(_hide_paths(str(exc), session.folder), getattr(exc, "status", 400)) from None
+        except FileNotFoundError:
+            if session.ended:  # "End session" (or server stop) deleted the folder under this request
+                raise SessionEnded() from None
+            raise
         finally:
             shutil.rmtree(run, ignore_errors=True)  # results stay in memory only
         session.csv = result.to_csv()
@@ -256,7 +260,12 @@ def create_app(
         model: a meta-trained or adapted checkpoint (or the loaded model).
         limits: upload limits.
         temp_root: where session folders are created (default: the system's temporary folder).
-        idle_seconds: a session idle this long is ended and its folder deleted.
+        idle_seconds: a session idle this long is ended and its folder deleted (checked in the background
+            every quarter of it, at most every minute, even when no request comes).
+
+    At most 16 sessions (`SessionStore.max_sessions`) exist at once, however many requests arrive together:
+    a new browser ends the session idle the longest, or gets HTTP 503 with ``Retry-After`` when every
+    session has a request in progress. Every session folder is deleted when the app's lifespan ends.
         allowed_hosts: accepted ``Host`` headers (guards a loopback server against DNS rebinding);
             None accepts any.
     """

@@ -35,9 +35,14 @@ class SessionsFull(MedmetaError):
 
 
 class SessionEnded(MedmetaError):
-    """The session ended (server stopping) while one of its requests was being processed (HTTP 503)."""
+    """The session ended ("End session" or server stop) while one of its requests was processed (HTTP 409)."""
 
-    status = 503
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this session was ended while the request was processed: reload the page and try again"
+        )
 
 
 @dataclass
@@ -59,7 +64,7 @@ class Session:
             SessionEnded: the session ended meanwhile (its folder is never created again).
         """
         if self.ended or not self.folder.is_dir():
-            raise SessionEnded("this session has ended (the server is stopping): reload the page")
+            raise SessionEnded()
         for child in self.folder.iterdir():
             shutil.rmtree(child, ignore_errors=True)
         self.runs += 1
@@ -67,7 +72,7 @@ class Session:
         try:
             run.mkdir()  # never `parents=True`: an ended session's folder must stay deleted
         except FileNotFoundError:
-            raise SessionEnded("this session has ended (the server is stopping): reload the page") from None
+            raise SessionEnded() from None
         return run
 
 
