@@ -13,6 +13,7 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the web page needs `pip install 'medmeta[serve]'`")
 pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[serve]'`")
 
+from medmeta.data.readers import DEFAULT_MAX_PIXELS
 from medmeta.practice import adapt
 from medmeta.serve.app import _hide_paths, create_app
 from medmeta.serve.uploads import Limits
@@ -219,3 +220,33 @@ def test_a_path_inside_the_session_folder_is_replaced_in_an_error_message(tmp_pa
     assert _hide_paths(message, folder) == (
         "cannot read image an uploaded file: bad header; folder an uploaded file is empty"
     )
+
+
+def test_images_above_the_pages_pixel_cap_are_refused_by_name_before_decoding(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    assert Limits().max_pixels == 16_000_000 < DEFAULT_MAX_PIXELS  # the page is stricter than the CLI
+    limits = Limits(max_pixels=100 * 100)
+    with running(create_app(tiny_checkpoint, limits=limits, temp_root=tmp_path / "t")) as url:
+        assert "0.01 megapixels per image" in request(url + "/").text
+        fields, files = support_form()
+        reply = post_form(url + "/predict", fields, [*files, ("queries", "big scan.png", png(60, 120))])
+        assert reply.status == 400 and "&#x27;big scan.png&#x27;" in reply.text
+        reply = post_form(
+            url + "/predict",
+            fields,
+            [*files, ("queries", "big scan.png", png(60, 120)), ("queries", "q.png", png(60))],
+        )
+        assert reply.status == 200 and reply.text.count('class="prediction"') == 1
+        assert (
+            "big scan.png: has more than 0.01 megapixels: downscale it, or start the page with a larger"
+            in (reply.text)
+        )
+        files[0] = ("support_0", "huge.png", png(50, 120))
+        reply = post_form(url + "/predict", fields, [*files, ("queries", "q.png", png(60))])
+        assert reply.status == 413
+        assert (
+            "support image &#x27;huge.png&#x27; of class &#x27;kind 0&#x27; has more than 0.01 megapixels"
+            in (reply.text)
+        )
+    assert str(tmp_path) not in reply.text

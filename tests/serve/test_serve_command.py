@@ -13,6 +13,8 @@ import pytest
 pytest.importorskip("starlette", reason="the web page needs `pip install 'medmeta[serve]'`")
 pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[serve]'`")
 
+from medmeta.serve.uploads import Limits
+
 
 def test_serve_on_a_busy_port_prints_one_error_naming_the_port_and_exits_2_without_announcing(
     tmp_path: Path, tiny_checkpoint: Path
@@ -38,3 +40,18 @@ def test_serve_on_a_busy_port_prints_one_error_naming_the_port_and_exits_2_witho
         "port with --port"
     ]
     assert list(temp.iterdir()) == []
+
+
+def test_serve_passes_its_pixel_cap_to_the_page_16_megapixels_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medmeta.serve.app
+    from medmeta.cli.main import main
+
+    given: list[Limits] = []
+    monkeypatch.setattr(medmeta.serve.app, "run_server", lambda *a, limits, **k: given.append(limits))
+    for extra in ([], ["--max-pixels", "4000000"]):
+        with pytest.raises(SystemExit) as done:
+            main(["serve", "--model", str(tmp_path / "m.json"), *extra])
+        assert done.value.code == 0
+    assert [lim.max_pixels for lim in given] == [16_000_000, 4_000_000]

@@ -29,7 +29,7 @@ import numpy as np
 
 from medmeta._optional import OptionalDependencyError, optional_import
 from medmeta.data.datasets import ImageDataset
-from medmeta.data.readers import IMAGE_SUFFIXES, UnreadableImageError
+from medmeta.data.readers import IMAGE_SUFFIXES, ImageTooLargeError, UnreadableImageError
 from medmeta.errors import MedmetaError
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import safe_stem
@@ -75,7 +75,8 @@ class Workspace:
         lim = self.limits
         return (
             f"Up to {lim.max_files} files, {lim.max_file_bytes / 1e6:g} MB each, "
-            f"{lim.max_upload_bytes / 1e6:g} MB per upload; image files only."
+            f"{lim.max_upload_bytes / 1e6:g} MB per upload, {lim.max_pixels / 1e6:g} megapixels per image; "
+            "image files only."
         )
 
     def form(self) -> str:
@@ -93,7 +94,18 @@ class Workspace:
         """
         path = folder / f"{k:04d}_{_safe_name(f.filename)}"
         path.write_bytes(f.data)
-        return read_model_image(path, image_size=self.base.image_size, channels=self.base.channels)
+        return read_model_image(
+            path,
+            image_size=self.base.image_size,
+            channels=self.base.channels,
+            max_pixels=self.limits.max_pixels,
+        )
+
+    def _too_large(self) -> str:
+        return (
+            f"has more than {self.limits.max_pixels / 1e6:g} megapixels: downscale it, or start the page with "
+            "a larger --max-pixels"
+        )
 
     def _support(self, form: Form, run: Path) -> AdaptedModel:
         uploaded: dict[str, list[tuple[np.ndarray, str]]] = {}  # class -> (image, upload name)
@@ -118,6 +130,10 @@ class Workspace:
             for f in files:
                 try:
                     image = self._read(f, folder, sum(map(len, uploaded.values())))
+                except ImageTooLargeError:
+                    raise UploadError(
+                        f"support image '{basename(f.filename)}' of class '{name}' {self._too_large()}", 413
+                    ) from None
                 except UnreadableImageError:
                     raise UploadError(
                         f"support image '{basename(f.filename)}' of class '{name}' cannot be read as an "
@@ -173,6 +189,8 @@ class Workspace:
             try:
                 images.append(self._read(f, folder, k))
                 names.append(basename(f.filename))
+            except ImageTooLargeError:
+                skipped.append((basename(f.filename), self._too_large()))
             except UnreadableImageError:
                 skipped.append((basename(f.filename), "could not be read as an image"))
         if not images:

@@ -38,6 +38,10 @@ class Limits:
     max_files: int = 200
     max_file_bytes: int = 20_000_000
     max_upload_bytes: int = 200_000_000
+    max_pixels: int = 16_000_000
+    """Most pixels an uploaded image may declare (checked from its header before decoding): 16 MP, below
+    the command line's 50 MP (`medmeta.data.readers.DEFAULT_MAX_PIXELS`), as several browsers share the
+    page."""
 
 
 @dataclass
