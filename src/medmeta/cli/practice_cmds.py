@@ -88,6 +88,9 @@ def serve(
     max_files: int = typer.Option(200, "--max-files", min=1, help="Most files per upload."),
     max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Largest file, MB."),
     max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.01, help="Largest upload, MB."),
+    max_pixels: int = typer.Option(
+        16_000_000, "--max-pixels", min=1, help="Largest image, width x height in pixels (before decoding)."
+    ),
 ) -> None:
     """A local web page: upload a support set and queries, see predictions and explanations."""
     from medmeta.serve.app import Limits, run_server
@@ -98,6 +101,7 @@ def serve(
         max_files=max_files,
         max_file_bytes=int(max_file_mb * 1e6),
         max_upload_bytes=int(max_upload_mb * 1e6),
+        max_pixels=max_pixels,
     )
     if limits.max_file_bytes > limits.max_upload_bytes:
         raise MedmetaError("--max-file-mb is larger than --max-upload-mb: raise the upload limit")
