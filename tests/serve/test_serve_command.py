@@ -55,3 +55,22 @@ def test_serve_passes_its_pixel_cap_to_the_page_16_megapixels_unless_told(
             main(["serve", "--model", str(tmp_path / "m.json"), *extra])
         assert done.value.code == 0
     assert [lim.max_pixels for lim in given] == [16_000_000, 4_000_000]
+
+
+def test_binding_an_address_of_another_machine_names_it_and_points_to_host() -> None:
+    from medmeta.errors import MedmetaError
+    from medmeta.serve.app import bind
+
+    with pytest.raises(MedmetaError, match=r"cannot bind 192\.0\.2\.1 port 7860 \(.+\): give an address of"):
+        bind("192.0.2.1", 7860)  # TEST-NET-1: never an address of this machine
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind privileged ports")
+def test_binding_a_privileged_port_without_rights_points_to_port() -> None:
+    from medmeta.errors import MedmetaError
+    from medmeta.serve.app import bind
+
+    with pytest.raises(
+        MedmetaError, match=r"no permission to bind port 80 on 127\.0\.0\.1: choose a port above"
+    ):
+        bind("127.0.0.1", 80)
