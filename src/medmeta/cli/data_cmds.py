@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from medmeta.cli.ui import console, say
-from medmeta.data.root import data_root
+from medmeta.data.root import data_root, existing_data_root
 from medmeta.errors import ConfigError
 
 app = typer.Typer(help="List, inspect, picture and download datasets.", no_args_is_help=True)
@@ -21,12 +21,12 @@ def list_cmd(
     """Every dataset found under the data root, plus the built-in synthetic set."""
     from medmeta.data.registry import list_datasets
 
-    root = data_root(data_dir)
+    root = existing_data_root(data_dir)
     table = Table(title=f"datasets under {root}")
     table.add_column("name")
     table.add_column("kind")
     table.add_column("path")
-    for e in list_datasets(data_dir):
+    for e in list_datasets(root):
         label = "built-in synthetic (generated, not medical)" if e.kind == "builtin" else e.kind
         table.add_row(e.name, label, "" if e.path is None else str(e.path))
     console.print(table)

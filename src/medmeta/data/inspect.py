@@ -11,6 +11,7 @@ import numpy as np
 from medmeta.data.folder import scan_image_folder
 from medmeta.data.readers import UnreadableImageError, read_image
 from medmeta.data.registry import load_dataset, resolve
+from medmeta.errors import DataError
 
 
 @dataclass
@@ -39,6 +40,9 @@ def describe_dataset(name_or_path: str, root: str | Path | None = None) -> Datas
 
     Folders are read file by file so that every unreadable image is listed (with its reason) instead of
     stopping at the first one.
+
+    Raises:
+        DataError: the dataset is not found, or no image of the folder can be read.
     """
     entry = resolve(name_or_path, root)
     classes: dict[str, Counter[str]] = {}
@@ -54,6 +58,12 @@ def describe_dataset(name_or_path: str, root: str | Path | None = None) -> Datas
                 continue
             sizes[_shape_key(arr)] += 1
             classes.setdefault(cls, Counter())[split or "all"] += 1
+        if not classes:
+            file, why = unreadable[0]
+            raise DataError(
+                f"no readable image in {entry.path}: all {len(unreadable)} image file(s) failed to decode "
+                f"(first: {file}: {why}); fix or replace them"
+            )
         synthetic = False
     else:
         ds = load_dataset(name_or_path, root=root, image_size=64 if entry.kind == "builtin" else 28)

@@ -1,0 +1,62 @@
+"""``medmeta data list / info`` on data roots and folders with nothing usable: one error line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medmeta.cli.main import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_error_line(code: int, err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_data_list_with_a_missing_data_dir_is_one_error_line_but_a_missing_default_cache_is_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = tmp_path / "nonexistent"
+    line = one_error_line(*run(capsys, "data", "list", "--data-dir", str(gone))[::2])
+    assert f"data root {gone} (from --data-dir) does not exist" in line
+    monkeypatch.delenv("MEDMETA_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no_cache_yet"))  # nothing downloaded yet
+    code, out, err = run(capsys, "data", "list")
+    assert code == 0, err
+    assert "synthetic" in out
+
+
+def test_data_list_with_medmeta_data_set_to_a_file_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("MEDMETA_DATA", str(tmp_path / "f"))
+    line = one_error_line(*run(capsys, "data", "list")[::2])
+    assert "(from $MEDMETA_DATA) is not a folder" in line
+
+
+def test_data_info_on_a_folder_without_one_readable_image_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        (tmp_path / "f" / c / "x.png").write_bytes(b"not a png")
+    Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "f" / "a" / "nan.tif")
+    line = one_error_line(*run(capsys, "data", "info", str(tmp_path / "f"))[::2])
+    assert f"no readable image in {tmp_path / 'f'}: all 3 image file(s) failed to decode" in line
+    assert "(first: a/nan.tif: every pixel is NaN or infinite)" in line
