@@ -8,7 +8,10 @@ from pathlib import Path
 import typer
 
 from medmeta.cli.ui import err_console, say
+from medmeta.data.readers import DEFAULT_MAX_PIXELS
 from medmeta.errors import MedmetaError
+
+_MAX_PIXELS_HELP = "Largest image accepted, width x height in pixels (checked before decoding)."
 
 
 def adapt(
@@ -17,13 +20,14 @@ def adapt(
     out: Path = typer.Option(..., "--out", help="Adapted checkpoint to write (OUT.json + weights)."),
     min_shots: int = typer.Option(1, "--min-shots", min=1, help="Fewest images a class may have."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable support images."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
 ) -> None:
     """Adapt a meta-trained model to a new task from a few labelled images per class."""
     from medmeta.practice.adapted import load_trained, save_adapted
     from medmeta.practice.api import adapt as adapt_model
 
     base = load_trained(model)
-    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad)
+    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad, max_pixels=max_pixels)
     path = save_adapted(adapted, out)
     counts = ", ".join(
         f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
@@ -41,13 +45,14 @@ def predict(
     strict: bool = typer.Option(
         False, "--strict", help="Stop at an unreadable image instead of skipping it."
     ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
 ) -> None:
     """Predict new images with an adapted model; unreadable files are skipped and listed."""
     from medmeta.practice.adapted import load_adapted
     from medmeta.practice.predict import predict_files
 
     adapted = load_adapted(model)
-    result = predict_files(adapted, images, skip_bad=not strict)
+    result = predict_files(adapted, images, skip_bad=not strict, max_pixels=max_pixels)
     result.write_csv(out)
     for path, reason in result.skipped:
         err_console.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
