@@ -97,7 +97,7 @@ class TrainConfig(_Frozen):
     grad_clip: float | None = Field(None, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     val_episodes: int = Field(100, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
     threads: int = Field(0, ge=0)
@@ -110,7 +110,7 @@ class EvalConfig(_Frozen):
     n_way: int | None = Field(None, ge=2)
     n_shot: int = Field(5, ge=1)
     n_query: int = Field(15, ge=1)
-    seed: int = 12345
+    seed: int = Field(12345, ge=0)
 
 
 class RunConfig(_Frozen):
@@ -167,14 +167,23 @@ def read_yaml_mapping(path: Path, missing: str) -> dict[str, Any]:
 
     Raises:
         ConfigError: `missing` (one line naming the file and the fix) when there is no such file;
-            a one-line message for invalid YAML or a top level that is not a mapping.
+            a one-line message for a folder, unreadable or non-UTF-8 bytes, invalid YAML or a top level
+            that is not a mapping.
     """
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a YAML file: give the config file itself")
     if not path.is_file():
         raise ConfigError(missing)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(raw).__name__}")
     return raw

@@ -94,7 +94,7 @@ class DataSection(_Frozen):
     channels: Literal[1, 3] = 3
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
     dedupe: bool = False
     data_dir: str | None = None
 
@@ -131,7 +131,7 @@ class EvalSection(_Frozen):
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     n_query: int = Field(15, ge=1)
     episodes: int = Field(600, ge=2)
-    seed: int = 12345
+    seed: int = Field(12345, ge=0)
 
     @field_validator("shots")
     @classmethod
@@ -203,6 +203,8 @@ class Protocol(_Frozen):
             raise ValueError(f"method label(s) {twice} used twice: give each entry its own 'label'")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"a seed is listed twice in {self.seeds}")
+        if any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be non-negative integers, got {self.seeds}")
         if "seed" in self.train.model_fields_set:
             raise ValueError("set training seeds with the top-level 'seeds' list, not train.seed")
         for m in self.methods:

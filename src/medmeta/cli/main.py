@@ -19,7 +19,7 @@ from medmeta.cli.overrides import collect, parse_options, parse_way
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
-from medmeta.outputs import claim_output_file
+from medmeta.outputs import check_run_folder, claim_output_file
 
 app = typer.Typer(
     name="medmeta",
@@ -146,6 +146,7 @@ def train(
         if way != "unset":
             ov[key] = way
     cfg = _build_config(config, ov)
+    check_run_folder(out, overwrite=overwrite, resume=resume)  # before saying anything; no side effect
     say(f"training {cfg.method.name} ({cfg.model.backbone}) on {', '.join(cfg.data.train)} -> {out}")
     progress = RichProgress(enabled=not quiet)
     method_obj, fit_result, data = train_method(

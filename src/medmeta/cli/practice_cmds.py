@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 
 from medmeta.cli.ui import err_console, say
-from medmeta.data.readers import DEFAULT_MAX_PIXELS
-from medmeta.errors import MedmetaError
+from medmeta.errors import MedmetaError, OutputError
+from medmeta.outputs import claim_output_file, claim_output_folder
 
-_MAX_PIXELS_HELP = "Largest image accepted, width x height in pixels (checked before decoding)."
+OVERWRITE_HELP = "Replace an existing output file (never a folder, link or special file in its place)."
 
 
 def adapt(
@@ -20,14 +20,21 @@ def adapt(
     out: Path = typer.Option(..., "--out", help="Adapted checkpoint to write (OUT.json + weights)."),
     min_shots: int = typer.Option(1, "--min-shots", min=1, help="Fewest images a class may have."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable support images."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing adapted checkpoint OUT (never the --model one)."
+    ),
 ) -> None:
     """Adapt a meta-trained model to a new task from a few labelled images per class."""
     from medmeta.practice.adapted import load_trained, save_adapted
     from medmeta.practice.api import adapt as adapt_model
+    from medmeta.train.checkpoint import checkpoint_json
 
+    target = checkpoint_json(out)
+    if target.resolve() == checkpoint_json(model).resolve():
+        raise OutputError(f"--out {out} is the --model checkpoint itself: write the adapted model elsewhere")
+    claim_output_file(target, overwrite=overwrite)
     base = load_trained(model)
-    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad, max_pixels=max_pixels)
+    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad)
     path = save_adapted(adapted, out)
     counts = ", ".join(
         f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
@@ -45,14 +52,23 @@ def predict(
     strict: bool = typer.Option(
         False, "--strict", help="Stop at an unreadable image instead of skipping it."
     ),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an existing --out file and write into a non-empty --explain folder (same names "
+        "replaced, other files kept).",
+    ),
 ) -> None:
     """Predict new images with an adapted model; unreadable files are skipped and listed."""
     from medmeta.practice.adapted import load_adapted
     from medmeta.practice.predict import predict_files
 
+    claim_output_file(out, overwrite=overwrite)
+    if explain is not None:
+        claim_output_folder(explain, overwrite=overwrite, what="--explain")
+
     adapted = load_adapted(model)
-    result = predict_files(adapted, images, skip_bad=not strict, max_pixels=max_pixels)
+    result = predict_files(adapted, images, skip_bad=not strict)
     result.write_csv(out)
     for path, reason in result.skipped:
         err_console.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
@@ -72,11 +88,13 @@ def predict(
 def export(
     model: Path = typer.Option(..., "--model", help="Adapted checkpoint (from `medmeta adapt`)."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Export an adapted model to ONNX (input: images in [0, 1]; output: logits; classes in metadata)."""
     from medmeta.practice.adapted import load_adapted
     from medmeta.practice.export import export_onnx
 
+    claim_output_file(out, overwrite=overwrite)
     adapted = load_adapted(model)
     path = export_onnx(adapted, out)
     b = adapted.base

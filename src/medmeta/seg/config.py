@@ -69,7 +69,7 @@ class SegEvalConfig(_Frozen):
     episodes: int = Field(100, ge=1)
     shots: list[int] = Field(default_factory=lambda: [1, 5], min_length=1)
     n_query: int = Field(2, ge=1)
-    seed: int = 12345
+    seed: int = Field(12345, ge=0)
 
 
 class SegConfig(_Frozen):
