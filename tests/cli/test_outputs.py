@@ -365,3 +365,42 @@ def test_a_symlink_at_an_output_path_is_refused_and_its_target_kept(
         assert_one_line_error(code, stdout, err, "symbolic link")
         assert keep.read_text() == "precious" and sorted(os.listdir(keep.parent)) == ["sentinel.txt"]
     assert link_file.is_symlink() and link_dir.is_symlink()
+
+
+def test_segmentation_outputs_are_claimed_before_anything_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.png")
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "earlier_mask.png").write_bytes(b"mine")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    segment = ["segment", "--model", "otsu", "--support-images", missing, "--support-masks", missing]
+    segment += ["--images", missing]
+    for out, fragments in ((done, ("already holds files", "--overwrite")), (fifo, ("FIFO",))):
+        code, stdout, err = run(capsys, *segment, "--out", str(out))
+        assert_one_line_error(code, stdout, err, *fragments)
+    assert (done / "earlier_mask.png").read_bytes() == b"mine" and fifo.is_fifo()
+    (tmp_path / "rows.json").write_text("mine")
+    code, stdout, err = run(
+        capsys, "seg", "evaluate", "--model", "otsu", "--out", str(tmp_path / "rows.json")
+    )
+    assert_one_line_error(code, stdout, err, "already exists", "--overwrite")
+    assert (tmp_path / "rows.json").read_text() == "mine"
+
+
+def test_predict_refuses_a_non_empty_explain_folder_without_overwrite(
+    adapted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    explain = tmp_path / "explain"
+    explain.mkdir()
+    (explain / "mine.png").write_bytes(b"mine")
+    images = str(tmp_path / "support" / "class0")
+    args = ["predict", "--model", str(adapted), "--images", images, "--out", str(tmp_path / "p.csv")]
+    code, stdout, err = run(capsys, *args, "--explain", str(explain))
+    assert_one_line_error(code, stdout, err, "--explain", "already holds files")
+    assert not (tmp_path / "p.csv").exists()
+    code, _, err = run(capsys, *args, "--explain", str(explain), "--overwrite")
+    assert code == 0, err
+    assert (explain / "mine.png").read_bytes() == b"mine" and len(list(explain.iterdir())) == 4
