@@ -24,15 +24,17 @@ def adapt(
     min_shots: int = 1,
     skip_bad: bool = False,
     max_pixels: int | None = None,
+    overwrite: bool = False,
 ) -> AdaptedModel:
     """Adapt a meta-trained checkpoint to ``support/CLASS/*`` images (see `medmeta.practice.api.adapt`).
 
     `max_pixels` (default 50 MP) caps the pixels an image may declare; it is checked before decoding.
+    An existing `out` is replaced only with `overwrite`.
     """
     from medmeta.practice.api import adapt as _adapt
 
     cap = {} if max_pixels is None else {"max_pixels": max_pixels}
-    return _adapt(model, support, out=out, min_shots=min_shots, skip_bad=skip_bad, **cap)
+    return _adapt(model, support, out=out, min_shots=min_shots, skip_bad=skip_bad, overwrite=overwrite, **cap)
 
 
 def predict(
@@ -43,12 +45,16 @@ def predict(
     explain_dir: str | Path | None = None,
     skip_bad: bool = True,
     max_pixels: int | None = None,
+    overwrite: bool = False,
 ) -> Predictions:
-    """Predict images with an adapted model (see `medmeta.practice.api.predict`; `max_pixels` as in `adapt`)."""
+    """Predict images with an adapted model (see `medmeta.practice.api.predict`; `max_pixels` and
+    `overwrite` as in `adapt`)."""
     from medmeta.practice.api import predict as _predict
 
     cap = {} if max_pixels is None else {"max_pixels": max_pixels}
-    return _predict(model, images, out=out, explain_dir=explain_dir, skip_bad=skip_bad, **cap)
+    return _predict(
+        model, images, out=out, explain_dir=explain_dir, skip_bad=skip_bad, overwrite=overwrite, **cap
+    )
 
 
 __all__ = ["__version__", "adapt", "predict"]

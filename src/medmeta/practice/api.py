@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medmeta.data.readers import DEFAULT_MAX_PIXELS
+from medmeta.errors import OutputError
+from medmeta.outputs import claim_output_file, claim_output_folder
 from medmeta.practice.adapted import (
     AdaptedModel,
     TrainedModel,
@@ -16,6 +18,7 @@ from medmeta.practice.adapted import (
 )
 from medmeta.practice.inputs import load_support
 from medmeta.practice.predict import Predictions, predict_files
+from medmeta.train.checkpoint import checkpoint_json
 
 
 def adapt(
@@ -26,6 +29,7 @@ def adapt(
     min_shots: int = 1,
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
 ) -> AdaptedModel:
     """Adapt a meta-trained checkpoint to the labelled images in ``support/CLASS/*``.
 
@@ -36,12 +40,21 @@ def adapt(
         min_shots: fewest images a class may have.
         skip_bad: skip unreadable support images instead of stopping.
         max_pixels: most pixels (width x height) an image may declare; checked before decoding.
+        overwrite: replace an existing adapted checkpoint at `out` (never `model` itself).
+
+    Raises:
+        OutputError: `out` exists (without `overwrite`), is `model`, or is a link or special file.
 
     Example:
         >>> import medmeta
         >>> # adapted = medmeta.adapt("runs/brain_cross/best.json", "my_support/", out="adapted")
         >>> # medmeta.predict(adapted, ["new_scans/"], out="predictions.csv").predicted_names()
     """
+    if out is not None:
+        target = checkpoint_json(out)
+        if not isinstance(model, TrainedModel) and target.resolve() == checkpoint_json(model).resolve():
+            raise OutputError(f"out {out} is the model checkpoint itself: write the adapted model elsewhere")
+        claim_output_file(target, overwrite=overwrite, what="out")
     base = model if isinstance(model, TrainedModel) else load_trained(model)
     ds = load_support(
         support,
@@ -65,6 +78,7 @@ def predict(
     explain_dir: str | Path | None = None,
     skip_bad: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
 ) -> Predictions:
     """Predict image files or folders with an adapted model; optionally write the CSV and explanations.
 
@@ -75,7 +89,16 @@ def predict(
         explain_dir: folder for one explanation PNG per image (saliency overlay, nearest support images).
         skip_bad: skip unreadable files (listed in ``Predictions.skipped``) instead of stopping.
         max_pixels: most pixels (width x height) an image may declare; a larger one is unreadable.
+        overwrite: replace an existing `out` file and write into a non-empty `explain_dir`.
+
+    Raises:
+        OutputError: `out` exists or `explain_dir` holds files (without `overwrite`), or either is a link
+            or special file.
     """
+    if out is not None:
+        claim_output_file(Path(out), overwrite=overwrite, what="out")
+    if explain_dir is not None:
+        claim_output_folder(Path(explain_dir), overwrite=overwrite, what="explain_dir")
     adapted = model if isinstance(model, AdaptedModel) else load_adapted(model)
     paths = [images] if isinstance(images, str | Path) else list(images)
     result = predict_files(adapted, paths, skip_bad=skip_bad, max_pixels=max_pixels)
