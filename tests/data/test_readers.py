@@ -96,12 +96,15 @@ def test_a_large_image_is_shrunk_to_about_twice_the_working_size_and_reads_as_be
     assert np.abs(full.astype(int) - early.astype(int)).max() <= 2
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "16-bit png", "float tiff"])
+@pytest.mark.parametrize("kind", ["jpeg", "16-bit png", "float tiff", "rgba png", "la png"])
 def test_every_raster_kind_is_shrunk_early(kind: str, tmp_path: Path) -> None:
     ramp = np.tile(np.linspace(0, 1, 2400, dtype=np.float32), (2100, 1))  # 5 MP
     if kind == "jpeg":
         path = tmp_path / "a.jpg"
         Image.fromarray((ramp * 255).astype(np.uint8)).convert("RGB").save(path, quality=95)
+    elif kind in ("rgba png", "la png"):
+        path = tmp_path / "a.png"
+        Image.fromarray((ramp * 255).astype(np.uint8)).convert(kind.split()[0].upper()).save(path)
     elif kind == "16-bit png":
         path = tmp_path / "a.png"
         Image.fromarray((ramp * 60000).astype(np.uint16)).save(path)
@@ -110,6 +113,7 @@ def test_every_raster_kind_is_shrunk_early(kind: str, tmp_path: Path) -> None:
         Image.fromarray(ramp).save(path)
     arr = read_image(path, working_size=50)
     assert 100 <= min(arr.shape[:2]) < 400, arr.shape
+    assert arr.ndim == 2 or arr.shape[2] == 3
     assert read_image(path).shape[:2] == (2100, 2400)
     full = resize_2d(to_channels_first(to_uint8(read_image(path)), 1), 50)
     early = resize_2d(to_channels_first(to_uint8(arr), 1), 50)

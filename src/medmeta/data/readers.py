@@ -32,6 +32,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 REDUCE_ABOVE_PIXELS = 4_000_000
 """Images with more pixels than this are shrunk early when the caller gives a working size."""
 _KEPT_MODES = ("L", "RGB", "I", "F", "I;16", "I;16B", "I;16L")  # other Pillow modes are converted to RGB
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")  # modes `Image.reduce` averages channel by channel
 
 
 class UnreadableImageError(DataError):
@@ -83,14 +84,19 @@ def _read_raster(path: Path, max_pixels: int, working_size: int | None) -> np.nd
         if working_size is not None and factor > 1 and im.format == "JPEG":
             im.draft(None, (2 * working_size, 2 * working_size))  # decoded at 1/2, 1/4 or 1/8 scale
         im.load()  # decodes fully: a truncated file fails here, not later
-        img: Image.Image = im if im.mode in _KEPT_MODES else im.convert("RGB")
+        img: Image.Image = im if im.mode in _KEPT_MODES + _REDUCIBLE_MODES else im.convert("RGB")
         factor = _reduce_factor(img.width, img.height, working_size)
         if factor > 1:  # box average before any float copy: a 50 MP scan becomes a few MB
-            if img.mode in ("L", "RGB", "I", "F"):
+            if img.mode in ("LA", "RGBA"):  # band by band: `reduce` would premultiply a full-size copy
+                bands = [img.getchannel(i).reduce(factor) for i in range(len(img.mode) - 1)]
+                img = Image.merge("RGB", bands * 3 if len(bands) == 1 else bands)  # alpha dropped
+            elif img.mode in _REDUCIBLE_MODES:
                 img = img.reduce(factor)
             else:  # 16-bit modes, which `reduce` does not take
                 size = (-(-img.width // factor), -(-img.height // factor))
                 img = img.resize(size, Image.Resampling.BOX)
+        if img.mode not in _KEPT_MODES:
+            img = img.convert("RGB")
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             return np.asarray(img, dtype=np.int32)
         if img.mode == "F":
