@@ -8,9 +8,11 @@ from pathlib import Path
 import typer
 
 from medmeta.cli.ui import err_console, say
+from medmeta.data.readers import DEFAULT_MAX_PIXELS
 from medmeta.errors import MedmetaError, OutputError
 from medmeta.outputs import claim_output_file, claim_output_folder
 
+_MAX_PIXELS_HELP = "Largest image accepted, width x height in pixels (checked before decoding)."
 OVERWRITE_HELP = "Replace an existing output file (never a folder, link or special file in its place)."
 
 
@@ -20,6 +22,7 @@ def adapt(
     out: Path = typer.Option(..., "--out", help="Adapted checkpoint to write (OUT.json + weights)."),
     min_shots: int = typer.Option(1, "--min-shots", min=1, help="Fewest images a class may have."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable support images."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing adapted checkpoint OUT (never the --model one)."
     ),
@@ -34,7 +37,7 @@ def adapt(
         raise OutputError(f"--out {out} is the --model checkpoint itself: write the adapted model elsewhere")
     claim_output_file(target, overwrite=overwrite)
     base = load_trained(model)
-    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad)
+    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad, max_pixels=max_pixels)
     path = save_adapted(adapted, out)
     counts = ", ".join(
         f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
@@ -52,6 +55,7 @@ def predict(
     strict: bool = typer.Option(
         False, "--strict", help="Stop at an unreadable image instead of skipping it."
     ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -68,7 +72,7 @@ def predict(
         claim_output_folder(explain, overwrite=overwrite, what="--explain")
 
     adapted = load_adapted(model)
-    result = predict_files(adapted, images, skip_bad=not strict)
+    result = predict_files(adapted, images, skip_bad=not strict, max_pixels=max_pixels)
     result.write_csv(out)
     for path, reason in result.skipped:
         err_console.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
