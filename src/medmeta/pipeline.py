@@ -184,14 +184,15 @@ def train_method(
 ) -> tuple[FewShotMethod, FitResult, RunData]:
     """Seed, load data, build the method and meta-train it (see `medmeta.train.loop.fit`).
 
-    Everything is checked before the first training step: the run folder, the data, and the test domains'
-    size for the test episodes.
+    Everything is checked before the first training step: the run folder, the data, and (when the data is
+    loaded here, from ``cfg.data``) the test domains' size for the configured test episodes.
 
     Args:
         cfg: the run.
         out_dir: run folder (None: nothing written). A non-empty folder is refused unless `resume` or
             `overwrite` (`medmeta.outputs.check_run_folder`); ``config.yaml`` is written into it.
-        data: the datasets, when already loaded.
+        data: the datasets, when already loaded (the caller then owns their checks, e.g. the benchmark
+            tests held-out domains with its own episode sizes).
         progress: progress receiver.
         overwrite: replace the earlier run in `out_dir` (only files medmeta writes there are removed;
             a folder holding anything else is refused).
@@ -205,8 +206,9 @@ def train_method(
     folder = None if out_dir is None else check_run_folder(Path(out_dir), overwrite=overwrite, resume=resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    data = data or load_run_data(cfg)
-    check_test_episodes(cfg, data.test)
+    if data is None:
+        data = load_run_data(cfg)
+        check_test_episodes(cfg, data.test)
     first = data.train[0]
     torch.manual_seed(cfg.train.seed)
     method = build_method_from_config(cfg, channels=first.channels, spatial_dims=first.spatial_dims)
