@@ -181,6 +181,7 @@ def train_method(
     progress: ProgressHook | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    resumable: bool = True,
 ) -> tuple[FewShotMethod, FitResult, RunData]:
     """Seed, load data, build the method and meta-train it (see `medmeta.train.loop.fit`).
 
@@ -198,6 +199,8 @@ def train_method(
             a folder holding anything else is refused).
         resume: continue `out_dir`'s run from its last complete epoch (an empty or missing folder starts
             a new run).
+        resumable: write the training state `resume` needs after every epoch (the benchmark, which
+            trains a cut-short job again from scratch, passes False).
 
     Raises:
         OutputError: the run folder may not or cannot be used as asked.
@@ -243,6 +246,7 @@ def train_method(
     run: dict[str, Any] = {
         "out_dir": out,
         "resume": folder is not None and folder.resume,
+        "save_state": resumable,
         "on_start": on_start,
     }
     if method.trainer == "supervised":

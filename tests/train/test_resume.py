@@ -181,3 +181,12 @@ def test_resume_of_a_folder_without_training_state_is_refused(tmp_path: Path) ->
         p.unlink()
     with pytest.raises(OutputError, match="no training state"):
         train_method(tiny_config(epochs=2), out_dir=tmp_path, resume=True)
+
+
+def test_a_run_that_is_never_resumed_writes_no_training_state_and_the_same_weights(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    kept, _, _ = train_method(cfg, out_dir=tmp_path / "kept")
+    lean, _, _ = train_method(cfg, out_dir=tmp_path / "lean", resumable=False)
+    assert (tmp_path / "kept" / "train_state.json").is_file()
+    assert not list((tmp_path / "lean").glob("train_state*"))
+    assert_same_weights(kept.state_dict(), lean.state_dict())

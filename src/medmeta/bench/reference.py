@@ -95,7 +95,7 @@ def train_reference(
         )
     cfg = reference_config(protocol, splits, seed)
     data = RunData(train=[splits.train], val=[splits.val], test=[splits.test])
-    _, fit_result, _ = train_method(cfg, out_dir=out_dir, data=data, progress=progress)
+    _, fit_result, _ = train_method(cfg, out_dir=out_dir, data=data, progress=progress, resumable=False)
     assert fit_result.best_checkpoint is not None
     method, _, meta = load_method(fit_result.best_checkpoint)
     assert isinstance(method, SupervisedMethod)

@@ -183,7 +183,7 @@ def _trained_method(
     data = RunData(
         train=[domains[d].train for d in train_names], val=[domains[d].val for d in train_names], test=[]
     )
-    _, fit_result, _ = train_method(cfg, out_dir=ckpt_dir, data=data, progress=progress)
+    _, fit_result, _ = train_method(cfg, out_dir=ckpt_dir, data=data, progress=progress, resumable=False)
     assert fit_result.best_checkpoint is not None
     sink.record(
         {

@@ -186,6 +186,7 @@ def fit_supervised(
     meta: dict[str, Any] | None = None,
     progress: ProgressHook | None = None,
     resume: bool = False,
+    save_state: bool = True,
     on_start: Callable[[], None] | None = None,
 ) -> FitResult:
     """Pretrain `method` with cross-entropy on all training classes; keep the best validation checkpoint.
@@ -202,6 +203,7 @@ def fit_supervised(
         meta: JSON stored in the checkpoints; its ``config`` gains ``method.options.head_sizes``.
         progress: progress receiver.
         resume: continue from ``out_dir``'s training state, as in `fit`.
+        save_state: write the training state after every epoch, as in `fit`.
         on_start: called before the first training step, as in `fit`.
 
     Returns:
@@ -295,7 +297,7 @@ def fit_supervised(
         record["seconds"] = time.perf_counter() - t0
         if keeper.end_epoch(method, epoch, record, val_acc):
             result.best_val_accuracy = val_acc
-        if out is not None:
+        if out is not None and save_state:
             save_train_state(
                 out,
                 model=method,

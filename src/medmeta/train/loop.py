@@ -140,6 +140,7 @@ def fit(
     meta: dict[str, Any] | None = None,
     progress: ProgressHook | None = None,
     resume: bool = False,
+    save_state: bool = True,
     on_start: Callable[[], None] | None = None,
 ) -> FitResult:
     """Meta-train `method` and keep the checkpoint with the best validation accuracy.
@@ -157,6 +158,8 @@ def fit(
         meta: extra JSON stored in the checkpoints (config, class names, normalisation...).
         progress: progress receiver.
         resume: continue from ``out_dir``'s training state (model, optimiser, scheduler, RNG, history).
+        save_state: write the training state after every epoch (False when the caller never resumes,
+            e.g. the benchmark, which trains a cut-short job again from scratch).
         on_start: called once everything is checked (and a resumed state restored), before the first
             training step: the caller's moment to touch the run folder.
 
@@ -228,7 +231,7 @@ def fit(
         record["seconds"] = time.perf_counter() - t0
         if keeper.end_epoch(method, epoch, record, val_acc):
             result.best_val_accuracy = val_acc
-        if out is not None:
+        if out is not None and save_state:
             save_train_state(
                 out,
                 model=method,
