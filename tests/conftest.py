@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medmeta.episodes.episode import Episode
-from tests.practice.fixtures import tiny_checkpoint  # noqa: F401  (session fixture, trained once)
+from tests.deploy.fixtures import tiny_checkpoint  # noqa: F401  (session fixture, trained once)
 
 REPO = Path(__file__).resolve().parents[1]
 

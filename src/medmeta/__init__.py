@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from medmeta.practice.adapted import AdaptedModel, TrainedModel
-    from medmeta.practice.predict import Predictions
+    from medmeta.deploy.adapted import AdaptedModel, TrainedModel
+    from medmeta.deploy.predict import Predictions
 
 
 def adapt(
@@ -26,12 +26,12 @@ def adapt(
     max_pixels: int | None = None,
     overwrite: bool = False,
 ) -> AdaptedModel:
-    """Adapt a meta-trained checkpoint to ``support/CLASS/*`` images (see `medmeta.practice.api.adapt`).
+    """Adapt a meta-trained checkpoint to ``support/CLASS/*`` images (see `medmeta.deploy.api.adapt`).
 
     `max_pixels` (default 50 MP) caps the pixels an image may declare; it is checked before decoding.
     An existing `out` is replaced only with `overwrite`.
     """
-    from medmeta.practice.api import adapt as _adapt
+    from medmeta.deploy.api import adapt as _adapt
 
     cap = {} if max_pixels is None else {"max_pixels": max_pixels}
     return _adapt(model, support, out=out, min_shots=min_shots, skip_bad=skip_bad, overwrite=overwrite, **cap)
@@ -47,9 +47,9 @@ def predict(
     max_pixels: int | None = None,
     overwrite: bool = False,
 ) -> Predictions:
-    """Predict images with an adapted model (see `medmeta.practice.api.predict`; `max_pixels` and
+    """Predict images with an adapted model (see `medmeta.deploy.api.predict`; `max_pixels` and
     `overwrite` as in `adapt`)."""
-    from medmeta.practice.api import predict as _predict
+    from medmeta.deploy.api import predict as _predict
 
     cap = {} if max_pixels is None else {"max_pixels": max_pixels}
     return _predict(

@@ -315,7 +315,7 @@ def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[
             f"checkpoint {checkpoint} lacks a usable model description ({exc}): it was not written by train"
         ) from None
     method = build_method_from_config(cfg, channels=channels, spatial_dims=spatial_dims)
-    # an adapted checkpoint (medmeta.practice) also holds its support set under "adapted.*"
+    # an adapted checkpoint (medmeta.deploy) also holds its support set under "adapted.*"
     state = {k: v for k, v in state.items() if not k.startswith("adapted.")}
     load_state_strictly(method, state, f"checkpoint {checkpoint} ({cfg.method.name}, {cfg.model.backbone})")
     method.eval()

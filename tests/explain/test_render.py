@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medmeta.deploy import adapt, predict
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import TILE, jet, overlay, safe_stem, write_panels
-from medmeta.practice import adapt, predict
-from tests.practice.test_adapted import png_folder
+from tests.deploy.test_adapted import png_folder
 
 
 def test_jet_maps_low_to_blue_and_high_to_red() -> None:

@@ -14,11 +14,11 @@ pytest.importorskip("starlette", reason="the web page needs `pip install 'medmet
 pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[serve]'`")
 
 from medmeta.data.readers import DEFAULT_MAX_PIXELS
-from medmeta.practice import adapt
+from medmeta.deploy import adapt
 from medmeta.serve.app import _hide_paths, create_app
 from medmeta.serve.uploads import Limits
-from tests.practice.fixtures import PATIENT, write_dicom
-from tests.practice.test_adapted import png_folder
+from tests.deploy.fixtures import PATIENT, write_dicom
+from tests.deploy.test_adapted import png_folder
 from tests.serve.helpers import multipart_lists, post_form, request, running, session_cookie
 
 

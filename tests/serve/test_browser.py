@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.practice.fixtures import PATIENT, brain_files, grey, write_dicom
+from tests.deploy.fixtures import PATIENT, brain_files, grey, write_dicom
 from tests.serve.helpers import free_port
 
 CHROMIUM = Path(os.environ.get("MEDMETA_CHROMIUM", "/usr/bin/chromium"))

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import torch
 
+from medmeta.deploy import adapt, load_model
 from medmeta.errors import CheckpointError
-from medmeta.practice import adapt, load_model
 from medmeta.train import checkpoint as ckpt
 from tests._helpers.audit import recording_opens
-from tests.practice.test_adapted import png_folder
+from tests.deploy.test_adapted import png_folder
 
 CASES = int(os.environ.get("MEDMETA_FUZZ_CASES", "120"))
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from medmeta._optional import OptionalDependencyError
 from medmeta.allocator import keep_freed_memory
-from medmeta.cli import data_cmds, practice_cmds, seg_cmds
+from medmeta.cli import data_cmds, deploy_cmds, seg_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.overrides import collect, parse_options, parse_way
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
@@ -31,7 +31,7 @@ app = typer.Typer(
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(seg_cmds.app, name="seg")
 app.command("segment")(seg_cmds.segment)
-practice_cmds.register(app)
+deploy_cmds.register(app)
 app.command()(benchmark)
 
 _state = {"debug": False}

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from medmeta.deploy.adapted import AdaptedModel
+from medmeta.deploy.predict import Predictions
 from medmeta.explain.neighbours import nearest_support
 from medmeta.explain.saliency import saliency
-from medmeta.practice.adapted import AdaptedModel
-from medmeta.practice.predict import Predictions
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def explain(
 
     Args:
         model: the adapted model that made `predictions`.
-        predictions: from `medmeta.practice.predict.predict_files` (holds the images).
+        predictions: from `medmeta.deploy.predict.predict_files` (holds the images).
         k: nearest support images per query (metric methods; 0 for none).
         batch_size: images per saliency pass.
     """

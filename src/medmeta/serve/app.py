@@ -30,12 +30,12 @@ import numpy as np
 from medmeta._optional import OptionalDependencyError, optional_import
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.readers import IMAGE_SUFFIXES, ImageTooLargeError, UnreadableImageError
+from medmeta.deploy.adapted import AdaptedModel, TrainedModel, adapt_support, load_model
+from medmeta.deploy.inputs import QueryImages, read_model_image
+from medmeta.deploy.predict import predict_images
 from medmeta.errors import MedmetaError
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import safe_stem
-from medmeta.practice.adapted import AdaptedModel, TrainedModel, adapt_support, load_model
-from medmeta.practice.inputs import QueryImages, read_model_image
-from medmeta.practice.predict import predict_images
 from medmeta.serve import page
 from medmeta.serve.session import Session, SessionEnded, SessionsFull, SessionStore
 from medmeta.serve.uploads import Form, Limits, UploadedFile, UploadError, basename, parse_form

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from medmeta.config import make_config
+from medmeta.deploy import adapt, load_adapted, load_model, load_support, load_trained, predict
+from medmeta.deploy.adapted import AdaptedModel, TrainedModel
 from medmeta.errors import CheckpointError, DataError
 from medmeta.pipeline import build_method_from_config, default_normalization
-from medmeta.practice import adapt, load_adapted, load_model, load_support, load_trained, predict
-from medmeta.practice.adapted import AdaptedModel, TrainedModel
 from medmeta.train.checkpoint import load_checkpoint, save_checkpoint, sign
 
 

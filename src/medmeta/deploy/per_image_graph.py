@@ -5,7 +5,7 @@ predicts with them one image at a time (`AdaptedModel.per_image`). Batch norm ov
 is, per channel, normalisation over that image's spatial positions: instance normalisation with the
 layer's affine weights. `PerImageGraph` is the adapted backbone with every such batch-norm layer replaced
 by exactly that, plus the adapted head, so a batch of N images gives the N one-image predictions in one
-pass, which ONNX can express (`medmeta.practice.export`). Layers that normalise with stored running
+pass, which ONNX can express (`medmeta.deploy.export`). Layers that normalise with stored running
 statistics (MAML++ with ``bn_stats=running`` at evaluation) keep them.
 """
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from medmeta.data.readers import DEFAULT_MAX_PIXELS
-from medmeta.practice.adapted import AdaptedModel
-from medmeta.practice.inputs import QueryImages, load_queries
+from medmeta.deploy.adapted import AdaptedModel
+from medmeta.deploy.inputs import QueryImages, load_queries
 
 
 @dataclass

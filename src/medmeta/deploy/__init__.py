@@ -1,6 +1,6 @@
 """Adapt a meta-trained model to a new condition from a few labelled images, predict, export."""
 
-from medmeta.practice.adapted import (
+from medmeta.deploy.adapted import (
     AdaptedModel,
     TrainedModel,
     adapt_support,
@@ -9,9 +9,9 @@ from medmeta.practice.adapted import (
     load_trained,
     save_adapted,
 )
-from medmeta.practice.api import adapt, predict
-from medmeta.practice.inputs import load_queries, load_support
-from medmeta.practice.predict import Predictions, predict_files
+from medmeta.deploy.api import adapt, predict
+from medmeta.deploy.inputs import load_queries, load_support
+from medmeta.deploy.predict import Predictions, predict_files
 
 __all__ = [
     "AdaptedModel",

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medmeta.practice import adapt
-from medmeta.practice.export import export_onnx, onnx_logits
-from tests.practice.test_adapted import png_folder, untrained_checkpoint
+from medmeta.deploy import adapt
+from medmeta.deploy.export import export_onnx, onnx_logits
+from tests.deploy.test_adapted import png_folder, untrained_checkpoint
 
 pytest.importorskip("onnx", reason="ONNX export needs `pip install 'medmeta[export]'`")
 pytest.importorskip("onnxruntime", reason="the parity check needs `pip install 'medmeta[export]'`")

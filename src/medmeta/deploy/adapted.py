@@ -204,7 +204,7 @@ def _adapt_predictor(method: FewShotMethod, support: Support) -> Predictor:
 def adapt_support(
     base: TrainedModel, support: ImageDataset, files: tuple[str, ...] | None = None
 ) -> AdaptedModel:
-    """Adapt `base` to a support set read at its input size (see `medmeta.practice.inputs.load_support`).
+    """Adapt `base` to a support set read at its input size (see `medmeta.deploy.inputs.load_support`).
 
     Raises:
         DataError: the support images do not have the model's shape.

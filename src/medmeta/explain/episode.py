@@ -1,4 +1,4 @@
-"""A picture of one episode: a row per class, support images then query images, with class names."""
+"""A picture of one episode for `medmeta data show`: a row per class, support images then query images, with class names."""
 
 from __future__ import annotations
 

@@ -6,9 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medmeta.data.readers import DEFAULT_MAX_PIXELS
-from medmeta.errors import OutputError
-from medmeta.outputs import claim_output_file, claim_output_folder
-from medmeta.practice.adapted import (
+from medmeta.deploy.adapted import (
     AdaptedModel,
     TrainedModel,
     adapt_support,
@@ -16,8 +14,10 @@ from medmeta.practice.adapted import (
     load_trained,
     save_adapted,
 )
-from medmeta.practice.inputs import load_support
-from medmeta.practice.predict import Predictions, predict_files
+from medmeta.deploy.inputs import load_support
+from medmeta.deploy.predict import Predictions, predict_files
+from medmeta.errors import OutputError
+from medmeta.outputs import claim_output_file, claim_output_folder
 from medmeta.train.checkpoint import checkpoint_json
 
 

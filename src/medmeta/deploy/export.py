@@ -1,7 +1,7 @@
 """Export an adapted model to ONNX: uint8-range images in, class logits out, normalisation included.
 
 The graph takes float32 images ``(N, C, H, W)`` scaled to ``[0, 1]`` at the model's input size (read and
-resize them as `medmeta.practice.inputs.read_model_image` does, then divide by 255) and returns logits
+resize them as `medmeta.deploy.inputs.read_model_image` does, then divide by 255) and returns logits
 ``(N, n_way)``; the class names, input size and normalisation are stored as ONNX metadata. It is written
 with torch's TorchScript-based exporter (``dynamo=False``, opset 17), which needs only the ``onnx``
 package; the dynamo exporter would also need ``onnxscript``.
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from medmeta._optional import optional_import
-from medmeta.practice.adapted import AdaptedModel
-from medmeta.practice.per_image_graph import PerImageGraph
+from medmeta.deploy.adapted import AdaptedModel
+from medmeta.deploy.per_image_graph import PerImageGraph
 
 OPSET = 17
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmeta.practice import adapt
-from medmeta.practice.per_image_graph import PerImageGraph
-from tests.practice.test_adapted import png_folder, untrained_checkpoint
+from medmeta.deploy import adapt
+from medmeta.deploy.per_image_graph import PerImageGraph
+from tests.deploy.test_adapted import png_folder, untrained_checkpoint
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,8 @@ def adapt(
     ),
 ) -> None:
     """Adapt a meta-trained model to a new task from a few labelled images per class."""
-    from medmeta.practice.adapted import load_trained, save_adapted
-    from medmeta.practice.api import adapt as adapt_model
+    from medmeta.deploy.adapted import load_trained, save_adapted
+    from medmeta.deploy.api import adapt as adapt_model
     from medmeta.train.checkpoint import checkpoint_json
 
     target = checkpoint_json(out)
@@ -64,8 +64,8 @@ def predict(
     ),
 ) -> None:
     """Predict new images with an adapted model; unreadable files are skipped and listed."""
-    from medmeta.practice.adapted import load_adapted
-    from medmeta.practice.predict import predict_files
+    from medmeta.deploy.adapted import load_adapted
+    from medmeta.deploy.predict import predict_files
 
     claim_output_file(out, overwrite=overwrite)
     if explain is not None:
@@ -95,8 +95,8 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Export an adapted model to ONNX (input: images in [0, 1]; output: logits; classes in metadata)."""
-    from medmeta.practice.adapted import load_adapted
-    from medmeta.practice.export import export_onnx
+    from medmeta.deploy.adapted import load_adapted
+    from medmeta.deploy.export import export_onnx
 
     claim_output_file(out, overwrite=overwrite)
     adapted = load_adapted(model)
