@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medmeta._accel import kernels as fused_kernels
 from medmeta.config import make_config
 from medmeta.episodes.episode import Episode
 from medmeta.errors import ConfigError
-from medmeta.methods import build_method, fused_kernels
+from medmeta.methods import build_method
 from medmeta.methods.anil import ANIL, ANILOptions
 from medmeta.methods.maml import FOMAML, MAML, FOMAMLOptions, InnerLoopMethod, MAMLOptions
 from medmeta.methods.meta_sgd import MetaSGD, MetaSGDOptions
@@ -55,14 +56,15 @@ def max_diff(got: dict[str, Tensor], ref: dict[str, Tensor]) -> float:
     return max(float((got[n] - ref[n]).abs().max()) for n in ref)
 
 
-@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+@pytest.mark.parametrize("kernels", ["compiled", "torch", "off"])
 @pytest.mark.parametrize("task_threads", [1, 2])
 def test_second_order_meta_gradient_equals_unrolled_autograd_in_float64(
     task_threads: int, kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Conv4's second-order passes go through the fused block: its compiled kernels and its PyTorch ops."""
-    if kernels == "torch":
-        monkeypatch.setenv("MEDMETA_KERNELS", "torch")
+    """Conv4's second-order passes go through the fused block (its compiled kernels, its PyTorch ops) or,
+    with MEDMETA_KERNELS=off, through PyTorch's own modules."""
+    if kernels != "compiled":
+        monkeypatch.setenv("MEDMETA_KERNELS", kernels)
     method = MAML(
         tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=2, inner_lr=0.3, task_threads=task_threads)
     )
@@ -84,15 +86,17 @@ def test_auto_task_threads_run_second_order_tasks_concurrently_only_on_the_compi
     assert MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, task_threads=2)).task_threads() == 2
     monkeypatch.setenv("MEDMETA_KERNELS", "torch")
     assert conv4.task_threads() == 1
+    monkeypatch.setenv("MEDMETA_KERNELS", "off")
+    assert conv4.task_threads() == 1 and not conv4.fused_training()
 
 
-@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+@pytest.mark.parametrize("kernels", ["compiled", "torch", "off"])
 def test_first_order_meta_gradient_equals_a_hand_written_update(
     kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the compiled kernels first order also runs through the fused block; else PyTorch's ops."""
-    if kernels == "torch":
-        monkeypatch.setenv("MEDMETA_KERNELS", "torch")
+    if kernels != "compiled":
+        monkeypatch.setenv("MEDMETA_KERNELS", kernels)
     method = FOMAML(tiny_backbone(), FOMAMLOptions(n_way=N_WAY, inner_steps=3, inner_lr=0.2)).double()
     eps = episodes()
     ref = reference_gradient(method, eps, 3, 0.2, first_order=True, names=list(method.model_parameters()))
@@ -366,32 +370,32 @@ def test_zero_head_needs_the_head_adapted_and_reptile_leaves_its_head_alone() ->
     assert all(p.grad is not None for n, p in reptile.named_parameters() if n.startswith("backbone."))
 
 
-@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+@pytest.mark.parametrize("kernels", ["compiled", "torch", "off"])
 def test_evaluation_passes_take_the_fused_path_only_with_the_compiled_kernels(
     kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Adapting and predicting under no_grad (evaluation) run Conv4 through the compiled fused block
     (more accurate float32 statistics than PyTorch's channels-last batch norm) and give, in float64, the
     same logits as PyTorch's ops."""
-    import medmeta.methods.maml as maml_module
+    import medmeta._accel.fused_block as fused_block
 
-    if kernels == "torch":
-        monkeypatch.setenv("MEDMETA_KERNELS", "torch")
+    if kernels != "compiled":
+        monkeypatch.setenv("MEDMETA_KERNELS", kernels)
     calls: list[int] = []
-    real = maml_module.fused_conv4_forward
+    real = fused_block.fused_conv4_forward
 
     def counting(*args: object, **kw: object) -> Tensor | None:
         calls.append(1)
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(maml_module, "fused_conv4_forward", counting)
+    monkeypatch.setattr(fused_block, "fused_conv4_forward", counting)
     method = MAML(tiny_backbone(), MAMLOptions(n_way=N_WAY, inner_steps=2, inner_lr=0.3)).double().eval()
     ep = episodes()[0]
     with torch.no_grad():
         logits = method.adapt(ep.support).predict(ep.query_images)
     fused = kernels == "compiled" and fused_kernels.fused_block_kernels() is not None
     assert bool(calls) == fused
-    monkeypatch.setattr(maml_module, "fused_conv4_forward", lambda *a, **k: None)  # PyTorch's ops
+    monkeypatch.setattr(fused_block, "fused_conv4_forward", lambda *a, **k: None)  # PyTorch's ops
     with torch.no_grad():
         ref = method.adapt(ep.support).predict(ep.query_images)
     assert torch.allclose(logits, ref, atol=1e-10, rtol=0)

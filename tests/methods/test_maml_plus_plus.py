@@ -141,7 +141,7 @@ def test_running_statistics_are_updated_by_meta_training_only_and_used_with_bn_s
 def test_per_step_batch_norm_keeps_second_order_tasks_sequential_in_auto_mode() -> None:
     """Per-step batch norm folds running statistics while training: not the fused path, so one task at
     a time (its graphs are large); without it MAML++ follows MAML's rule."""
-    from medmeta.methods import fused_kernels
+    from medmeta._accel import kernels as fused_kernels
 
     assert build().task_threads() == 1
     fused = fused_kernels.fused_block_kernels() is not None

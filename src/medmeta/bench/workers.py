@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from medmeta.allocator import keep_freed_memory
+from medmeta._accel.allocator import keep_freed_memory
 from medmeta.bench.cells import Job
 from medmeta.bench.domains import load_domains
 from medmeta.bench.protocol import Protocol, check_domains

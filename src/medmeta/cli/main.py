@@ -11,8 +11,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from medmeta._accel.allocator import keep_freed_memory
 from medmeta._optional import OptionalDependencyError
-from medmeta.allocator import keep_freed_memory
 from medmeta.cli import data_cmds, deploy_cmds, seg_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.overrides import collect, parse_options, parse_way

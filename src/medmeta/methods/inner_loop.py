@@ -23,9 +23,9 @@ on small convolutions and collapses when the cores are shared (OpenMP threads sp
 other): tasks run on threads with one intra-op thread each instead, which costs one graph per thread in
 memory (so MAML's auto setting does this for second order only on the compiled fused path below, whose
 graphs are small); (3) channels-last layout, and in Conv4's meta-training passes batch norm + ReLU +
-max-pool fused into one op with closed-form first and second derivatives (`medmeta.methods.fused_block`,
-run by the C++ kernels of `medmeta.methods.fused_kernels`): one or two passes over memory per op and a
-quarter of the saved activations; its 3x3 convolutions through `medmeta.methods.fused_conv`.
+max-pool fused into one op with closed-form first and second derivatives (`medmeta._accel.fused_block`,
+run by the C++ kernels of `medmeta._accel.kernels`): one or two passes over memory per op and a
+quarter of the saved activations; its 3x3 convolutions through `medmeta._accel.fused_conv`.
 Tasks are not vectorised with `torch.func.vmap` (on 2 cores it was not faster than a loop), so no result depends on
 vmap's batching rules for second-order batch norm.
 """

@@ -27,12 +27,10 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from medmeta.allocator import keep_freed_memory
+from medmeta import _accel
 from medmeta.episodes.episode import Episode, Support
 from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.fused_block import fused_conv4_forward, fused_conv4_supported
-from medmeta.methods.fused_kernels import fused_block_kernels
 from medmeta.methods.inner_loop import (
     InnerUpdate,
     ParamDict,
@@ -115,10 +113,10 @@ class InnerLoopOptions(MethodOptions):
             28 px, above learn2learn's; see ``benchmarks/maml.py``).
         channels_last: run 2D passes in channels-last layout. In second-order meta-training (support
             and query passes), a 2D `Conv4` with batch statistics (every method here but MAML++ while
-            it folds running statistics) runs through `medmeta.methods.fused_block`: batch norm, ReLU
+            it folds running statistics) runs through `medmeta._accel.fused_block`: batch norm, ReLU
             and max-pool as one op with closed-form first and second derivatives, accurate float32
             statistics and a quarter of the saved activations, run by compiled C++ kernels where a
-            compiler exists (`medmeta.methods.fused_kernels`; about 1.5x faster per task on one
+            compiler exists (`medmeta._accel.kernels`; about 1.5x faster per task on one
             thread, lower peak memory). With those kernels every CPU pass of such a Conv4 takes the
             fused path: first-order meta-training (1.6-1.9x learn2learn's speed below its memory,
             against 1.5x above it through PyTorch's ops) and evaluation (5-10% faster, and accurate
@@ -195,7 +193,6 @@ class InnerLoopMethod(FewShotMethod):
 
     def __init__(self, backbone: nn.Module, options: InnerLoopOptions | None = None) -> None:
         super().__init__(backbone, options or self.Options())
-        keep_freed_memory()  # allocator thresholds: see medmeta.allocator
         opts = self.options
         self.head = nn.Linear(head_feature_dim(backbone, opts.feature_dim), opts.n_way)
         self.batchnorm_layers = tuple(batchnorm_names(backbone))
@@ -263,18 +260,22 @@ class InnerLoopMethod(FewShotMethod):
         pass of meta-training on the compiled fused path); `lean`: it is part of a meta-training task
         graph (query passes), where saved memory counts. With the
         ``channels_last`` option (see `InnerLoopOptions`) such passes of a 2D `Conv4` with batch
-        statistics run the fused forward of `medmeta.methods.fused_block` (every pass on CPU when its
+        statistics run the fused forward of `medmeta._accel.fused_block` (every pass on CPU when its
         compiled kernels are available), and other passes run in channels-last layout.
         """
         p = self.step_parameters(params, step)
         weights = {k[9:]: v for k, v in p.items() if k.startswith("backbone.")}
         overrides = self.batchnorm_buffers(step)
         if self.options.channels_last and images.ndim == 4:
-            compiled = images.device.type == "cpu" and fused_block_kernels() is not None
-            if (twice or lean or compiled) and all(v is None for v in overrides.values()):
-                fused = fused_conv4_forward(backbone, weights, channels_last(images))
-                if fused is not None:
-                    return fused
+            if _accel.enabled():  # MEDMETA_KERNELS=off: PyTorch's modules, no medmeta._accel import
+                from medmeta._accel.fused_block import fused_conv4_forward
+                from medmeta._accel.kernels import fused_block_kernels
+
+                compiled = images.device.type == "cpu" and fused_block_kernels() is not None
+                if (twice or lean or compiled) and all(v is None for v in overrides.values()):
+                    fused = fused_conv4_forward(backbone, weights, channels_last(images))
+                    if fused is not None:
+                        return fused
             if not twice:
                 images = channels_last(images)
         buffers = dict(self.backbone.named_buffers()) | overrides
@@ -411,11 +412,12 @@ class InnerLoopMethod(FewShotMethod):
         """Meta-training passes (first or second order) run through the compiled fused Conv4 kernels:
         faster than PyTorch's ops, and task graphs small enough for concurrent second-order tasks (see
         `InnerLoopOptions.task_threads`)."""
-        return (
-            self.options.channels_last
-            and fused_conv4_supported(self.backbone)
-            and fused_block_kernels() is not None
-        )
+        if not (self.options.channels_last and _accel.enabled()):
+            return False
+        from medmeta._accel.fused_block import fused_conv4_supported
+        from medmeta._accel.kernels import fused_block_kernels
+
+        return fused_conv4_supported(self.backbone) and fused_block_kernels() is not None
 
     def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
         """Mean query loss; each task's meta-gradient is taken right after its loss (one graph alive per

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
-from medmeta.methods.fused_conv import conv3x3
+from medmeta._accel.fused_conv import conv3x3
 
 CL = torch.channels_last
 

@@ -25,7 +25,7 @@ with respect to ``(dp, y, gamma)`` is that of batch norm's backward composed wit
 `F.max_pool2d` does.
 
 On CPU in float32/float64 the three functions (forward, backward, double backward) run as compiled C++
-kernels (`medmeta.methods.fused_kernels`, ``csrc/fused_block.cpp``): each one or two vectorised passes
+kernels (`medmeta._accel.kernels`, ``csrc/fused_block.cpp``): each one or two vectorised passes
 over channels-last memory, 5-10x faster than the PyTorch ops below at 28 px and without their
 temporaries. The PyTorch ops remain for other devices, for machines without a compiler and as the
 tests' reference (``MEDMETA_KERNELS=torch`` selects them).
@@ -40,8 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from medmeta.methods.fused_conv import conv3x3
-from medmeta.methods.fused_kernels import fused_block_kernels
+from medmeta._accel.fused_conv import conv3x3
+from medmeta._accel.kernels import fused_block_kernels
 
 _CL = torch.channels_last
 

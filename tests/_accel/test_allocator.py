@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from medmeta import allocator
+from medmeta._accel import allocator
 
 glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="needs Linux with glibc"

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from medmeta.methods import fused_kernels
-from medmeta.methods.fused_block import bn_relu_pool, fused_conv4_forward
+from medmeta._accel import kernels as fused_kernels
+from medmeta._accel.fused_block import bn_relu_pool, fused_conv4_forward
 from medmeta.methods.inner_loop import batchnorm_overrides, channels_last
 from medmeta.models.backbones import Conv4, ResNet12
 

@@ -9,7 +9,7 @@ to 1 GiB), a second-order MAML meta-iteration on Conv4 at 28 px took 3-13% less 
 same peak memory (within 15 MiB). It is the effect PyTorch's CPU performance guide gets by preloading
 jemalloc or tcmalloc, done with glibc's own ``mallopt``.
 
-`keep_freed_memory` is called by the training entry points (the CLI, `InnerLoopMethod`); it changes
+`keep_freed_memory` is called only by process entry points (the CLI, benchmark workers); it changes
 nothing but the allocator's thresholds, once per process, and does nothing off glibc or when
 ``MEDMETA_MALLOC=system``. Memory freed after a run may stay in the process (up to the trim threshold)
 until it exits.

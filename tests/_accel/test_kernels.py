@@ -4,13 +4,14 @@ compile that falls back with one warning."""
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 import torch
 
-from medmeta.methods import fused_kernels
-from medmeta.methods.fused_block import bn_relu_pool
-from tests.methods.test_fused_block import inputs, native, second_order
+from medmeta._accel import kernels as fused_kernels
+from medmeta._accel.fused_block import bn_relu_pool
+from tests._accel.test_fused_block import inputs, native, second_order
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +64,19 @@ def test_a_failed_compile_warns_once_and_falls_back_to_the_pytorch_ops(
     with pytest.warns(RuntimeWarning, match=r"could not compile fused_block\.cpp \(Ninja is required"):
         assert fused_kernels.fused_block_kernels() is None
     assert fused_kernels.fused_block_kernels() is None  # cached: no second attempt, no second warning
+    y, gamma, beta = inputs((2, 3, 4, 4))
+    assert torch.allclose(bn_relu_pool(y, gamma, beta), native(y, gamma, beta), atol=1e-12)
+
+
+def test_without_ninja_one_warning_names_the_accel_extra_and_the_pytorch_ops_are_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fused_kernels.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "ninja", None)  # import ninja raises ImportError
+    monkeypatch.setattr(fused_kernels, "_LOADED", {})
+    with pytest.warns(RuntimeWarning, match=r"ninja is not installed.*pip install medmeta\[accel\]"):
+        assert fused_kernels.fused_block_kernels() is None
+    assert fused_kernels.fused_block_kernels() is None  # cached: no second warning
     y, gamma, beta = inputs((2, 3, 4, 4))
     assert torch.allclose(bn_relu_pool(y, gamma, beta), native(y, gamma, beta), atol=1e-12)
 
