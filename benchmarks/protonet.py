@@ -35,17 +35,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from medmeta.methods.protonet import ProtoNet, ProtoNetOptions
 from safetensors.torch import save_file
 
 from medmeta.config import TrainConfig
 from medmeta.data.registry import load_dataset
 from medmeta.data.synthetic import make_synthetic
-from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.errors import MedmetaError
 from medmeta.eval.evaluate import evaluate
-from medmeta.methods.protonet import ProtoNet, ProtoNetOptions
 from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization
+from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import torch
 
 from medmeta.data.registry import load_dataset
 from medmeta.data.synthetic import make_synthetic
-from medmeta.episodes.sampler import EpisodeSampler
+from medmeta.tasks.sampler import EpisodeSampler
 
 
 def per_item_sampling(images: np.ndarray, by_class: list[np.ndarray], n: int, seed: int) -> None:

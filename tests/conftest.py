@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
-from medmeta.episodes.episode import Episode
+from medmeta.tasks.episode import Episode
 from tests.deploy.fixtures import tiny_checkpoint  # noqa: F401  (session fixture, trained once)
+
+if TYPE_CHECKING:
+    from medmeta.seg.data import SegSource
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +38,30 @@ def data_dir() -> Path:
     if not (root / "classification").is_dir():
         pytest.skip(f"real data not found at {root}: set MEDMETA_DATA to the shared data folder")
     return root
+
+
+@pytest.fixture(scope="session")
+def seg_root() -> Path:
+    """The real data root holding ``segmentation/``; the test is skipped (with the reason) when absent."""
+    root = shared_data_dir()
+    if not (root / "segmentation").is_dir():
+        pytest.skip(f"segmentation data not found at {root}: set MEDMETA_DATA to the shared data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def seg_sources(seg_root: Path) -> dict[str, SegSource]:
+    """DRIVE, EM, CT and MR segmentation sources at 32 px, loaded once per test session."""
+    from medmeta.seg.data import load_source
+
+    return {name: load_source(name, seg_root, 32) for name in ("drive", "em", "ct", "mr")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read the real segmentation data carry the `data` marker (select with ``-m data``)."""
+    for item in items:
+        if "seg_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
 
 
 def make_episode(

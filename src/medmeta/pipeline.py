@@ -29,13 +29,13 @@ from medmeta.config import RunConfig, make_config
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.registry import DomainSpec, resolve
 from medmeta.data.transforms import Normalization
-from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.errors import CheckpointError, ConfigError, DataError
 from medmeta.eval.evaluate import EvalResult, evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.models.backbones import build_backbone
 from medmeta.outputs import RunFolder, check_run_folder
+from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
 

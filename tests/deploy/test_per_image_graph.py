@@ -55,9 +55,10 @@ def test_the_graph_holds_copies_and_leaves_the_method_untouched(tmp_path: Path) 
 
 
 def test_resnet12_residual_blocks_get_per_image_statistics_too() -> None:
-    from medmeta.episodes.episode import Support
     from medmeta.methods.maml import MAML, MAMLOptions
+
     from medmeta.models.backbones import build_backbone
+    from medmeta.tasks.episode import Support
 
     torch.manual_seed(0)
     backbone = build_backbone("resnet12", in_channels=3, image_size=32, widths=(8, 8, 8, 8))

@@ -7,18 +7,18 @@ import time
 import numpy as np
 import pytest
 import torch
+from medmeta.methods.protonet import PrototypePredictor, compute_prototypes
 from torch import Tensor, nn
 
 from medmeta.data.synthetic import make_synthetic
 from medmeta.data.transforms import Normalization
-from medmeta.episodes.episode import Support
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.eval.cache import EmbeddingCache, cached_episode_logits, episode_indices
 from medmeta.eval.evaluate import evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
-from medmeta.methods.protonet import PrototypePredictor, compute_prototypes
 from medmeta.models.backbones import Conv4
+from medmeta.tasks.episode import Support
+from medmeta.tasks.sampler import EpisodeSampler
 
 # The metric methods; every other method with a frozen backbone is checked (on one episode) by the
 # contract suite in tests/methods/test_contract.py.

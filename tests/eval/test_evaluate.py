@@ -8,10 +8,10 @@ import torch
 
 from medmeta.data.synthetic import make_synthetic
 from medmeta.data.transforms import Normalization
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.eval.evaluate import evaluate
 from medmeta.methods import build_method
 from medmeta.models.backbones import Conv4
+from medmeta.tasks.sampler import EpisodeSampler
 
 NORM = Normalization(mean=(0.5,), std=(0.25,))
 

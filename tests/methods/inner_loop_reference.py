@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Episode
 from medmeta.models.backbones import Conv4
+from medmeta.tasks.episode import Episode
 from tests.conftest import make_episode
 
 Params = dict[str, Tensor]

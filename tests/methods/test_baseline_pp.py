@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from medmeta.episodes.episode import Support
 from medmeta.methods.baseline_pp import BaselinePP, BaselinePPOptions
+from medmeta.pretrain.heads import CosineHead
+
 from medmeta.models.backbones import Conv4
 from medmeta.pipeline import load_method
-from medmeta.pretrain.heads import CosineHead
+from medmeta.tasks.episode import Support
 from tests.conftest import make_episode
 from tests.pretrain.helpers import (
     Flat,

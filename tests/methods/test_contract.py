@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from medmeta.episodes.episode import Episode
 from medmeta.errors import ConfigError
 from medmeta.methods import METHODS, build_method
 from medmeta.methods.base import FewShotMethod, MethodOptions
 from medmeta.models.backbones import Conv4
+from medmeta.tasks.episode import Episode
 from tests.conftest import make_episode
 
 NAMES = sorted(METHODS)

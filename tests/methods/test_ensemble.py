@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from medmeta.methods.protonet import ProtoNet
+from medmeta.methods.simpleshot import SimpleShot
+from medmeta.pretrain.base import switch_method
 
-from medmeta.episodes.episode import Episode
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.methods.ensemble import (
     Ensemble,
     evaluate_ensemble,
@@ -19,11 +20,10 @@ from medmeta.methods.ensemble import (
     fit_weights,
     mix_log_probs,
 )
-from medmeta.methods.protonet import ProtoNet
-from medmeta.methods.simpleshot import SimpleShot
 from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization, train_method
-from medmeta.pretrain.base import switch_method
+from medmeta.tasks.episode import Episode
+from medmeta.tasks.sampler import EpisodeSampler
 from tests.conftest import make_episode
 from tests.pretrain.helpers import (
     assert_above_chance,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from medmeta.episodes.episode import Support
 from medmeta.methods.finetune import Finetune, FinetuneOptions, init_linear_head
 from medmeta.methods.protonet import compute_prototypes, prototype_logits
+
 from medmeta.models.backbones import Conv4
+from medmeta.tasks.episode import Support
 from tests.conftest import make_episode
 from tests.pretrain.helpers import (
     Flat,

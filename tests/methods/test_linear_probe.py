@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from medmeta.episodes.episode import Support
 from medmeta.methods.linear_probe import LinearProbe, LinearProbeOptions, fit_logistic_regression
+
+from medmeta.tasks.episode import Support
 from tests.pretrain.helpers import (
     Flat,
     as_images,

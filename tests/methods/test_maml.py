@@ -7,18 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from medmeta.methods.anil import ANIL, ANILOptions
+from medmeta.methods.maml import FOMAML, MAML, FOMAMLOptions, InnerLoopMethod, MAMLOptions
+from medmeta.methods.meta_sgd import MetaSGD, MetaSGDOptions
 from torch import Tensor, nn
 
 from medmeta._accel import kernels as fused_kernels
 from medmeta.config import make_config
-from medmeta.episodes.episode import Episode
 from medmeta.errors import ConfigError
 from medmeta.methods import build_method
-from medmeta.methods.anil import ANIL, ANILOptions
-from medmeta.methods.maml import FOMAML, MAML, FOMAMLOptions, InnerLoopMethod, MAMLOptions
-from medmeta.methods.meta_sgd import MetaSGD, MetaSGDOptions
 from medmeta.models.backbones import build_backbone
 from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
+from medmeta.tasks.episode import Episode
 from tests.conftest import make_episode
 from tests.methods.inner_loop_reference import (
     N_WAY,

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-from medmeta.episodes.episode import Episode
-from medmeta.errors import ConfigError
-from medmeta.methods import build_method
 from medmeta.methods.matching import (
     FullContextEmbedding,
     MatchingNet,
     MatchingOptions,
     matching_log_probs,
 )
+from torch import nn
+
+from medmeta.errors import ConfigError
+from medmeta.methods import build_method
 from medmeta.models.backbones import Conv4
+from medmeta.tasks.episode import Episode
 from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
 
 # Support (1,0) of class 0, (0,1) and (1,1) of class 1; query (1,0).

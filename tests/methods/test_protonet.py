@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from medmeta.methods.protonet import ProtoNet, ProtoNetOptions, compute_prototypes, prototype_logits
 from torch import nn
 
-from medmeta.episodes.episode import Episode
 from medmeta.errors import ConfigError
 from medmeta.methods import build_method
-from medmeta.methods.protonet import ProtoNet, ProtoNetOptions, compute_prototypes, prototype_logits
+from medmeta.tasks.episode import Episode
 from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
 
 # Features are the images themselves: (N, 2, 1, 1) "images" through nn.Flatten() give (N, 2) features.

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from medmeta.methods.siamese import SiameseNet, SiameseOptions, contrastive_loss, siamese_logits
 from torch import nn
 
-from medmeta.episodes.episode import Episode
 from medmeta.errors import ConfigError
 from medmeta.methods import build_method
-from medmeta.methods.siamese import SiameseNet, SiameseOptions, contrastive_loss, siamese_logits
+from medmeta.tasks.episode import Episode
 from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
 
 FEATURES = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])

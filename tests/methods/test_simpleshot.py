@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from medmeta.episodes.episode import Support
 from medmeta.methods.simpleshot import SimpleShot, SimpleShotOptions
+
+from medmeta.tasks.episode import Support
 from tests.conftest import make_episode
 from tests.pretrain.helpers import (
     Flat,

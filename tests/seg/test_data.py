@@ -11,7 +11,8 @@ from medmeta.errors import DataError
 from medmeta.seg.data import SegSource, parse_spec, select_structures
 from medmeta.seg.labels import TOTAL_CT, TOTAL_MR, label_names
 from medmeta.seg.volumes import from_square, scale_percentiles, select_slices, to_square, window_ct
-from tests.seg.conftest import SIZE
+
+SIZE = 32  # the side of the session-wide `seg_sources` fixture (tests/conftest.py)
 
 
 def test_label_maps_follow_totalsegmentator_v2() -> None:

@@ -10,9 +10,9 @@ from medmeta.seg import SEG_METHODS, FewShotSegmenter
 from medmeta.seg.base import seg_loss
 from medmeta.seg.baselines import OtsuThreshold, SupportMean, otsu_threshold
 from medmeta.seg.data import SegSource
-from medmeta.seg.episode import SegEpisode, SegEpisodeSampler
 from medmeta.seg.maml import SegMAML
 from medmeta.seg.prototype import PANet, local_prototypes, masked_average, prototype_scores
+from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 
 SMALL = {
     "panet": {"base": 4, "depth": 2, "feature_dim": 8},

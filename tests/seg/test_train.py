@@ -13,7 +13,6 @@ from medmeta.seg import SEG_METHODS
 from medmeta.seg.base import FewShotSegmenter
 from medmeta.seg.baselines import SupportMean
 from medmeta.seg.config import SegConfig, make_seg_config
-from medmeta.seg.episode import SegEpisode
 from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
 from medmeta.seg.pipeline import (
     CHECKPOINT_KIND,
@@ -23,6 +22,7 @@ from medmeta.seg.pipeline import (
     training_episodes,
 )
 from medmeta.seg.train import fit_segmenter
+from medmeta.tasks.segmentation import SegEpisode
 from medmeta.train.checkpoint import save_checkpoint
 from tests.seg.test_methods import SMALL
 

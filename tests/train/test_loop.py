@@ -12,9 +12,9 @@ from torch import nn
 
 from medmeta.config import TrainConfig, make_config
 from medmeta.data.synthetic import make_synthetic
-from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.errors import TrainingError
 from medmeta.pipeline import default_normalization, load_method, train_method
+from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.checkpoint import load_checkpoint
 from medmeta.train.loop import fit, step
 
@@ -77,6 +77,7 @@ def test_the_same_seed_gives_the_same_training_history(tmp_path: Path) -> None:
 def test_a_nan_loss_stops_training_and_keeps_earlier_checkpoints(tmp_path: Path) -> None:
     ds = make_synthetic(n_classes=5, n_per_class=10, image_size=16)
     from medmeta.methods.protonet import ProtoNet
+
     from medmeta.models.backbones import Conv4
 
     method = ProtoNet(Conv4(3, hidden=4, image_size=16))

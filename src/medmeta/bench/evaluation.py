@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from medmeta.data.datasets import ImageDataset
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.eval.evaluate import evaluate
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, mean_ci
 from medmeta.methods.base import FewShotMethod
+from medmeta.tasks.sampler import EpisodeSampler
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece")
 

@@ -110,8 +110,8 @@ def show_cmd(
 ) -> None:
     """Draw one episode (support | query, one row per class, with class names) to a PNG."""
     from medmeta.data.registry import DomainSpec
-    from medmeta.episodes.sampler import EpisodeSampler
     from medmeta.explain.episode import save_episode_grid
+    from medmeta.tasks.sampler import EpisodeSampler
 
     ds = DomainSpec.parse(name).load(root=data_dir, image_size=image_size, skip_bad=skip_bad)
     sampler = EpisodeSampler(ds, min(n_way, ds.n_classes), n_shot, n_query, seed=seed)

@@ -127,7 +127,7 @@ def train_cmd(
     episodes = training_episodes(model, data, cfg)
     folder.prepare()
     say(f"training {cfg.method.name} on {len(data.train)} structure(s) ({model.training_source}) -> {out}")
-    from medmeta.seg.episode import SegEpisodeSampler
+    from medmeta.tasks.segmentation import SegEpisodeSampler
 
     val = None
     usable = {k: s for k, s in data.train.items() if len(s) >= cfg.episodes.n_shot + cfg.episodes.n_query}

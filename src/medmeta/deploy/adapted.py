@@ -25,12 +25,12 @@ from medmeta import __version__
 from medmeta.config import RunConfig, make_config
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.transforms import Normalization
-from medmeta.episodes.episode import Support
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.methods.base import FewShotMethod, Predictor
 from medmeta.methods.maml import InnerLoopMethod
 from medmeta.methods.protonet import embed
 from medmeta.pipeline import build_method_from_config, normalization_from_meta
+from medmeta.tasks.episode import Support
 from medmeta.train.checkpoint import checkpoint_json, load_checkpoint, load_state_strictly, save_checkpoint
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.methods.base import FewShotMethod
 from medmeta.methods.protonet import embed
+from medmeta.tasks.sampler import EpisodeSampler
 
 #: Largest ``episodes * n_query * n_way * d`` scored in one call: keeps the gathered features of a
 #: chunk small enough to stay in cache, and pairwise tensors (Relation Networks) near 16 MB.

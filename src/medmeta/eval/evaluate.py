@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.eval.cache import cached_episode_logits
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, ece_from_bins, mean_ci
 from medmeta.methods.base import FewShotMethod
+from medmeta.tasks.sampler import EpisodeSampler
 
 
 @dataclass(frozen=True)

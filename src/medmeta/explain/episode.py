@@ -12,7 +12,7 @@ import numpy as np
 from torch import Tensor
 
 from medmeta.data.datasets import ImageDataset
-from medmeta.episodes.episode import Episode
+from medmeta.tasks.episode import Episode
 
 
 def _to_display(img: Tensor) -> np.ndarray:

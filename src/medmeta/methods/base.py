@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Episode, Support
+from medmeta.tasks.episode import Episode, Support
 
 
 @runtime_checkable

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Support
 from medmeta.methods.protonet import compute_prototypes
 from medmeta.pretrain.base import SupervisedMethod, SupervisedOptions
 from medmeta.pretrain.heads import HeadKind, cosine_logits
+from medmeta.tasks.episode import Support
 
 
 def train_cosine_head(

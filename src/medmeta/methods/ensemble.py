@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Episode, Support
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.eval.cache import cached_episode_logits
 from medmeta.eval.evaluate import EvalResult
 from medmeta.eval.metrics import episode_metrics, mean_ci
 from medmeta.methods.base import FewShotMethod, Predictor
+from medmeta.tasks.episode import Episode, Support
+from medmeta.tasks.sampler import EpisodeSampler
 
 
 def mix_log_probs(logits: Sequence[Tensor], temperatures: Tensor, weights: Tensor) -> Tensor:

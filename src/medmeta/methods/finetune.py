@@ -16,9 +16,9 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from medmeta.episodes.episode import Support
 from medmeta.methods.protonet import compute_prototypes
 from medmeta.pretrain.base import FeatureTransform, SupervisedMethod, SupervisedOptions, transform_features
+from medmeta.tasks.episode import Support
 
 HeadInit = Literal["prototypes", "zeros", "random"]
 

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from medmeta import _accel
-from medmeta.episodes.episode import Episode, Support
 from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions
 from medmeta.methods.inner_loop import (
@@ -43,6 +42,7 @@ from medmeta.methods.inner_loop import (
     replica,
     sgd_update,
 )
+from medmeta.tasks.episode import Episode, Support
 
 _MODEL_PREFIXES = ("backbone.", "head.")
 

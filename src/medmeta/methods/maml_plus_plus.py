@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Episode
 from medmeta.methods.inner_loop import ParamDict, batchnorm_overrides, replica
 from medmeta.methods.maml import InnerLoopMethod, MAMLOptions
+from medmeta.tasks.episode import Episode
 
 _RECORD = threading.local()  # per-thread scratch running statistics of the task being meta-trained
 

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
 from medmeta.methods.protonet import embed, one_pass_episode_logits
+from medmeta.tasks.episode import Episode, Support
 
 
 def matching_log_probs(

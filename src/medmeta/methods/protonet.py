@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.base import FewShotMethod, MethodOptions
 from medmeta.models.backbones import Conv4, ResNet12
+from medmeta.tasks.episode import Episode, Support
 
 Distance = Literal["sqeuclidean", "euclidean", "cosine"]
 

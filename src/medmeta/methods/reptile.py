@@ -9,7 +9,6 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from medmeta.episodes.episode import Episode, Support
 from medmeta.methods.inner_loop import (
     InnerUpdate,
     adam_update,
@@ -19,6 +18,7 @@ from medmeta.methods.inner_loop import (
     straight_through,
 )
 from medmeta.methods.maml import InnerLoopMethod, InnerLoopOptions
+from medmeta.tasks.episode import Episode, Support
 
 
 def reptile_direction(theta: Sequence[Tensor], adapted: Sequence[Tensor]) -> list[Tensor]:

@@ -11,9 +11,9 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from medmeta.episodes.episode import Support
 from medmeta.methods.protonet import compute_prototypes, prototype_logits
 from medmeta.pretrain.base import FeatureTransform, SupervisedMethod, SupervisedOptions, transform_features
+from medmeta.tasks.episode import Support
 
 
 def simpleshot_centroids(

@@ -24,10 +24,10 @@ import torch
 
 from medmeta.config import TrainConfig
 from medmeta.data.datasets import ImageDataset
-from medmeta.episodes.sampler import EpisodeSampler
 from medmeta.errors import DataError, TrainingError
 from medmeta.methods.base import FewShotMethod
 from medmeta.pretrain.base import SupervisedMethod
+from medmeta.tasks.sampler import EpisodeSampler
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.loop import FitResult, ProgressHook, resolve_device, step, validate
 from medmeta.train.state import best_record_value, resume_training, save_train_state

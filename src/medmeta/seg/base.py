@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from medmeta.seg.episode import SegEpisode, check_pairs
+from medmeta.tasks.segmentation import SegEpisode, check_pairs
 
 
 @runtime_checkable

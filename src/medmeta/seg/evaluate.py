@@ -17,8 +17,8 @@ import torch
 
 from medmeta.seg.base import FewShotSegmenter
 from medmeta.seg.data import SegStructure
-from medmeta.seg.episode import EpisodeSource, SegEpisodeSampler
 from medmeta.seg.metrics import dice, hd95, summarize
+from medmeta.tasks.segmentation import EpisodeSource, SegEpisodeSampler
 
 
 def evaluate_structure_episodes(

@@ -10,8 +10,8 @@ from pydantic import Field
 from torch import Tensor
 
 from medmeta.seg.base import FewShotSegmenter, SegOptions, seg_loss
-from medmeta.seg.episode import SegEpisode
 from medmeta.seg.unet import SmallUNet
+from medmeta.tasks.segmentation import SegEpisode
 
 
 class FineTuneOptions(SegOptions):

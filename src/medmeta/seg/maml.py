@@ -16,8 +16,8 @@ from torch.func import functional_call
 
 from medmeta.methods.inner_loop import ParamDict, batchnorm_overrides, inner_loop, sgd_update
 from medmeta.seg.base import FewShotSegmenter, SegOptions, seg_loss
-from medmeta.seg.episode import SegEpisode
 from medmeta.seg.unet import SmallUNet
+from medmeta.tasks.segmentation import SegEpisode
 
 
 class MAMLSegOptions(SegOptions):

@@ -14,8 +14,8 @@ from medmeta.errors import CheckpointError, ConfigError
 from medmeta.seg.base import FewShotSegmenter
 from medmeta.seg.config import SegConfig, make_seg_config
 from medmeta.seg.data import SegSource, SegStructure, load_source, parse_spec, select_structures
-from medmeta.seg.episode import EpisodeSource, SegEpisodeSampler
 from medmeta.seg.superpixels import SuperpixelEpisodes
+from medmeta.tasks.segmentation import EpisodeSource, SegEpisodeSampler
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 
 CHECKPOINT_KIND = "medmeta-segmenter"

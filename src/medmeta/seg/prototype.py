@@ -14,8 +14,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medmeta.seg.base import FewShotSegmenter, SegOptions, seg_loss
-from medmeta.seg.episode import SegEpisode
 from medmeta.seg.unet import SmallUNet
+from medmeta.tasks.segmentation import SegEpisode
 
 
 def masked_average(features: Tensor, masks: Tensor) -> Tensor:

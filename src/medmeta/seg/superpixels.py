@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medmeta.errors import DataError
-from medmeta.seg.episode import SegEpisode
+from medmeta.tasks.base import SeededSampler
+from medmeta.tasks.segmentation import SegEpisode
 
 
 def slic_kmeans(image: Tensor, n_segments: int = 32, compactness: float = 0.3, iters: int = 10) -> Tensor:
@@ -96,7 +97,7 @@ def augment_pair(image: Tensor, mask: Tensor, generator: torch.Generator) -> tup
     return img, msk.float()
 
 
-class SuperpixelEpisodes:
+class SuperpixelEpisodes(SeededSampler[SegEpisode]):
     """Seeded pseudo-episodes from unlabelled images: episode ``i`` depends only on ``(seed, i)``.
 
     Support: the image (and ``n_shot - 1`` augmented copies) with one superpixel as the mask; query:
@@ -122,13 +123,14 @@ class SuperpixelEpisodes:
         min_intensity: float = 0.05,
         exclude: Tensor | None = None,
         max_excluded: float = 0.1,
+        n_episodes: int = 100,
     ) -> None:
         if images.ndim != 4 or images.shape[0] == 0:
             raise DataError(f"unlabelled images must be (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
         if exclude is not None and tuple(exclude.shape) != (images.shape[0], *images.shape[2:]):
             raise DataError(f"exclude masks must be (N, H, W) like the images, got {tuple(exclude.shape)}")
         self.images, self.exclude = images, exclude
-        self.n_shot, self.n_query, self.seed = n_shot, n_query, seed
+        self.n_shot, self.n_query, self.seed, self.n_episodes = n_shot, n_query, seed, n_episodes
         self.n_segments, self.compactness = n_segments, compactness
         self.min_area, self.min_intensity, self.max_excluded = min_area, min_intensity, max_excluded
         self._candidates: dict[int, list[Tensor]] = {}
@@ -153,7 +155,7 @@ class SuperpixelEpisodes:
             self._candidates[i] = out
         return self._candidates[i]
 
-    def __call__(self, index: int) -> SegEpisode:
+    def episode(self, index: int) -> SegEpisode:
         rng = np.random.default_rng([self.seed, index])
         for _ in range(20):
             i = int(rng.integers(self.images.shape[0]))

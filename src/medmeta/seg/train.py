@@ -15,8 +15,8 @@ import torch
 from medmeta.config import TrainConfig
 from medmeta.errors import TrainingError
 from medmeta.seg.base import FewShotSegmenter
-from medmeta.seg.episode import EpisodeSource
 from medmeta.seg.evaluate import evaluate_structure_episodes
+from medmeta.tasks.segmentation import EpisodeSource
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.loop import ProgressHook, resolve_device, step
 from medmeta.train.state import best_record_value, resume_training, save_train_state

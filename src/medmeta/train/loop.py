@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from medmeta.config import TrainConfig
-from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.errors import TrainingError
 from medmeta.eval.evaluate import evaluate
 from medmeta.methods.base import FewShotMethod
+from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.state import best_record_value, resume_training, save_train_state
 

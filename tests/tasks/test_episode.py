@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmeta.episodes.episode import Episode, Support
 from medmeta.errors import MedmetaError
+from medmeta.tasks.episode import Episode, Support
 from tests.conftest import make_episode
 
 

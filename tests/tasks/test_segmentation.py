@@ -7,7 +7,7 @@ import torch
 
 from medmeta.errors import DataError
 from medmeta.seg.data import SegSource
-from medmeta.seg.episode import SegEpisode, SegEpisodeSampler
+from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 
 
 def _pair(n: int, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +28,7 @@ def test_a_valid_episode_reports_its_shots() -> None:
         (lambda e: {**e, "support_images": e["support_images"][0]}, r"support images must be \(N, C, H, W\)"),
         (
             lambda e: {**e, "query_images": torch.rand(2, 1, 9, 9), "query_masks": None},
-            "resize them to the same",
+            "resize them to one size",
         ),
         (lambda e: {**e, "support_masks": e["support_masks"] * 0.5}, "must be binary"),
         (lambda e: {**e, "support_masks": torch.zeros(3, 8, 8)}, r"support mask\(s\) \[0, 1, 2\] .* empty"),

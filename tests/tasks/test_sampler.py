@@ -6,9 +6,9 @@ import torch
 
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.synthetic import make_synthetic
-from medmeta.episodes.collate import collate_episodes
-from medmeta.episodes.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.errors import DataError, MedmetaError
+from medmeta.tasks.collate import collate_episodes
+from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 
 
 @pytest.fixture(scope="module")

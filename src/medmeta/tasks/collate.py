@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from medmeta.episodes.episode import Episode
 from medmeta.errors import MedmetaError
+from medmeta.tasks.episode import Episode
 
 
 @dataclass(frozen=True)

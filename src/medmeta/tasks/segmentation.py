@@ -1,4 +1,4 @@
-"""Segmentation episodes (1-way K-shot) and a seeded sampler over structures.
+"""Segmentation as a few-shot task: 1-way K-shot episodes whose targets are masks, and their sampler.
 
 An episode holds K support (image, binary mask) pairs of one structure and query images of the same
 structure (with masks for training and scoring). Structures play the role of classes: the training
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from medmeta.errors import DataError
-from medmeta.seg.data import SegStructure
+from medmeta.tasks.base import SeededSampler, TaskEpisode
+
+if TYPE_CHECKING:
+    from medmeta.seg.data import SegStructure
 
 
 def check_pairs(images: Tensor, masks: Tensor | None, what: str) -> None:
@@ -36,7 +39,7 @@ def check_pairs(images: Tensor, masks: Tensor | None, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class SegEpisode:
+class SegEpisode(TaskEpisode):
     """One 1-way K-shot segmentation task.
 
     Attributes:
@@ -56,11 +59,7 @@ class SegEpisode:
     def __post_init__(self) -> None:
         check_pairs(self.support_images, self.support_masks, "support")
         check_pairs(self.query_images, self.query_masks, "query")
-        if self.support_images.shape[1:] != self.query_images.shape[1:]:
-            raise DataError(
-                f"support images are {tuple(self.support_images.shape[1:])} but query images are "
-                f"{tuple(self.query_images.shape[1:])}: resize them to the same (C, H, W)"
-            )
+        self.check_images()
         empty = [i for i in range(self.support_masks.shape[0]) if not bool(self.support_masks[i].any())]
         if empty:
             raise DataError(
@@ -71,21 +70,11 @@ class SegEpisode:
     def n_shot(self) -> int:
         return int(self.support_images.shape[0])
 
-    def to(self, device: torch.device | str) -> SegEpisode:
-        qm = None if self.query_masks is None else self.query_masks.to(device)
-        return SegEpisode(
-            self.support_images.to(device),
-            self.support_masks.to(device),
-            self.query_images.to(device),
-            qm,
-            self.structure,
-        )
-
 
 EpisodeSource = Callable[[int], SegEpisode]
 
 
-class SegEpisodeSampler:
+class SegEpisodeSampler(SeededSampler[SegEpisode]):
     """Seeded 1-way episodes over structures: episode ``i`` depends only on ``(seed, i)``.
 
     The structure of episode ``i`` is drawn uniformly; support and query samples are distinct, and query
@@ -97,7 +86,13 @@ class SegEpisodeSampler:
     """
 
     def __init__(
-        self, structures: Mapping[str, SegStructure], n_shot: int, n_query: int, seed: int = 0
+        self,
+        structures: Mapping[str, SegStructure],
+        n_shot: int,
+        n_query: int,
+        seed: int = 0,
+        *,
+        n_episodes: int = 100,
     ) -> None:
         if n_shot < 1 or n_query < 1:
             raise DataError(f"n_shot and n_query must be >= 1, got {n_shot} and {n_query}")
@@ -111,7 +106,7 @@ class SegEpisodeSampler:
             )
         self.structures = dict(structures)
         self.names = sorted(self.structures)
-        self.n_shot, self.n_query, self.seed = n_shot, n_query, seed
+        self.n_shot, self.n_query, self.seed, self.n_episodes = n_shot, n_query, seed, n_episodes
 
     def episode(self, index: int) -> SegEpisode:
         rng = np.random.default_rng([self.seed, index])
@@ -131,6 +126,3 @@ class SegEpisodeSampler:
             s.masks[query].clone(),
             name,
         )
-
-    def __call__(self, index: int) -> SegEpisode:
-        return self.episode(index)

@@ -7,17 +7,18 @@ array: no file is decoded and no float conversion is done here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from medmeta.data.datasets import ImageDataset
-from medmeta.episodes.episode import Episode
 from medmeta.errors import DataError
+from medmeta.tasks.base import SeededSampler
+from medmeta.tasks.episode import Episode
 
 
-class EpisodeSampler:
+class EpisodeSampler(SeededSampler[Episode]):
     """Draws N-way K-shot Q-query episodes from one domain.
 
     Args:
@@ -81,13 +82,6 @@ class EpisodeSampler:
         self._support_labels = torch.arange(n_way).repeat_interleave(n_shot)  # (n_way * n_shot,)
         self._query_labels = torch.arange(n_way).repeat_interleave(n_query)  # (n_way * n_query,)
 
-    def __len__(self) -> int:
-        return self.n_episodes
-
-    def __iter__(self) -> Iterator[Episode]:
-        for i in range(self.n_episodes):
-            yield self.episode(i)
-
     def indices(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dataset indices of episode `index`: ``(support (n_way*n_shot,), query (n_way*n_query,), classes)``."""
         rng = np.random.default_rng((self.seed, index))
@@ -116,7 +110,7 @@ class EpisodeSampler:
         )
 
 
-class MultiDomainSampler:
+class MultiDomainSampler(SeededSampler[Episode]):
     """Episodes from several domains: each episode (or each batch) comes from one domain.
 
     With ``n_way=None`` each episode has every class of its domain (variable ways: a 4-class domain
@@ -167,13 +161,6 @@ class MultiDomainSampler:
         self.weights = w / w.sum()
         self.seed = seed
         self.n_episodes = n_episodes
-
-    def __len__(self) -> int:
-        return self.n_episodes
-
-    def __iter__(self) -> Iterator[Episode]:
-        for i in range(self.n_episodes):
-            yield self.episode(i)
 
     def domain_of(self, index: int) -> int:
         """Which domain episode (or batch) `index` comes from."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from medmeta.errors import MedmetaError
+from medmeta.tasks.base import TaskEpisode
 
 
 def _check_labels(labels: Tensor, n_way: int, what: str) -> None:
@@ -59,7 +59,7 @@ class Support:
 
 
 @dataclass(frozen=True)
-class Episode:
+class Episode(TaskEpisode):
     """One N-way K-shot task.
 
     Attributes:
@@ -92,11 +92,7 @@ class Episode:
             raise MedmetaError(
                 f"query has {self.query_images.shape[0]} images but {self.query_labels.shape[0]} labels"
             )
-        if self.support_images.shape[1:] != self.query_images.shape[1:]:
-            raise MedmetaError(
-                f"support images {tuple(self.support_images.shape[1:])} and query images "
-                f"{tuple(self.query_images.shape[1:])} differ in shape: resize them to one size"
-            )
+        self.check_images()
         if torch.bincount(self.support_labels, minlength=n_way).min() == 0:
             raise MedmetaError("every class of the episode needs at least one support image")
 
@@ -107,23 +103,3 @@ class Episode:
     @property
     def support(self) -> Support:
         return Support(self.support_images, self.support_labels, self.n_way)
-
-    def map_images(self, fn: Callable[[Tensor], Tensor]) -> Episode:
-        """Return a copy whose support and query images are ``fn(images)`` (labels unchanged)."""
-        return Episode(
-            fn(self.support_images),
-            self.support_labels,
-            fn(self.query_images),
-            self.query_labels,
-            self.class_ids,
-        )
-
-    def to(self, device: torch.device | str) -> Episode:
-        """Move every tensor to `device` (non-blocking where possible)."""
-        return Episode(
-            self.support_images.to(device, non_blocking=True),
-            self.support_labels.to(device, non_blocking=True),
-            self.query_images.to(device, non_blocking=True),
-            self.query_labels.to(device, non_blocking=True),
-            self.class_ids.to(device, non_blocking=True),
-        )
