@@ -78,8 +78,7 @@ def worker(lib: str, work: Path, order: str, shots: int, steps: int, args: argpa
         import_shim()
         import learn2learn as l2l
     else:
-        from medmeta.methods.maml import MAML, MAMLOptions
-
+        from medmeta.methods.gradient_based.maml import MAML, MAMLOptions
         from medmeta.tasks.episode import Episode
     tasks = torch.load(work / f"tasks_{shots}.pt", weights_only=True)
     init = torch.load(work / "init.pt", weights_only=True)
@@ -137,11 +136,10 @@ def worker(lib: str, work: Path, order: str, shots: int, steps: int, args: argpa
 
 def prepare(work: Path, dataset: str) -> str:
     """Write ``init.pt`` (Conv4 + head weights) and ``tasks_{1,5}.pt`` (4 normalised episodes each)."""
-    from medmeta.methods.maml import MAML, MAMLOptions
-
     from medmeta.data.registry import load_dataset
     from medmeta.data.synthetic import make_synthetic
     from medmeta.errors import MedmetaError
+    from medmeta.methods.gradient_based.maml import MAML, MAMLOptions
     from medmeta.pipeline import default_normalization
     from medmeta.tasks.sampler import EpisodeSampler
 

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from medmeta.methods.protonet import ProtoNet, ProtoNetOptions
 from safetensors.torch import save_file
 
 from medmeta.config import TrainConfig
@@ -43,6 +42,7 @@ from medmeta.data.registry import load_dataset
 from medmeta.data.synthetic import make_synthetic
 from medmeta.errors import MedmetaError
 from medmeta.eval.evaluate import evaluate
+from medmeta.methods.metric.protonet import ProtoNet, ProtoNetOptions
 from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler

@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from medmeta._accel import kernels as fused_kernels
 from medmeta._accel.fused_block import bn_relu_pool, fused_conv4_forward
-from medmeta.methods.inner_loop import batchnorm_overrides, channels_last
+from medmeta.methods.functional import batchnorm_overrides, channels_last
 from medmeta.models.backbones import Conv4, ResNet12
 
 

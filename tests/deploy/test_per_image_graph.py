@@ -55,8 +55,7 @@ def test_the_graph_holds_copies_and_leaves_the_method_untouched(tmp_path: Path) 
 
 
 def test_resnet12_residual_blocks_get_per_image_statistics_too() -> None:
-    from medmeta.methods.maml import MAML, MAMLOptions
-
+    from medmeta.methods.gradient_based.maml import MAML, MAMLOptions
     from medmeta.models.backbones import build_backbone
     from medmeta.tasks.episode import Support
 

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from medmeta.methods.protonet import PrototypePredictor, compute_prototypes
 from torch import Tensor, nn
 
 from medmeta.data.synthetic import make_synthetic
@@ -16,6 +15,8 @@ from medmeta.eval.cache import EmbeddingCache, cached_episode_logits, episode_in
 from medmeta.eval.evaluate import evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
+from medmeta.methods.functional import compute_prototypes
+from medmeta.methods.metric.protonet import PrototypePredictor
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Support
 from medmeta.tasks.sampler import EpisodeSampler

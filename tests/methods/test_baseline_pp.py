@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from medmeta.methods.baseline_pp import BaselinePP, BaselinePPOptions
-from medmeta.pretrain.heads import CosineHead
 
+from medmeta.methods.transfer.baseline_pp import BaselinePP, BaselinePPOptions
 from medmeta.models.backbones import Conv4
+from medmeta.models.heads import CosineHead
 from medmeta.pipeline import load_method
 from medmeta.tasks.episode import Support
 from tests.conftest import make_episode

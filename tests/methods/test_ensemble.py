@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from medmeta.methods.protonet import ProtoNet
-from medmeta.methods.simpleshot import SimpleShot
-from medmeta.pretrain.base import switch_method
 
+from medmeta.methods import switch_method
 from medmeta.methods.ensemble import (
     Ensemble,
     evaluate_ensemble,
@@ -20,6 +18,8 @@ from medmeta.methods.ensemble import (
     fit_weights,
     mix_log_probs,
 )
+from medmeta.methods.metric.protonet import ProtoNet
+from medmeta.methods.transfer.simpleshot import SimpleShot
 from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization, train_method
 from medmeta.tasks.episode import Episode

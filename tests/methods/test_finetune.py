@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from medmeta.methods.finetune import Finetune, FinetuneOptions, init_linear_head
-from medmeta.methods.protonet import compute_prototypes, prototype_logits
 
+from medmeta.methods.functional import compute_prototypes, prototype_logits
+from medmeta.methods.transfer.finetune import Finetune, FinetuneOptions, init_linear_head
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Support
 from tests.conftest import make_episode

@@ -8,15 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from medmeta.methods.inner_loop import (
-    batchnorm_overrides,
-    inner_loop,
-    plan_workers,
-    replica,
-    run_tasks,
-    sgd_update,
-    straight_through,
-)
+from medmeta.methods.functional import batchnorm_overrides, inner_loop, sgd_update
+from medmeta.methods.meta_batch import plan_workers, replica, run_tasks, straight_through
 
 
 def test_straight_through_has_the_value_and_delivers_the_given_gradients() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from medmeta.methods.linear_probe import LinearProbe, LinearProbeOptions, fit_logistic_regression
 
+from medmeta.methods.transfer.linear_probe import LinearProbe, LinearProbeOptions, fit_logistic_regression
 from medmeta.tasks.episode import Support
 from tests.pretrain.helpers import (
     Flat,

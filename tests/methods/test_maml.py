@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from medmeta.methods.anil import ANIL, ANILOptions
-from medmeta.methods.maml import FOMAML, MAML, FOMAMLOptions, InnerLoopMethod, MAMLOptions
-from medmeta.methods.meta_sgd import MetaSGD, MetaSGDOptions
 from torch import Tensor, nn
 
 from medmeta._accel import kernels as fused_kernels
 from medmeta.config import make_config
 from medmeta.errors import ConfigError
 from medmeta.methods import build_method
+from medmeta.methods.gradient_based.anil import ANIL, ANILOptions
+from medmeta.methods.gradient_based.maml import FOMAML, MAML, FOMAMLOptions, MAMLOptions
+from medmeta.methods.gradient_based.meta_sgd import MetaSGD, MetaSGDOptions
+from medmeta.methods.inner_loop import InnerLoopMethod
 from medmeta.models.backbones import build_backbone
 from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
 from medmeta.tasks.episode import Episode

@@ -7,7 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmeta.methods.maml_plus_plus import MAMLPlusPlus, MAMLPlusPlusOptions, multi_step_loss_weights
+from medmeta.methods.gradient_based.maml_plus_plus import (
+    MAMLPlusPlus,
+    MAMLPlusPlusOptions,
+    multi_step_loss_weights,
+)
 from tests.methods.inner_loop_reference import (
     N_WAY,
     central_difference,

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from medmeta.methods.matching import (
+from torch import nn
+
+from medmeta.errors import ConfigError
+from medmeta.methods import build_method
+from medmeta.methods.metric.matching import (
     FullContextEmbedding,
     MatchingNet,
     MatchingOptions,
     matching_log_probs,
 )
-from torch import nn
-
-from medmeta.errors import ConfigError
-from medmeta.methods import build_method
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Episode
 from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from medmeta.methods.protonet import ProtoNet, ProtoNetOptions, compute_prototypes, prototype_logits
 from torch import nn
 
 from medmeta.errors import ConfigError
 from medmeta.methods import build_method
+from medmeta.methods.functional import compute_prototypes, prototype_logits
+from medmeta.methods.metric.protonet import ProtoNet, ProtoNetOptions
 from medmeta.tasks.episode import Episode
 from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from medmeta.methods.relation import (
+from torch import nn
+
+from medmeta.methods.metric.relation import (
     RelationModule,
     RelationNet,
     RelationOptions,
     feature_map_shape,
     infer_feature_channels,
 )
-from torch import nn
-
 from medmeta.models.backbones import Conv4, ResNet12
 from medmeta.tasks.episode import Episode
 from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from medmeta.methods.reptile import Reptile, ReptileOptions
 from torch import Tensor
 
+from medmeta.methods.gradient_based.reptile import Reptile, ReptileOptions
 from medmeta.tasks.episode import Episode
 from tests.methods.inner_loop_reference import N_WAY, conv4_logits, episodes, tiny_backbone
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from medmeta.methods.siamese import SiameseNet, SiameseOptions, contrastive_loss, siamese_logits
 from torch import nn
 
 from medmeta.errors import ConfigError
 from medmeta.methods import build_method
+from medmeta.methods.metric.siamese import SiameseNet, SiameseOptions, contrastive_loss, siamese_logits
 from medmeta.tasks.episode import Episode
 from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
 

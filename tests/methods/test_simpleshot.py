@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from medmeta.methods.simpleshot import SimpleShot, SimpleShotOptions
 
+from medmeta.methods.transfer.simpleshot import SimpleShot, SimpleShotOptions
 from medmeta.tasks.episode import Support
 from tests.conftest import make_episode
 from tests.pretrain.helpers import (

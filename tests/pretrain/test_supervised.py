@@ -9,13 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from medmeta.methods.protonet import ProtoNet
-from medmeta.methods.simpleshot import SimpleShot, SimpleShotOptions
-
-from medmeta.config import TrainConfig, make_config
-from medmeta.errors import ConfigError, DataError, TrainingError
-from medmeta.models.backbones import Conv4
-from medmeta.pipeline import default_normalization, load_method, train_method
 from medmeta.pretrain.supervised import (
     LabelledImages,
     batch_indices,
@@ -23,6 +16,13 @@ from medmeta.pretrain.supervised import (
     random_flips,
     training_feature_mean,
 )
+
+from medmeta.config import TrainConfig, make_config
+from medmeta.errors import ConfigError, DataError, TrainingError
+from medmeta.methods.metric.protonet import ProtoNet
+from medmeta.methods.transfer.simpleshot import SimpleShot, SimpleShotOptions
+from medmeta.models.backbones import Conv4
+from medmeta.pipeline import default_normalization, load_method, train_method
 from medmeta.tasks.sampler import EpisodeSampler
 from medmeta.train.checkpoint import load_checkpoint
 from tests.pretrain.helpers import (

@@ -76,8 +76,7 @@ def test_the_same_seed_gives_the_same_training_history(tmp_path: Path) -> None:
 
 def test_a_nan_loss_stops_training_and_keeps_earlier_checkpoints(tmp_path: Path) -> None:
     ds = make_synthetic(n_classes=5, n_per_class=10, image_size=16)
-    from medmeta.methods.protonet import ProtoNet
-
+    from medmeta.methods.metric.protonet import ProtoNet
     from medmeta.models.backbones import Conv4
 
     method = ProtoNet(Conv4(3, hidden=4, image_size=16))

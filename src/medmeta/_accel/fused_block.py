@@ -298,7 +298,7 @@ def fused_conv4_forward(backbone: nn.Module, weights: dict[str, Tensor], images:
     Args:
         backbone: the module whose structure is read (never called; a meta-device replica is fine).
         weights: its parameters by name (``features.0.weight``, ...).
-        images: ``(N, C, H, W)``, channels-last (see `medmeta.methods.inner_loop.channels_last`).
+        images: ``(N, C, H, W)``, channels-last (see `medmeta.methods.functional.channels_last`).
 
     Returns:
         Features ``(N, out_features)``, equal to ``functional_call(backbone, weights + batch-statistics

@@ -20,8 +20,8 @@ from medmeta.bench.evaluation import class_confusion
 from medmeta.bench.protocol import Protocol
 from medmeta.config import RunConfig, make_config
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, mean_ci
+from medmeta.methods.transfer.base import SupervisedMethod
 from medmeta.pipeline import RunData, load_method, normalization_from_meta, train_method
-from medmeta.pretrain.base import SupervisedMethod
 from medmeta.train.loop import ProgressHook, resolve_device
 
 

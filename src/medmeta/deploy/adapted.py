@@ -27,8 +27,8 @@ from medmeta.data.datasets import ImageDataset
 from medmeta.data.transforms import Normalization
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.methods.base import FewShotMethod, Predictor
-from medmeta.methods.maml import InnerLoopMethod
-from medmeta.methods.protonet import embed
+from medmeta.methods.functional import embed
+from medmeta.methods.inner_loop import InnerLoopMethod
 from medmeta.pipeline import build_method_from_config, normalization_from_meta
 from medmeta.tasks.episode import Support
 from medmeta.train.checkpoint import checkpoint_json, load_checkpoint, load_state_strictly, save_checkpoint

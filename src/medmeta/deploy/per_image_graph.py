@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmeta.methods.maml import AdaptedPredictor
+from medmeta.methods.inner_loop import AdaptedPredictor
 
 
 class _OwnStatistics(nn.Module):

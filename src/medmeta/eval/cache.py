@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from medmeta.methods.base import FewShotMethod
-from medmeta.methods.protonet import embed
+from medmeta.methods.functional import embed
 from medmeta.tasks.sampler import EpisodeSampler
 
 #: Largest ``episodes * n_query * n_way * d`` scored in one call: keeps the gathered features of a
@@ -51,7 +51,7 @@ def embed_images(
 ) -> Tensor:
     """Backbone features of uint8 images, in batches, without gradients.
 
-    Batches go through `medmeta.methods.protonet.embed` (channels-last layout for medmeta's backbones).
+    Batches go through `medmeta.methods.functional.embed` (channels-last layout for medmeta's backbones).
 
     Args:
         method: a method in eval mode.

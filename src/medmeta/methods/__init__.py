@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
 from medmeta.errors import ConfigError
-from medmeta.methods.anil import ANIL
 from medmeta.methods.base import FewShotMethod, MethodOptions, Predictor
-from medmeta.methods.baseline_pp import BaselinePP
-from medmeta.methods.finetune import Finetune
-from medmeta.methods.linear_probe import LinearProbe
-from medmeta.methods.maml import FOMAML, MAML
-from medmeta.methods.maml_plus_plus import MAMLPlusPlus
-from medmeta.methods.matching import MatchingNet
-from medmeta.methods.meta_sgd import MetaSGD
-from medmeta.methods.protonet import ProtoNet
-from medmeta.methods.relation import RelationNet
-from medmeta.methods.reptile import Reptile
-from medmeta.methods.siamese import SiameseNet
-from medmeta.methods.simpleshot import SimpleShot
+from medmeta.methods.gradient_based.anil import ANIL
+from medmeta.methods.gradient_based.maml import FOMAML, MAML
+from medmeta.methods.gradient_based.maml_plus_plus import MAMLPlusPlus
+from medmeta.methods.gradient_based.meta_sgd import MetaSGD
+from medmeta.methods.gradient_based.reptile import Reptile
+from medmeta.methods.metric.matching import MatchingNet
+from medmeta.methods.metric.protonet import ProtoNet
+from medmeta.methods.metric.relation import RelationNet
+from medmeta.methods.metric.siamese import SiameseNet
+from medmeta.methods.transfer.base import SupervisedMethod, SupervisedOptions
+from medmeta.methods.transfer.baseline_pp import BaselinePP
+from medmeta.methods.transfer.finetune import Finetune
+from medmeta.methods.transfer.linear_probe import LinearProbe
+from medmeta.methods.transfer.simpleshot import SimpleShot
 
 METHODS: dict[str, type[FewShotMethod]] = {
     "protonet": ProtoNet,
@@ -57,4 +59,32 @@ def build_method(name: str, backbone: nn.Module, options: dict[str, Any] | None 
         raise ConfigError(f"method '{name}': {describe_validation_error(exc)}") from exc
 
 
-__all__ = ["METHODS", "FewShotMethod", "MethodOptions", "Predictor", "build_method"]
+def switch_method(
+    method: SupervisedMethod, name: str, options: dict[str, Any] | None = None
+) -> SupervisedMethod:
+    """The same pretrained weights behind another test-time rule (pretrain once, evaluate many ways).
+
+    Args:
+        method: a pretrained transfer baseline.
+        name: registered name of another transfer baseline (for example ``linear_probe``).
+        options: its test-time options; the pretraining options are taken from `method`.
+
+    Returns:
+        A new method holding copies of `method`'s weights, in `method`'s training/eval mode.
+
+    Raises:
+        ConfigError: `name` is not a registered transfer baseline.
+    """
+    cls = METHODS.get(name)
+    if cls is None or not issubclass(cls, SupervisedMethod):
+        choices = sorted(n for n, c in METHODS.items() if issubclass(c, SupervisedMethod))
+        raise ConfigError(f"'{name}' is not a transfer baseline; choose one of {', '.join(choices)}")
+    shared = {k: getattr(method.options, k) for k in SupervisedOptions.model_fields}
+    new = build_method(name, copy.deepcopy(method.backbone), {**(options or {}), **shared})
+    assert isinstance(new, SupervisedMethod)
+    new.load_state_dict(method.state_dict(), strict=True)
+    new.to(method.feature_mean.device)
+    return new.train(method.training)
+
+
+__all__ = ["METHODS", "FewShotMethod", "MethodOptions", "Predictor", "build_method", "switch_method"]

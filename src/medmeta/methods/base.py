@@ -45,7 +45,7 @@ class FewShotMethod(nn.Module, abc.ABC):
     #: permuting the support labels then does not simply permute the logits.
     permutation_invariant: ClassVar[bool] = True
     #: "episodic": meta-trained by `medmeta.train.loop.fit` on `batch_loss`; "supervised": pretrained
-    #: on the union of training classes by `medmeta.pretrain.supervised.fit_supervised`.
+    #: on the union of training classes by `medmeta.train.supervised.fit_supervised`.
     trainer: ClassVar[Literal["episodic", "supervised"]] = "episodic"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     #: True for methods whose backbone is the same for every task (metric methods): evaluation may then

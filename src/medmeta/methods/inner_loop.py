@@ -1,338 +1,421 @@
-"""The functional inner loop shared by the optimisation-based methods (MAML and kin, Reptile).
+"""`InnerLoopMethod`: the thin class every optimisation-based method builds on (MAML, FOMAML, MAML++,
+Meta-SGD, ANIL, Reptile): a backbone plus a linear head, called only through `functional_call` over a
+parameter dict, so `adapt` returns a predictor holding adapted tensors and never touches the method.
 
-Everything here is a pure function over parameter dicts (``name -> Tensor``); the methods call a backbone
-only through `torch.func.functional_call`, so no module is ever modified to adapt it.
+Head and number of ways: the head has ``n_way`` rows (option, default 5); an episode with ``n <= n_way``
+classes uses the first ``n`` rows (a 4-way test domain after 5-way training uses rows 0-3), and an episode
+with more classes raises a `ConfigError` naming the option to raise. Labels are tied to head rows, so
+these methods are not invariant to the order of the classes (``permutation_invariant = False``).
 
-* `inner_loop` runs ``steps`` updates of the adapted parameters on a support loss and returns the whole
-  trajectory ``theta_0 .. theta_K``. ``track=True`` keeps ``theta_K`` differentiable with respect to
-  ``theta_0`` (and to learned learning rates): ``create_graph=True`` is exact second-order MAML,
-  ``create_graph=False`` first-order MAML (the inner gradients are constants). ``checkpoint=True``
-  recomputes each step's support graph during the backward pass instead of keeping it (the memory of one
-  step instead of ``K``, for one more support forward and backward per step).
-* `meta_batch` computes each task's meta-gradient right after its loss, so at most one task graph per
-  worker is alive, optionally on several threads (one task per thread, each with its share of torch's
-  intra-op threads), and returns a surrogate whose gradient is the mean of the tasks' gradients.
-* Batch norm: `batchnorm_overrides` gives the buffers to pass so that every batch-norm layer normalises
-  with the statistics of the batch it sees (the support set while adapting, the query set when
-  predicting) and never reads or writes the model's running statistics, in train and eval mode alike.
-
-Speed and memory (measured on 2 CPU cores, Conv4 on 28x28, against learn2learn 0.2.0, see
-``benchmarks/maml.py``): the per-task work is that of plain unrolled autograd; what is saved is (1) each
-task's graph, freed as soon as its meta-gradient is taken; (2) intra-op parallelism, which scales poorly
-on small convolutions and collapses when the cores are shared (OpenMP threads spin waiting for each
-other): tasks run on threads with one intra-op thread each instead, which costs one graph per thread in
-memory (so MAML's auto setting does this for second order only on the compiled fused path below, whose
-graphs are small); (3) channels-last layout, and in Conv4's meta-training passes batch norm + ReLU +
-max-pool fused into one op with closed-form first and second derivatives (`medmeta._accel.fused_block`,
-run by the C++ kernels of `medmeta._accel.kernels`): one or two passes over memory per op and a
-quarter of the saved activations; its 3x3 convolutions through `medmeta._accel.fused_conv`.
-Tasks are not vectorised with `torch.func.vmap` (on 2 cores it was not faster than a loop), so no result depends on
-vmap's batching rules for second-order batch norm.
+Batch norm: every batch-norm layer normalises with the statistics of the batch it is given (the support
+set at each inner step, the query set when predicting), in training and evaluation alike, as in Finn et
+al. (2017) and learn2learn; the running statistics of the backbone are never read or written. MAML++ adds
+its own per-step running statistics (see `medmeta.methods.gradient_based.maml_plus_plus`).
 """
 
 from __future__ import annotations
 
-import copy
-import threading
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint as _checkpoint
+from torch.func import functional_call
 
-ParamDict = dict[str, Tensor]
-#: ``(params after k updates, k) -> scalar support loss``.
-StepLoss = Callable[[ParamDict, int], Tensor]
-T = TypeVar("T")
+from medmeta import _accel
+from medmeta.errors import ConfigError
+from medmeta.methods.base import FewShotMethod, MethodOptions
+from medmeta.methods.functional import (
+    InnerUpdate,
+    ParamDict,
+    StepLoss,
+    batchnorm_names,
+    batchnorm_overrides,
+    channels_last,
+    inner_loop,
+    sgd_update,
+)
+from medmeta.methods.meta_batch import meta_batch, replica
+from medmeta.tasks.episode import Episode, Support
 
-
-class InnerUpdate(Protocol):
-    """One inner-loop optimiser step on the adapted parameters.
-
-    Called as ``update(k, params, grads, state) -> (new_params, new_state)`` with lists aligned to the
-    adapted names; ``state`` is None at ``k == 0``. Must be written with differentiable tensor ops.
-    """
-
-    def __call__(
-        self, step: int, params: list[Tensor], grads: list[Tensor], state: Any
-    ) -> tuple[list[Tensor], Any]: ...
-
-
-def sgd_update(lr: Callable[[int, int], Tensor | float]) -> InnerUpdate:
-    """Plain gradient descent ``theta - lr(k, i) * g`` (MAML; Meta-SGD and MAML++ give tensor rates).
-
-    Args:
-        lr: ``(step k, index i of the adapted parameter) ->`` a float, a scalar tensor (one rate per
-            layer) or a tensor shaped like the parameter (one rate per weight).
-    """
-
-    def update(step: int, params: list[Tensor], grads: list[Tensor], state: Any) -> tuple[list[Tensor], Any]:
-        return [p - lr(step, i) * g for i, (p, g) in enumerate(zip(params, grads, strict=True))], None
-
-    return update
+_MODEL_PREFIXES = ("backbone.", "head.")
 
 
-def adam_update(lr: float, betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> InnerUpdate:
-    """Adam (Kingma and Ba 2015) as a pure function, with bias correction; Reptile uses ``beta1 = 0``."""
-    b1, b2 = betas
-
-    def update(step: int, params: list[Tensor], grads: list[Tensor], state: Any) -> tuple[list[Tensor], Any]:
-        m_prev, v_prev = state if state is not None else ([None] * len(params), [None] * len(params))
-        t = step + 1
-        new, m_new, v_new = [], [], []
-        for p, g, m, v in zip(params, grads, m_prev, v_prev, strict=True):
-            m = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
-            v = (1 - b2) * g * g if v is None else b2 * v + (1 - b2) * g * g
-            m_hat = m / (1 - b1**t)
-            v_hat = v / (1 - b2**t)
-            new.append(p - lr * m_hat / (v_hat.sqrt() + eps))
-            m_new.append(m)
-            v_new.append(v)
-        return new, (m_new, v_new)
-
-    return update
-
-
-def _grads(loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tensor]:
-    """Gradients of `loss` with zeros for parameters it does not depend on."""
-    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-
-
-def inner_loop(
-    loss_fn: StepLoss,
-    params: Mapping[str, Tensor],
-    adapted: Sequence[str],
-    update: InnerUpdate,
-    steps: int,
-    *,
-    track: bool,
-    create_graph: bool,
-    checkpoint: bool = False,
-) -> list[ParamDict]:
-    """Adapt the `adapted` entries of `params` by `steps` updates on ``loss_fn``.
+def select_adapted(spec: str, names: Sequence[str], exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """Names of the parameters the inner loop adapts.
 
     Args:
-        loss_fn: support loss of the parameters after ``k`` updates.
-        params: all parameters ``theta_0`` (adapted and fixed).
-        adapted: names of the entries to update.
-        update: the inner optimiser (`sgd_update`, `adam_update`).
-        steps: number of updates ``K``.
-        track: keep ``theta_k`` differentiable with respect to ``theta_0`` (meta-training); False detaches
-            every step (evaluation, Reptile).
-        create_graph: differentiate through the inner gradients (second order); ignored unless `track`.
-        checkpoint: with `create_graph`, rebuild each step's graph in the backward pass
-            (`torch.utils.checkpoint`, non-reentrant, so learned rates captured by `update` get gradients).
-
-    Returns:
-        ``[theta_0, ..., theta_K]``, each a full parameter dict (fixed entries shared with `params`).
+        spec: ``all``; ``head``; or comma-separated name prefixes such as ``head,backbone.features.12``
+            (a prefix matches a name equal to it or starting with it and a dot).
+        names: candidate parameter names (``backbone.*``, ``head.*``).
+        exclude: names never adapted (MAML++'s per-step batch-norm parameters).
 
     Raises:
-        KeyError: a name in `adapted` is not in `params`.
+        ConfigError: a prefix matches nothing, or nothing is selected.
     """
-    theta = dict(params)
-    missing = [n for n in adapted if n not in theta]
-    if missing:
-        raise KeyError(f"adapted parameter(s) {missing} are not among the parameters {sorted(theta)}")
-    second_order = track and create_graph
-    for n in adapted:  # frozen (or detached) adapted tensors still need gradients in the inner loop
-        if not theta[n].requires_grad or not track:
-            theta[n] = theta[n].detach().requires_grad_(True)
-    trajectory = [dict(theta)]
-    state: Any = None
-    for k in range(steps):
-
-        def step(cur: list[Tensor], state: Any, theta: ParamDict = theta, k: int = k) -> Any:
-            with torch.enable_grad():
-                g = _grads(loss_fn(theta | dict(zip(adapted, cur, strict=True)), k), cur, second_order)
-                if not second_order:
-                    g = [gi.detach() for gi in g]
-                return update(k, cur, g, state)
-
-        cur = [theta[n] for n in adapted]
-        if second_order and checkpoint:
-            new, state = _checkpoint(step, cur, state, use_reentrant=False)
-        else:
-            new, state = step(cur, state)
-        if not track:
-            new = [x.detach().requires_grad_(True) for x in new]
-            state = _detach_tree(state)
-        theta = theta | dict(zip(adapted, new, strict=True))
-        trajectory.append(theta)
-    return trajectory
+    allowed = [n for n in names if n not in set(exclude)]
+    if spec == "all":
+        chosen = allowed
+    else:
+        prefixes = [p.strip() for p in spec.split(",") if p.strip()]
+        chosen = []
+        for p in prefixes:
+            hits = [n for n in allowed if n == p or n.startswith(p + ".")]
+            if not hits:
+                raise ConfigError(
+                    f"adapt='{spec}': '{p}' matches no adaptable parameter; use 'all', 'head' or prefixes "
+                    f"of {', '.join(allowed)}"
+                )
+            chosen += [n for n in hits if n not in chosen]
+    if not chosen:
+        raise ConfigError(f"adapt='{spec}' selects no parameter: use 'all' or 'head'")
+    return tuple(n for n in names if n in chosen)
 
 
-def _detach_tree(state: Any) -> Any:
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, (list, tuple)):
-        return type(state)(_detach_tree(s) for s in state)
-    return state
+def head_feature_dim(backbone: nn.Module, requested: int | None) -> int:
+    """Width ``d`` of the backbone's ``(N, d)`` output: `requested`, else ``backbone.out_features``.
 
-
-# ----------------------------------------------------------------------------------------------- batch norm
-
-
-def batchnorm_names(module: nn.Module) -> list[str]:
-    """Qualified names of the batch-norm layers (`nn.BatchNorm1d/2d/3d` and subclasses) of `module`."""
-    return [n for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def batchnorm_overrides(module: nn.Module) -> dict[str, Tensor | None]:
-    """Buffers to pass to `functional_call` so batch norm uses the current batch's statistics only.
-
-    With ``running_mean``, ``running_var`` and ``num_batches_tracked`` set to None, `nn.BatchNorm2d`
-    normalises with the batch statistics in train and eval mode and updates nothing.
+    Raises:
+        ConfigError: neither is given.
     """
-    out: dict[str, Tensor | None] = {}
-    for name in batchnorm_names(module):
-        prefix = f"{name}." if name else ""
-        for buf in ("running_mean", "running_var", "num_batches_tracked"):
-            out[prefix + buf] = None
-    return out
+    if requested is not None:
+        return requested
+    declared = getattr(backbone, "out_features", None)
+    if isinstance(declared, int):
+        return declared
+    raise ConfigError(
+        f"{type(backbone).__name__} has no integer out_features attribute: set the method option "
+        "feature_dim to the width of its (N, d) output"
+    )
 
 
-def channels_last(images: Tensor) -> Tensor:
-    """``(N, C, H, W)`` images in channels-last layout, so convolutions keep that layout downstream.
+class InnerLoopOptions(MethodOptions):
+    """Options shared by the optimisation-based methods.
 
-    One-channel images are given channels-last strides as a view (``.contiguous(channels_last)`` leaves
-    them as they are, and a convolution would then produce a contiguous output).
+    Attributes:
+        n_way: rows of the classification head (episodes may have fewer classes, not more).
+        inner_steps: inner-loop updates during meta-training.
+        inner_lr: inner-loop learning rate (initial value where it is learned).
+        eval_steps: inner-loop updates when adapting in eval mode (None: `inner_steps`).
+        adapt: parameters the inner loop updates: ``all``, ``head`` or comma-separated name prefixes.
+        feature_dim: width of the backbone's output (None: the backbone's ``out_features``).
+        task_threads: threads that meta-train the tasks of a meta-batch concurrently, each with an equal
+            share of torch's intra-op threads; 1: one task at a time. 0 (auto): on CPU, one thread per
+            intra-op thread, except for second order outside the compiled fused Conv4 path
+            (`fused_training`), whose task graphs are large: there one task at a time (two
+            concurrent tasks through PyTorch's ops raised the peak memory by 80-320 MiB on Conv4 at
+            28 px, above learn2learn's; see ``benchmarks/maml.py``).
+        channels_last: run 2D passes in channels-last layout. In second-order meta-training (support
+            and query passes), a 2D `Conv4` with batch statistics (every method here but MAML++ while
+            it folds running statistics) runs through `medmeta._accel.fused_block`: batch norm, ReLU
+            and max-pool as one op with closed-form first and second derivatives, accurate float32
+            statistics and a quarter of the saved activations, run by compiled C++ kernels where a
+            compiler exists (`medmeta._accel.kernels`; about 1.5x faster per task on one
+            thread, lower peak memory). With those kernels every CPU pass of such a Conv4 takes the
+            fused path: first-order meta-training (1.6-1.9x learn2learn's speed below its memory,
+            against 1.5x above it through PyTorch's ops) and evaluation (5-10% faster, and accurate
+            float32 statistics: after 5 untrained inner steps PyTorch's channels-last kernels moved
+            8-way logits by up to 0.11 from a float64 run, the kernels by 1e-5). Second-order support
+            passes of other backbones stay contiguous: PyTorch's channels-last batch-norm kernels
+            accumulate sequentially in float32, about 20x the error of the contiguous ones, which
+            visibly moved 5-step second-order meta-gradients.
+        zero_head: start every task's head at zero, in meta-training and adaptation alike (the
+            "zeroing trick" of Kao et al., "MAML is a Noisy Contrastive Learner in Classification",
+            ICLR 2022, arXiv:2106.15367): the head is not meta-learned, the first inner step writes
+            each class's row from its support features, and episodes with more ways than seen in
+            training start unbiased (a learned head's untrained rows barely move in one inner step).
+            Needs the head among the adapted parameters.
     """
-    if images.shape[1] != 1:
-        return images.contiguous(memory_format=torch.channels_last)
-    x = images.contiguous()
-    n, _, h, w = x.shape
-    return x.as_strided((n, 1, h, w), (h * w, 1, w, 1))
+
+    n_way: int = Field(5, ge=2)
+    inner_steps: int = Field(1, ge=1)
+    inner_lr: float = Field(0.4, gt=0.0)
+    eval_steps: int | None = Field(None, ge=1)
+    adapt: str = "all"
+    feature_dim: int | None = Field(None, ge=1)
+    task_threads: int = Field(0, ge=0)
+    channels_last: bool = True
+    zero_head: bool = False
 
 
-# ------------------------------------------------------------------------------------------ task parallelism
+@dataclass(frozen=True)
+class AdaptedPredictor:
+    """A classifier for one task: the method's functional forward with adapted parameters.
 
-_REPLICAS: weakref.WeakKeyDictionary[nn.Module, tuple[Any, list[nn.Module]]] = weakref.WeakKeyDictionary()
-_REPLICA_LOCK = threading.Lock()
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_WORKER = threading.local()
-
-
-def _signature(module: nn.Module) -> tuple[Any, ...]:
-    return tuple((n, tuple(t.shape)) for n, t in (*module.named_parameters(), *module.named_buffers()))
-
-
-def replica(module: nn.Module, worker: int) -> nn.Module:
-    """A structural copy of `module` for worker thread `worker` (storage on the meta device).
-
-    `functional_call` swaps tensors into the module it calls, so two threads must not call the same
-    module; each worker calls its own replica with every parameter and buffer passed explicitly.
-    Worker ``-1`` (the calling thread) gets `module` itself.
+    Attributes:
+        method: whose forward is used (never modified).
+        params: adapted parameters (``backbone.*``, ``head.*``).
+        n_way: classes of the task (the first `n_way` head rows).
+        step: inner steps taken (selects per-step parameters in MAML++).
+        backbone: the module `functional_call` runs (the method's backbone, or a worker's replica).
     """
-    if worker < 0:
-        return module
-    with _REPLICA_LOCK:
-        sig = _signature(module)
-        cached = _REPLICAS.get(module)
-        if cached is None or cached[0] != sig:
-            cached = (sig, [])
-            _REPLICAS[module] = cached
-        copies = cached[1]
-        while len(copies) <= worker:
-            copies.append(copy.deepcopy(module).to_empty(device="meta"))
-        out = copies[worker]
-    out.train(module.training)
-    return out
+
+    method: InnerLoopMethod
+    params: ParamDict
+    n_way: int
+    step: int
+    backbone: nn.Module
+
+    def predict(self, query_images: Tensor) -> Tensor:
+        """``(n_query, C, *spatial)`` -> logits ``(n_query, n_way)``."""
+        return self.method.logits(self.params, query_images, self.n_way, self.step, self.backbone)
 
 
-def plan_workers(n_tasks: int, requested: int, device: torch.device) -> tuple[int, int]:
-    """``(worker threads, intra-op threads per worker)`` for a meta-batch of `n_tasks` tasks.
+class InnerLoopMethod(FewShotMethod):
+    """Base of the optimisation-based methods: backbone + linear head adapted by `inner_loop`.
 
-    ``requested == 0`` (auto): on CPU, one worker per intra-op thread torch may use, at most one per
-    task; elsewhere (CUDA) one worker. ``requested == 1``: sequential.
+    Subclasses choose the inner optimiser (`inner_update`), the order of differentiation
+    (`second_order`) and may add per-step parameters (`step_parameters`, `batchnorm_buffers`).
     """
-    total = torch.get_num_threads()
-    if requested == 1 or n_tasks <= 1 or device.type != "cpu":
-        return 1, total
-    workers = min(requested or total, n_tasks)
-    if workers <= 1:
-        return 1, total
-    return workers, max(1, total // workers)
 
+    permutation_invariant = False
+    Options = InnerLoopOptions
+    options: InnerLoopOptions
 
-def _pool(workers: int, intra: int) -> ThreadPoolExecutor:
-    key = (workers, intra)
-    if key not in _POOLS:
-        counter = iter(range(workers))
-        lock = threading.Lock()
+    def __init__(self, backbone: nn.Module, options: InnerLoopOptions | None = None) -> None:
+        super().__init__(backbone, options or self.Options())
+        opts = self.options
+        self.head = nn.Linear(head_feature_dim(backbone, opts.feature_dim), opts.n_way)
+        self.batchnorm_layers = tuple(batchnorm_names(backbone))
+        names = list(self.model_parameters())
+        self.adapted = select_adapted(opts.adapt, names, self.not_adaptable())
+        if opts.zero_head and not any(n.startswith("head.") for n in self.adapted):
+            raise ConfigError(
+                f"zero_head starts the head at zero, so it must be adapted, but adapt={opts.adapt!r} "
+                "leaves it out: set adapt=all (or head), or zero_head=false"
+            )
 
-        def init() -> None:
-            with lock:
-                _WORKER.index = next(counter)
+    # ----------------------------------------------------------------------------------------- hooks
+    def not_adaptable(self) -> tuple[str, ...]:
+        """Parameter names the inner loop must not update."""
+        return ()
 
-        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="medmeta-task", initializer=init)
-    return _POOLS[key]
+    def inner_update(self) -> InnerUpdate:
+        """The inner optimiser (default: SGD with `inner_lr`)."""
+        return sgd_update(self.inner_lr)
 
+    def inner_lr(self, step: int, index: int) -> Tensor | float:
+        """Learning rate of adapted parameter ``self.adapted[index]`` at inner step `step`."""
+        return self.options.inner_lr
 
-def run_tasks(fn: Callable[[int, int], T], n_tasks: int, workers: int, intra: int) -> list[T]:
-    """``[fn(i, worker) for i in range(n_tasks)]``, on `workers` threads when ``workers > 1``.
+    def second_order(self) -> bool:
+        """Differentiate through the inner gradients during meta-training."""
+        return False
 
-    Each worker runs with `intra` intra-op threads and the caller's grad mode; results keep task order,
-    so they do not depend on scheduling. Torch's global thread setting is restored afterwards.
-    """
-    if workers <= 1:
-        return [fn(i, -1) for i in range(n_tasks)]
-    grad_enabled = torch.is_grad_enabled()
-    main_threads = torch.get_num_threads()
+    def step_parameters(self, params: ParamDict, step: int) -> ParamDict:
+        """Parameters for a forward pass after `step` updates (MAML++ swaps in per-step batch norm)."""
+        return params
 
-    def call(i: int) -> T:
-        if torch.get_num_threads() != intra:
-            torch.set_num_threads(intra)
-        with torch.set_grad_enabled(grad_enabled):
-            return fn(i, int(_WORKER.index))
+    def batchnorm_buffers(self, step: int) -> dict[str, Tensor | None]:
+        """Batch-norm buffers for a forward after `step` updates (default: batch statistics only)."""
+        return batchnorm_overrides(self.backbone)
 
-    try:
-        return list(_pool(workers, intra).map(call, range(n_tasks)))
-    finally:
-        torch.set_num_threads(main_threads)  # set_num_threads in a worker also changes the global default
+    # ---------------------------------------------------------------------------------- functional core
+    def model_parameters(self) -> ParamDict:
+        """The backbone's and head's parameters, named ``backbone.*`` and ``head.*``."""
+        return {n: p for n, p in self.named_parameters() if n.startswith(_MODEL_PREFIXES)}
 
+    def initial_parameters(self) -> ParamDict:
+        """``theta_0`` of a task: `model_parameters`, with the head at zero under ``zero_head`` (fresh
+        leaves, so the inner loop can differentiate with respect to them; no meta-gradient reaches the
+        head's own parameters)."""
+        params = self.model_parameters()
+        if self.options.zero_head:
+            for n in ("head.weight", "head.bias"):
+                params[n] = torch.zeros_like(params[n], requires_grad=True)
+        return params
 
-def straight_through(value: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
-    """A scalar equal to `value` whose gradient with respect to ``params[i]`` is ``grads[i]``.
+    def features(
+        self,
+        params: ParamDict,
+        images: Tensor,
+        step: int,
+        backbone: nn.Module,
+        *,
+        twice: bool = False,
+        lean: bool = False,
+    ) -> Tensor:
+        """Backbone features ``(N, d)`` of ``(N, C, *spatial)`` images under `params`.
 
-    ``value + sum_i <p_i, g_i> - (same).detach()`` adds exactly zero, so logging and NaN checks see the
-    real loss while ``backward()`` (also scaled, as by a `GradScaler`) delivers the precomputed gradients.
-    """
-    dots = [(p * g).sum() for p, g in zip(params, grads, strict=True) if g is not None]
-    if not dots:
-        return value.detach()
-    link = torch.stack(dots).sum()
-    return value.detach() + (link - link.detach())
+        `twice`: the result will be differentiated twice (second-order support passes, or any support
+        pass of meta-training on the compiled fused path); `lean`: it is part of a meta-training task
+        graph (query passes), where saved memory counts. With the
+        ``channels_last`` option (see `InnerLoopOptions`) such passes of a 2D `Conv4` with batch
+        statistics run the fused forward of `medmeta._accel.fused_block` (every pass on CPU when its
+        compiled kernels are available), and other passes run in channels-last layout.
+        """
+        p = self.step_parameters(params, step)
+        weights = {k[9:]: v for k, v in p.items() if k.startswith("backbone.")}
+        overrides = self.batchnorm_buffers(step)
+        if self.options.channels_last and images.ndim == 4:
+            if _accel.enabled():  # MEDMETA_KERNELS=off: PyTorch's modules, no medmeta._accel import
+                from medmeta._accel.fused_block import fused_conv4_forward
+                from medmeta._accel.kernels import fused_block_kernels
 
+                compiled = images.device.type == "cpu" and fused_block_kernels() is not None
+                if (twice or lean or compiled) and all(v is None for v in overrides.values()):
+                    fused = fused_conv4_forward(backbone, weights, channels_last(images))
+                    if fused is not None:
+                        return fused
+            if not twice:
+                images = channels_last(images)
+        buffers = dict(self.backbone.named_buffers()) | overrides
+        return functional_call(backbone, (weights, buffers), (images,))  # type: ignore[arg-type]
 
-def meta_batch(
-    task: Callable[[int, int], tuple[Tensor, Sequence[Tensor | None]]],
-    n_tasks: int,
-    params: Sequence[Tensor],
-    *,
-    threads: int = 0,
-) -> Tensor:
-    """Mean loss over tasks whose gradient is the mean of the tasks' meta-gradients.
+    def classify(self, params: ParamDict, features: Tensor, n_way: int) -> Tensor:
+        """Logits ``(N, n_way)`` from features ``(N, d)`` with the first `n_way` head rows."""
+        rows = params["head.weight"].shape[0]
+        if n_way > rows:
+            raise ConfigError(
+                f"the episode has {n_way} classes but the head has n_way={rows} rows: set the method "
+                f"option n_way={n_way} (or more) and meta-train again"
+            )
+        return F.linear(features, params["head.weight"][:n_way], params["head.bias"][:n_way])
 
-    Args:
-        task: ``(task index, worker) -> (loss, gradients aligned with params)``; it must call modules
-            only through ``replica(module, worker)`` (the worker is -1 on the calling thread).
-        n_tasks: meta-batch size.
-        params: the meta-parameters.
-        threads: worker threads (`plan_workers`: 0 auto, 1 sequential).
+    def logits(
+        self,
+        params: ParamDict,
+        images: Tensor,
+        n_way: int,
+        step: int,
+        backbone: nn.Module | None = None,
+        *,
+        twice: bool = False,
+        lean: bool = False,
+    ) -> Tensor:
+        """Logits ``(N, n_way)`` of images ``(N, C, *spatial)`` after `step` inner updates."""
+        module = self.backbone if backbone is None else backbone
+        feats = self.features(params, images, step, module, twice=twice, lean=lean)
+        return self.classify(params, feats, n_way)
 
-    Returns:
-        A scalar for the training loop's ``backward()``.
-    """
-    device = params[0].device if params else torch.device("cpu")
-    workers, intra = plan_workers(n_tasks, threads, device)
-    results = run_tasks(task, n_tasks, workers, intra)
-    loss = torch.stack([r[0].detach() for r in results]).mean()
-    mean_grads: list[Tensor | None] = []
-    for i in range(len(params)):
-        gs = [r[1][i] for r in results if r[1][i] is not None]
-        mean_grads.append(None if not gs else torch.stack(gs).sum(0) / n_tasks)  # type: ignore[arg-type]
-    return straight_through(loss, params, mean_grads)
+    def support_loss(
+        self, params: ParamDict, support: Support, *, backbone: nn.Module, track: bool
+    ) -> StepLoss:
+        """``(theta_k, k) -> cross-entropy on the support``; ANIL-style head-only adaptation embeds once."""
+        head_only = all(n.startswith("head.") for n in self.adapted) and not self.step_dependent_backbone()
+        twice = track and (self.second_order() or self.fused_training())
+        if head_only:
+            with torch.set_grad_enabled(track):
+                feats = self.features(params, support.images, 0, backbone, twice=twice)  # (n_support, d)
+            return lambda p, k: F.cross_entropy(self.classify(p, feats, support.n_way), support.labels)
+        return lambda p, k: F.cross_entropy(
+            self.logits(p, support.images, support.n_way, k, backbone, twice=twice), support.labels
+        )
+
+    def step_dependent_backbone(self) -> bool:
+        """True when the backbone's forward depends on the inner step (per-step parameters)."""
+        return False
+
+    def trajectory(
+        self,
+        support: Support,
+        steps: int,
+        *,
+        track: bool,
+        backbone: nn.Module | None = None,
+        losses: list[Tensor] | None = None,
+    ) -> list[ParamDict]:
+        """``[theta_0, ..., theta_steps]`` adapted on `support` (see `inner_loop`).
+
+        Args:
+            support: the images and labels to adapt on.
+            steps: inner updates.
+            track: keep the result differentiable with respect to the meta-parameters.
+            backbone: the module to call (a worker's `replica`; default: the method's backbone).
+            losses: if given, receives the detached support loss of every step.
+        """
+        module = self.backbone if backbone is None else backbone
+        params = self.initial_parameters()
+        loss_fn = self.support_loss(params, support, backbone=module, track=track)
+        if losses is not None:
+            inner_fn = loss_fn
+
+            def loss_fn(p: ParamDict, k: int) -> Tensor:
+                value = inner_fn(p, k)
+                losses.append(value.detach())
+                return value
+
+        with torch.enable_grad():
+            return inner_loop(
+                loss_fn,
+                params,
+                self.adapted,
+                self.inner_update(),
+                steps,
+                track=track,
+                create_graph=self.second_order(),
+                checkpoint=bool(getattr(self.options, "checkpoint_inner", False)),
+            )
+
+    def eval_steps(self) -> int:
+        """Inner steps used by `adapt`: `inner_steps` in training mode, `eval_steps` in eval mode."""
+        opts = self.options
+        if self.training or opts.eval_steps is None:
+            return opts.inner_steps
+        return opts.eval_steps
+
+    def adapt(self, support: Support, query_images: Tensor | None = None) -> AdaptedPredictor:
+        """Adapt a copy of the parameters on the support set; differentiable when grad mode is on.
+
+        Works under ``torch.no_grad()`` (evaluation): the inner gradients are taken with grad enabled
+        and the adapted tensors are detached.
+        """
+        steps = self.eval_steps()
+        trajectory = self.trajectory(support, steps, track=torch.is_grad_enabled())
+        return AdaptedPredictor(self, trajectory[-1], support.n_way, steps, self.backbone)
+
+    def task_loss(self, episode: Episode, worker: int) -> tuple[Tensor, Any]:
+        """Meta-training loss of one episode on `worker` (-1: this thread) and any side result."""
+        module = replica(self.backbone, worker)
+        steps = self.options.inner_steps
+        track = torch.is_grad_enabled()
+        final = self.trajectory(episode.support, steps, track=track, backbone=module)[-1]
+        lean = track and (self.second_order() or self.fused_training())
+        logits = self.logits(final, episode.query_images, episode.n_way, steps, module, lean=lean)
+        return F.cross_entropy(logits, episode.query_labels), None
+
+    def finish_batch(self, extras: Sequence[Any]) -> None:
+        """Consume the side results of a meta-batch's tasks, in task order (MAML++: running statistics)."""
+
+    def episode_loss(self, episode: Episode) -> Tensor:
+        loss, extra = self.task_loss(episode, -1)
+        self.finish_batch([extra])
+        return loss
+
+    def task_threads(self) -> int:
+        """Worker threads for a meta-batch (`meta_batch`'s ``threads``), resolving the auto setting."""
+        requested = self.options.task_threads
+        if requested == 0 and self.second_order() and not self.fused_training():
+            return 1
+        return requested
+
+    def fused_training(self) -> bool:
+        """Meta-training passes (first or second order) run through the compiled fused Conv4 kernels:
+        faster than PyTorch's ops, and task graphs small enough for concurrent second-order tasks (see
+        `InnerLoopOptions.task_threads`)."""
+        if not (self.options.channels_last and _accel.enabled()):
+            return False
+        from medmeta._accel.fused_block import fused_conv4_supported
+        from medmeta._accel.kernels import fused_block_kernels
+
+        return fused_conv4_supported(self.backbone) and fused_block_kernels() is not None
+
+    def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
+        """Mean query loss; each task's meta-gradient is taken right after its loss (one graph alive per
+        worker), on several threads when `task_threads` allows; the result backpropagates exactly that."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not torch.is_grad_enabled() or not named:
+            return super().batch_loss(episodes)
+        params = [p for _, p in named]
+        extras: list[Any] = [None] * len(episodes)
+
+        def task(i: int, worker: int) -> tuple[Tensor, Sequence[Tensor | None]]:
+            loss, extras[i] = self.task_loss(episodes[i], worker)
+            return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+        out = meta_batch(task, len(episodes), params, threads=self.task_threads())
+        self.finish_batch(extras)
+        return out

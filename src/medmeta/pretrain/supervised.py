@@ -26,7 +26,7 @@ from medmeta.config import TrainConfig
 from medmeta.data.datasets import ImageDataset
 from medmeta.errors import DataError, TrainingError
 from medmeta.methods.base import FewShotMethod
-from medmeta.pretrain.base import SupervisedMethod
+from medmeta.methods.transfer.base import SupervisedMethod
 from medmeta.tasks.sampler import EpisodeSampler
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.loop import FitResult, ProgressHook, resolve_device, step, validate

@@ -1,7 +1,7 @@
 """MAML and first-order MAML for segmentation, on a small U-Net.
 
 The U-Net is called only through `torch.func.functional_call` over a parameter dict, and the inner loop is
-`medmeta.methods.inner_loop.inner_loop` (shared with the classification MAML), so `adapt` returns a
+`medmeta.methods.functional.inner_loop` (shared with the classification MAML), so `adapt` returns a
 predictor holding adapted tensors and never touches the method.
 """
 
@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.func import functional_call
 
-from medmeta.methods.inner_loop import ParamDict, batchnorm_overrides, inner_loop, sgd_update
+from medmeta.methods.functional import ParamDict, batchnorm_overrides, inner_loop, sgd_update
 from medmeta.seg.base import FewShotSegmenter, SegOptions, seg_loss
 from medmeta.seg.unet import SmallUNet
 from medmeta.tasks.segmentation import SegEpisode

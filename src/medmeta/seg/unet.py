@@ -2,7 +2,7 @@
 
 Our own rather than MONAI's `BasicUNet`: MONAI is an optional extra, and the methods need (1) the
 full-resolution decoder features before the classifier (prototype methods pool them) and (2) plain
-batch-norm layers that `medmeta.methods.inner_loop.batchnorm_overrides` can switch to batch statistics for
+batch-norm layers that `medmeta.methods.functional.batchnorm_overrides` can switch to batch statistics for
 the functional MAML inner loop. Upsampling interpolates to the skip connection's size, so odd sizes work.
 """
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.methods.protonet import compute_prototypes
-from medmeta.pretrain.base import SupervisedMethod, SupervisedOptions
-from medmeta.pretrain.heads import HeadKind, cosine_logits
+from medmeta.methods.functional import compute_prototypes
+from medmeta.methods.transfer.base import SupervisedMethod, SupervisedOptions
+from medmeta.models.heads import HeadKind, cosine_logits
 from medmeta.tasks.episode import Support
 
 

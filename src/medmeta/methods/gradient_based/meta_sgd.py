@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.methods.maml import MAML, MAMLOptions
+from medmeta.methods.gradient_based.maml import MAML, MAMLOptions
 
 
 class MetaSGDOptions(MAMLOptions):

@@ -16,7 +16,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.protonet import compute_prototypes, embed, one_pass_episode_logits
+from medmeta.methods.functional import compute_prototypes, embed
+from medmeta.methods.metric.common import one_pass_episode_logits
 from medmeta.tasks.episode import Episode, Support
 
 

@@ -4,14 +4,14 @@ Chen, Liu, Kira, Wang, Huang. "A Closer Look at Few-shot Classification", ICLR 2
 train a backbone with a classification head over all meta-training classes, drop the head, and adapt a
 simple classifier on each task's support set. `SupervisedMethod` holds the backbone, the pretraining
 heads and the training-feature mean; the test-time rule (fine-tuning, linear probe, SimpleShot, cosine
-classifier) is each subclass's `adapt`. Pretraining itself is `medmeta.pretrain.supervised.fit_supervised`.
+classifier) is each subclass's `adapt`. Pretraining itself is `medmeta.train.supervised.fit_supervised`;
+`medmeta.methods.switch_method` puts the same weights behind another rule.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.pretrain.heads import HeadKind, build_head
+from medmeta.models.heads import HeadKind, build_head
 
 FeatureTransform = Literal["none", "l2n", "cl2n"]
 
@@ -90,7 +90,7 @@ class SupervisedMethod(FewShotMethod):
     and the buffer ``feature_mean`` ``(d,)``.
 
     Example:
-        >>> from medmeta.methods.simpleshot import SimpleShot
+        >>> from medmeta.methods.transfer.simpleshot import SimpleShot
         >>> from medmeta.models import Conv4
         >>> method = SimpleShot(Conv4(in_channels=3, image_size=32))
         >>> method.set_head_sizes([8])  # fit_supervised does this from the training data
@@ -169,33 +169,3 @@ class SupervisedMethod(FewShotMethod):
             logits = self.supervised_logits(features[rows], int(h))  # (n_h, head_sizes[h])
             total = total + F.cross_entropy(logits, labels[rows], reduction="sum")
         return total / labels.shape[0]
-
-
-def switch_method(
-    method: SupervisedMethod, name: str, options: dict[str, Any] | None = None
-) -> SupervisedMethod:
-    """The same pretrained weights behind another test-time rule (pretrain once, evaluate many ways).
-
-    Args:
-        method: a pretrained transfer baseline.
-        name: registered name of another transfer baseline (for example ``linear_probe``).
-        options: its test-time options; the pretraining options are taken from `method`.
-
-    Returns:
-        A new method holding copies of `method`'s weights, in `method`'s training/eval mode.
-
-    Raises:
-        ConfigError: `name` is not a registered transfer baseline.
-    """
-    from medmeta.methods import METHODS, build_method
-
-    cls = METHODS.get(name)
-    if cls is None or not issubclass(cls, SupervisedMethod):
-        choices = sorted(n for n, c in METHODS.items() if issubclass(c, SupervisedMethod))
-        raise ConfigError(f"'{name}' is not a transfer baseline; choose one of {', '.join(choices)}")
-    shared = {k: getattr(method.options, k) for k in SupervisedOptions.model_fields}
-    new = build_method(name, copy.deepcopy(method.backbone), {**(options or {}), **shared})
-    assert isinstance(new, SupervisedMethod)
-    new.load_state_dict(method.state_dict(), strict=True)
-    new.to(method.feature_mean.device)
-    return new.train(method.training)

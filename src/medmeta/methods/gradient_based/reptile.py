@@ -9,15 +9,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from medmeta.methods.inner_loop import (
-    InnerUpdate,
-    adam_update,
-    meta_batch,
-    replica,
-    sgd_update,
-    straight_through,
-)
-from medmeta.methods.maml import InnerLoopMethod, InnerLoopOptions
+from medmeta.methods.functional import InnerUpdate, adam_update, sgd_update
+from medmeta.methods.inner_loop import InnerLoopMethod, InnerLoopOptions
+from medmeta.methods.meta_batch import meta_batch, replica, straight_through
 from medmeta.tasks.episode import Episode, Support
 
 

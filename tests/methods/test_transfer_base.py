@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from medmeta.errors import ConfigError
-from medmeta.methods import METHODS, build_method
+from medmeta.methods import METHODS, build_method, switch_method
+from medmeta.methods.transfer.base import SupervisedMethod, backbone_width, transform_features
 from medmeta.models.backbones import Conv4
-from medmeta.pretrain.base import SupervisedMethod, backbone_width, switch_method, transform_features
-from medmeta.pretrain.heads import CosineHead, build_head, cosine_logits
+from medmeta.models.heads import CosineHead, build_head, cosine_logits
 from tests.pretrain.helpers import (
     Flat,
     single_thread,  # noqa: F401  (autouse fixture)
@@ -124,7 +124,7 @@ def test_switch_method_keeps_the_pretrained_weights_behind_another_rule() -> Non
 
 def test_options_of_the_wrong_kind_are_rejected_with_the_fix() -> None:
     from medmeta.methods.base import MethodOptions
-    from medmeta.methods.simpleshot import SimpleShot
+    from medmeta.methods.transfer.simpleshot import SimpleShot
 
     with pytest.raises(
         TypeError, match=r"SimpleShot takes SimpleShotOptions, got MethodOptions: .*from_options"

@@ -16,8 +16,13 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from medmeta.methods.protonet import compute_prototypes
-from medmeta.pretrain.base import FeatureTransform, SupervisedMethod, SupervisedOptions, transform_features
+from medmeta.methods.functional import compute_prototypes
+from medmeta.methods.transfer.base import (
+    FeatureTransform,
+    SupervisedMethod,
+    SupervisedOptions,
+    transform_features,
+)
 from medmeta.tasks.episode import Support
 
 HeadInit = Literal["prototypes", "zeros", "random"]

@@ -18,7 +18,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.protonet import embed, one_pass_episode_logits, squared_distances
+from medmeta.methods.functional import embed, squared_distances
+from medmeta.methods.metric.common import one_pass_episode_logits
 from medmeta.tasks.episode import Episode, Support
 
 Rule = Literal["nearest", "mean"]

@@ -11,8 +11,13 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from medmeta.methods.protonet import compute_prototypes, prototype_logits
-from medmeta.pretrain.base import FeatureTransform, SupervisedMethod, SupervisedOptions, transform_features
+from medmeta.methods.functional import compute_prototypes, prototype_logits
+from medmeta.methods.transfer.base import (
+    FeatureTransform,
+    SupervisedMethod,
+    SupervisedOptions,
+    transform_features,
+)
 from medmeta.tasks.episode import Support
 
 
@@ -57,7 +62,7 @@ class SimpleShot(SupervisedMethod):
     """SimpleShot (Wang et al. 2019, arXiv:1911.04623) on a supervised-pretrained backbone.
 
     Features are centred by the mean training feature (the buffer ``feature_mean``, set by
-    `medmeta.pretrain.supervised.fit_supervised`) and L2-normalised; a query goes to the nearest class
+    `medmeta.train.supervised.fit_supervised`) and L2-normalised; a query goes to the nearest class
     centroid. No parameter is learned at test time.
 
     Example:

@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.pretrain.base import FeatureTransform, SupervisedMethod, SupervisedOptions, transform_features
+from medmeta.methods.transfer.base import (
+    FeatureTransform,
+    SupervisedMethod,
+    SupervisedOptions,
+    transform_features,
+)
 from medmeta.tasks.episode import Support
 
 

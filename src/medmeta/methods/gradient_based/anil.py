@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medmeta.methods.maml import MAML, MAMLOptions
+from medmeta.methods.gradient_based.maml import MAML, MAMLOptions
 
 
 class ANILOptions(MAMLOptions):

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.methods.inner_loop import ParamDict, batchnorm_overrides, replica
-from medmeta.methods.maml import InnerLoopMethod, MAMLOptions
+from medmeta.methods.functional import ParamDict, batchnorm_overrides
+from medmeta.methods.gradient_based.maml import MAMLOptions
+from medmeta.methods.inner_loop import InnerLoopMethod
+from medmeta.methods.meta_batch import replica
 from medmeta.tasks.episode import Episode
 
 _RECORD = threading.local()  # per-thread scratch running statistics of the task being meta-trained
