@@ -47,6 +47,7 @@ from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.loop import fit
+from medmeta.train.sources import EpisodicBatches
 
 REPO = Path(__file__).resolve().parents[1]
 N_WAY, N_SHOT, N_QUERY, SIZE = 5, 5, 15, 64
@@ -95,10 +96,12 @@ def main() -> None:
     n_train = args.warmup + args.train_episodes
     train_sampler = MultiDomainSampler([data], N_WAY, N_SHOT, N_QUERY, seed=1, n_episodes=n_train)
     cfg = TrainConfig(epochs=1, episodes_per_epoch=args.warmup, val_episodes=0, device="cpu", lr=1e-3)
-    fit(copy.deepcopy(method), train_sampler, [], cfg, prepare=norm)  # warm-up on a copy, same episodes
+    fit(
+        copy.deepcopy(method), EpisodicBatches(train_sampler, cfg, prepare=norm), cfg
+    )  # warm-up on a copy, same episodes
     cfg = TrainConfig(epochs=1, episodes_per_epoch=n_train, val_episodes=0, device="cpu", lr=1e-3)
     t0 = time.perf_counter()
-    result = fit(method, train_sampler, [], cfg, prepare=norm)
+    result = fit(method, EpisodicBatches(train_sampler, cfg, prepare=norm), cfg)
     medmeta_train_eps = n_train / (time.perf_counter() - t0)
     del result
 

@@ -30,7 +30,7 @@ from medmeta.data.datasets import ImageDataset
 from medmeta.data.registry import DomainSpec, resolve
 from medmeta.data.transforms import Normalization
 from medmeta.errors import CheckpointError, ConfigError, DataError
-from medmeta.eval.evaluate import EvalResult, evaluate
+from medmeta.eval.evaluate import AccuracyValidation, EvalResult, evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.models.backbones import build_backbone
@@ -38,6 +38,7 @@ from medmeta.outputs import RunFolder, check_run_folder
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
+from medmeta.train.sources import EpisodicBatches
 
 logger = logging.getLogger(__name__)
 
@@ -249,14 +250,23 @@ def train_method(
         "save_state": resumable,
         "on_start": on_start,
     }
+    validation = AccuracyValidation(val, cfg.train.val_episodes, prepare=norm)
     if method.trainer == "supervised":
-        from medmeta.pretrain.supervised import fit_supervised
+        from medmeta.train.supervised import fit_supervised
 
         result = fit_supervised(
-            method, data.train, val, cfg.train, prepare=norm, meta=meta, progress=progress, **run
+            method,
+            data.train,
+            cfg.train,
+            prepare=norm,
+            validation=validation,
+            meta=meta,
+            progress=progress,
+            **run,
         )
     else:
-        result = fit(method, sampler, val, cfg.train, prepare=norm, meta=meta, progress=progress, **run)
+        source = EpisodicBatches(sampler, cfg.train, prepare=norm)
+        result = fit(method, source, cfg.train, validation=validation, meta=meta, progress=progress, **run)
     return method, result, data
 
 

@@ -1,4 +1,4 @@
-"""`fit_segmenter(resume=True)` continues a segmentation run to the weights of an uninterrupted one."""
+"""`train_segmenter(resume=True)` continues a segmentation run to the weights of an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import pytest
 import torch
 
 from medmeta.seg.config import SegConfig, make_seg_config
-from medmeta.seg.pipeline import CHECKPOINT_KIND, build_segmenter, load_seg_data, training_episodes
-from medmeta.seg.train import SegFitResult, fit_segmenter
+from medmeta.seg.pipeline import (
+    CHECKPOINT_KIND,
+    build_segmenter,
+    load_seg_data,
+    train_segmenter,
+    training_episodes,
+)
 from medmeta.train.checkpoint import load_checkpoint
+from medmeta.train.loop import FitResult
 
 
 def config(root: Path, epochs: int) -> SegConfig:
@@ -42,13 +48,13 @@ class Started:
 
 def train(
     root: Path, out: Path, epochs: int, resume: bool = False, progress: Started | None = None
-) -> tuple[torch.nn.Module, SegFitResult]:
+) -> tuple[torch.nn.Module, FitResult]:
     cfg = config(root, epochs)
     data = load_seg_data(cfg)
     model = build_segmenter(cfg)
     meta = {"kind": CHECKPOINT_KIND, "method": "panet", "config": cfg.model_dump(mode="json")}
     episodes = training_episodes(model, data, cfg)
-    result = fit_segmenter(
+    result = train_segmenter(
         model, episodes, cfg.train, out_dir=out, meta=meta, resume=resume, progress=progress
     )
     return model, result

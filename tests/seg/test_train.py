@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -19,10 +20,10 @@ from medmeta.seg.pipeline import (
     build_segmenter,
     load_seg_data,
     load_segmenter,
+    train_segmenter,
     training_episodes,
 )
-from medmeta.seg.train import fit_segmenter
-from medmeta.tasks.segmentation import SegEpisode
+from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 from medmeta.train.checkpoint import save_checkpoint
 from tests.seg.test_methods import SMALL
 
@@ -55,7 +56,7 @@ def test_training_saves_a_checkpoint_that_predicts_the_same(
     assert not set(data.train) & set(data.test)
     model = build_segmenter(cfg)
     meta = {"kind": CHECKPOINT_KIND, "method": name, "config": cfg.model_dump(mode="json")}
-    result = fit_segmenter(
+    result = train_segmenter(
         model, training_episodes(model, data, cfg), cfg.train, val_episodes=None, out_dir=tmp_path, meta=meta
     )
     assert result.best_checkpoint == tmp_path / "best.json" and len(result.history) == 1
@@ -106,7 +107,7 @@ def test_a_structure_too_small_for_the_shots_is_reported_not_sampled(seg_root: P
 
 def test_a_baseline_cannot_be_trained() -> None:
     with pytest.raises(TrainingError, match="no trainable parameter"):
-        fit_segmenter(SupportMean(), lambda i: None, make_seg_config({}).train)  # type: ignore[arg-type,return-value]
+        train_segmenter(SupportMean(), lambda i: None, make_seg_config({}).train)  # type: ignore[arg-type,return-value]
 
 
 class _Diverging(FewShotSegmenter):
@@ -127,7 +128,7 @@ def test_a_nan_loss_stops_training_with_advice(seg_root: Path) -> None:
     cfg = config(seg_root, "panet")
     data = load_seg_data(cfg)
     with pytest.raises(TrainingError, match=r"lower train\.lr"):
-        fit_segmenter(_Diverging(), training_episodes(PANetLike(), data, cfg), cfg.train)
+        train_segmenter(_Diverging(), training_episodes(PANetLike(), data, cfg), cfg.train)
 
 
 def PANetLike() -> FewShotSegmenter:
@@ -154,3 +155,55 @@ def test_the_table_can_show_hd95_and_rejects_other_metrics(seg_root: Path) -> No
     assert f"{rows[0]['hd95']:.1f} ±" in results_markdown(rows, "hd95")
     with pytest.raises(ValueError, match="metric must be dice or hd95"):
         results_markdown(rows, "iou")
+
+
+def _panet_run(root: Path, **train: object) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """Two epochs of a tiny PANet on CT structures (seed 3, meta-batches of 2, 1 validation episode)."""
+    cfg = make_seg_config(
+        {
+            "data": {"data_dir": str(root), "image_size": 32, "train": ["ct"], "test": ["ct:liver"]},
+            "episodes": {"n_shot": 1, "n_query": 1},
+            "method": {"name": "panet", "options": SMALL["panet"]},
+            "train": {
+                "epochs": 2,
+                "episodes_per_epoch": 2,
+                "meta_batch": 2,
+                "val_episodes": 1,
+                "device": "cpu",
+                "seed": 3,
+                **train,
+            },
+        }
+    )
+    data = load_seg_data(cfg)
+    model = build_segmenter(cfg)
+    val = SegEpisodeSampler({k: s for k, s in data.train.items() if len(s) >= 2}, 1, 1, 4)
+    result = train_segmenter(model, training_episodes(model, data, cfg), cfg.train, val_episodes=val)
+    return model.state_dict(), result.history
+
+
+def _weights_hash(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_a_default_segmentation_run_reproduces_the_weights_of_the_former_segmentation_loop(
+    seg_root: Path,
+) -> None:
+    # 3e433a76786b8c7b: the same run through seg/train.py's fit_segmenter before segmentation training moved
+    # to medmeta.train.loop.fit (commit f4fa3b4, one CPU thread); the history matched it too
+    state, history = _panet_run(seg_root)
+    assert _weights_hash(state) == "3e433a76786b8c7b"
+    assert [round(r["train_loss"], 4) for r in history] == [4.3663, 5.346]
+
+
+def test_a_cosine_lr_schedule_changes_a_segmentation_run(seg_root: Path) -> None:
+    # no validation: both runs keep their last epoch (the first epoch's single step is the same in both)
+    constant, constant_history = _panet_run(seg_root, val_episodes=0)
+    cosine, cosine_history = _panet_run(seg_root, val_episodes=0, lr_schedule="cosine")
+    assert [r["lr"] for r in constant_history] == [1e-3, 1e-3]
+    assert [r["lr"] for r in cosine_history] == pytest.approx([5e-4, 0.0], abs=1e-12)
+    assert any(not torch.equal(constant[k], cosine[k]) for k in constant)

@@ -13,10 +13,12 @@ from torch import nn
 from medmeta.config import TrainConfig, make_config
 from medmeta.data.synthetic import make_synthetic
 from medmeta.errors import TrainingError
+from medmeta.eval.evaluate import AccuracyValidation
 from medmeta.pipeline import default_normalization, load_method, train_method
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.checkpoint import load_checkpoint
 from medmeta.train.loop import fit, step
+from medmeta.train.sources import EpisodicBatches
 
 
 def test_step_clips_then_steps_the_optimiser_exactly_once() -> None:
@@ -83,7 +85,9 @@ def test_a_nan_loss_stops_training_and_keeps_earlier_checkpoints(tmp_path: Path)
     sampler = MultiDomainSampler([ds], 3, 1, 2, seed=0, n_episodes=4)
     val = [EpisodeSampler(ds, 3, 1, 2, seed=1)]
     cfg = TrainConfig(epochs=1, episodes_per_epoch=4, val_episodes=2, device="cpu")
-    fit(method, sampler, val, cfg, prepare=default_normalization(3), out_dir=tmp_path)
+    norm = default_normalization(3)
+    source, validation = EpisodicBatches(sampler, cfg, prepare=norm), AccuracyValidation(val, 2, prepare=norm)
+    fit(method, source, cfg, validation=validation, out_dir=tmp_path)
     saved = (tmp_path / "best.json").read_text()
     with (
         mock.patch.object(
@@ -91,11 +95,11 @@ def test_a_nan_loss_stops_training_and_keeps_earlier_checkpoints(tmp_path: Path)
         ),
         pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 1: lower train.lr"),
     ):
-        fit(method, sampler, val, cfg, prepare=default_normalization(3), out_dir=tmp_path)
+        fit(method, source, cfg, validation=validation, out_dir=tmp_path)
     assert (tmp_path / "best.json").read_text() == saved
     assert load_checkpoint(tmp_path / "best.json")[1]["epoch"] == 1
 
 
 def test_protonet_learns_the_synthetic_classes(tmp_path: Path) -> None:
     _, result = _synthetic_run(tmp_path, epochs=3, episodes_per_epoch=20)
-    assert result.best_val_accuracy > 0.5  # 4-way: chance is 0.25
+    assert result.best_score > 0.5  # 4-way: chance is 0.25

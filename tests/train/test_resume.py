@@ -77,7 +77,7 @@ def test_a_run_killed_after_epoch_two_and_resumed_ends_with_the_uninterrupted_we
             load_checkpoint(tmp_path / "whole" / name)[0], load_checkpoint(tmp_path / "killed" / name)[0]
         )
     assert without_seconds(resumed_result.history) == without_seconds(whole_result.history)
-    assert resumed_result.best_val_accuracy == whole_result.best_val_accuracy
+    assert resumed_result.best_score == whole_result.best_score
 
 
 def test_more_epochs_on_resume_equal_training_that_long_from_the_start(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The fully-supervised reference: the benchmark's backbone trained on a domain's whole training split.
 
 It is the upper bound a few-shot method is compared with: supervised pretraining
-(`medmeta.pretrain.supervised.fit_supervised`, reached through `medmeta.pipeline.train_method`) on the
+(`medmeta.train.supervised.fit_supervised`, reached through `medmeta.pipeline.train_method`) on the
 held-out domain's own training images and classes, then its classification head predicts every image of
 the test split that the few-shot episodes are drawn from.
 """

@@ -194,7 +194,7 @@ def _trained_method(
             "seed": job.seed,
             "train_domains": train_names,
             "history": fit_result.history,
-            "best_val_accuracy": fit_result.best_val_accuracy,
+            "best_val_accuracy": fit_result.best_score,
             "seconds": fit_result.seconds,
             "checkpoint": str(fit_result.best_checkpoint.relative_to(out)),
         }

@@ -91,7 +91,7 @@ def run_demo(out: Path, data_dir: Path | None, episodes: int, eval_episodes: int
     # the demo owns its folder, so `make demo` runs again: only medmeta's own files of a run are replaced
     method, fit_result, data = train_method(cfg, out_dir=out, progress=progress, overwrite=True)
     say(
-        f"best validation accuracy {100 * fit_result.best_val_accuracy:.2f}% on held-out images of the "
+        f"best validation accuracy {100 * fit_result.best_score:.2f}% on held-out images of the "
         f"training classes; checkpoint {fit_result.best_checkpoint}"
     )
     results = evaluate_on_tests(

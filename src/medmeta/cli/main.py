@@ -153,7 +153,7 @@ def train(
         cfg, out_dir=out, progress=progress, overwrite=overwrite, resume=resume
     )
     say(
-        f"best validation accuracy {100 * fit_result.best_val_accuracy:.2f}% "
+        f"best validation accuracy {100 * fit_result.best_score:.2f}% "
         f"(checkpoint {fit_result.best_checkpoint}, {fit_result.seconds:.0f} s)"
     )
     if data.test:

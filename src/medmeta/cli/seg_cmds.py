@@ -99,8 +99,13 @@ def train_cmd(
 ) -> None:
     """Train a segmenter on the config's training structures, keep OUT/best.json, evaluate on the test ones."""
     from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
-    from medmeta.seg.pipeline import CHECKPOINT_KIND, build_segmenter, load_seg_data, training_episodes
-    from medmeta.seg.train import fit_segmenter
+    from medmeta.seg.pipeline import (
+        CHECKPOINT_KIND,
+        build_segmenter,
+        load_seg_data,
+        train_segmenter,
+        training_episodes,
+    )
 
     ov = collect(
         {
@@ -134,7 +139,7 @@ def train_cmd(
     if usable:
         val = SegEpisodeSampler(usable, cfg.episodes.n_shot, cfg.episodes.n_query, cfg.train.seed + 1)
     meta = {"kind": CHECKPOINT_KIND, "method": cfg.method.name, "config": cfg.model_dump(mode="json")}
-    result = fit_segmenter(
+    result = train_segmenter(
         model,
         episodes,
         cfg.train,
@@ -146,7 +151,7 @@ def train_cmd(
         on_start=lambda: _start_run(folder, cfg),
     )
     say(
-        f"checkpoint {result.best_checkpoint} ({result.seconds:.0f} s, validation Dice {result.best_val_dice:.3f})"
+        f"checkpoint {result.best_checkpoint} ({result.seconds:.0f} s, validation Dice {result.best_score:.3f})"
     )
     if evaluate and data.test:
         e = cfg.eval

@@ -6,7 +6,7 @@ image is embedded once, so thousands of episodes take seconds. Other methods ada
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -123,3 +123,39 @@ def evaluate(
         per_episode_accuracy=values["accuracy"].tolist(),
         pooled={"ece": float(ece_from_bins(pooled_bins))},
     )
+
+
+class AccuracyValidation:
+    """Validation of classification training (a `medmeta.train.loop.Validation`): mean accuracy.
+
+    `episodes` validation episodes are shared between the samplers (one per validation domain); the
+    record gains ``val_accuracy`` (their mean) and ``val_ci95`` (the widest CI). Without a sampler or
+    episode it records nothing, and the training keeps its last epoch.
+
+    Example:
+        >>> validation = AccuracyValidation([val_sampler], 100, prepare=normalization)  # doctest: +SKIP
+        >>> fit(method, source, cfg, validation=validation)  # doctest: +SKIP
+    """
+
+    metric = "val_accuracy"
+
+    def __init__(
+        self,
+        samplers: Sequence[EpisodeSampler],
+        episodes: int,
+        *,
+        prepare: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        self.samplers, self.episodes, self.prepare = list(samplers), episodes, prepare
+
+    def __call__(self, method: FewShotMethod, device: torch.device) -> dict[str, float]:
+        if not self.samplers or self.episodes <= 0:
+            return {}
+        per = max(1, self.episodes // len(self.samplers))
+        results = [
+            evaluate(method, s, prepare=self.prepare, device=device, n_episodes=per) for s in self.samplers
+        ]
+        return {
+            "val_accuracy": sum(r.accuracy for r in results) / len(results),
+            "val_ci95": max(r.ci95 for r in results),
+        }

@@ -8,6 +8,7 @@ channel 1 foreground); ``episode_loss(episode)`` is what training minimises.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -79,6 +80,13 @@ class FewShotSegmenter(nn.Module, abc.ABC):
             raise ValueError("episode_loss needs query masks")
         logits = self.adapt(episode.support_images, episode.support_masks).predict(episode.query_images)
         return seg_loss(logits, episode.query_masks)
+
+    def batch_loss(self, episodes: Sequence[SegEpisode]) -> Tensor:
+        """Mean `episode_loss` over a meta-batch (what `medmeta.train.loop.fit` minimises)."""
+        return torch.stack([self.episode_loss(ep) for ep in episodes]).mean()
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before each epoch; segmenters keep no schedule of their own."""
 
 
 def seg_loss(logits: Tensor, masks: Tensor) -> Tensor:

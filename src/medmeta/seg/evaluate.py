@@ -45,6 +45,25 @@ def evaluate_structure_episodes(
     return out
 
 
+class DiceValidation:
+    """Validation of segmentation training (a `medmeta.train.loop.Validation`): mean Dice.
+
+    The record gains ``val_dice``, the mean Dice over episodes ``0 .. episodes - 1`` of `sampler`; with no
+    sampler or no episode it records nothing, and the training keeps its last epoch.
+    """
+
+    metric = "val_dice"
+
+    def __init__(self, sampler: EpisodeSource | None, episodes: int) -> None:
+        self.sampler, self.episodes = sampler, episodes
+
+    def __call__(self, method: FewShotSegmenter, device: torch.device) -> dict[str, float]:
+        if self.sampler is None or self.episodes <= 0:
+            return {}
+        dices = evaluate_structure_episodes(method, self.sampler, self.episodes, device)["dice"]
+        return {"val_dice": float(sum(dices) / len(dices))}
+
+
 def evaluate_segmenter(
     model: FewShotSegmenter,
     structures: Mapping[str, SegStructure],

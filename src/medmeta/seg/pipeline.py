@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from medmeta.config import TrainConfig
 from medmeta.data.root import data_root
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.seg.base import FewShotSegmenter
 from medmeta.seg.config import SegConfig, make_seg_config
 from medmeta.seg.data import SegSource, SegStructure, load_source, parse_spec, select_structures
+from medmeta.seg.evaluate import DiceValidation
 from medmeta.seg.superpixels import SuperpixelEpisodes
-from medmeta.tasks.segmentation import EpisodeSource, SegEpisodeSampler
+from medmeta.tasks.base import SeededSampler
+from medmeta.tasks.segmentation import EpisodeSource, SegEpisode, SegEpisodeSampler
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
+from medmeta.train.loop import FitResult, ProgressHook, fit
+from medmeta.train.sources import EpisodicBatches
 
 CHECKPOINT_KIND = "medmeta-segmenter"
 
@@ -71,7 +77,7 @@ def build_segmenter(cfg: SegConfig) -> FewShotSegmenter:
     return SEG_METHODS[cfg.method.name].from_options(cfg.method.options)
 
 
-def training_episodes(method: FewShotSegmenter, data: SegData, cfg: SegConfig) -> EpisodeSource:
+def training_episodes(method: FewShotSegmenter, data: SegData, cfg: SegConfig) -> SeededSampler[SegEpisode]:
     """Training episodes for `method`: labelled episodes of the training structures, or superpixel
     pseudo-episodes of their (unlabelled) images for self-supervised methods."""
     e = cfg.episodes
@@ -85,6 +91,41 @@ def training_episodes(method: FewShotSegmenter, data: SegData, cfg: SegConfig) -
             "data.min_pixels"
         )
     return SegEpisodeSampler(usable, e.n_shot, e.n_query, cfg.train.seed)
+
+
+def train_segmenter(
+    model: FewShotSegmenter,
+    episodes: SeededSampler[SegEpisode],
+    cfg: TrainConfig,
+    *,
+    val_episodes: EpisodeSource | None = None,
+    out_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: ProgressHook | None = None,
+    resume: bool = False,
+    on_start: Callable[[], None] | None = None,
+) -> FitResult:
+    """Train `model` on `episodes` with the one training loop (`medmeta.train.loop.fit`).
+
+    Meta-batches of ``cfg.meta_batch`` episodes, the whole of `cfg` (LR schedule, AMP, clipping, resume),
+    ``cfg.val_episodes`` validation episodes of `val_episodes` scored by Dice (the best epoch is kept and
+    saved as ``out_dir/best``; no ``last`` checkpoint). The model ends in eval mode.
+    """
+    validation = None if val_episodes is None else DiceValidation(val_episodes, cfg.val_episodes)
+    result = fit(
+        model,
+        EpisodicBatches(episodes, cfg),
+        cfg,
+        validation=validation,
+        out_dir=out_dir,
+        meta=meta,
+        progress=progress,
+        resume=resume,
+        save_last=False,
+        on_start=on_start,
+    )
+    model.eval()
+    return result
 
 
 def load_segmenter(path: str | Path) -> tuple[FewShotSegmenter, SegConfig, dict[str, Any]]:

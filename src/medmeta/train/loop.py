@@ -1,6 +1,10 @@
-"""One generic meta-training loop for every method: ``fit`` = epochs of ``train_one_epoch`` + validation.
+"""One training loop for every method and task: ``fit`` = epochs of ``train_one_epoch`` + validation.
 
-The loop only calls ``method.batch_loss(episodes)``; AMP, clipping and the optimiser step live in `step`.
+The loop knows neither the task nor the kind of batch. It draws batch ``b`` from a `BatchSource`
+(`medmeta.train.sources.EpisodicBatches` for meta-training on classification or segmentation episodes,
+`medmeta.train.supervised.SupervisedBatches` for supervised pretraining), asks the source for the loss,
+and owns everything else: Adam, the LR schedule, AMP, clipping and the optimiser step (`step`), the NaN
+check, progress, validation (a `Validation`), checkpoints (`BestKeeper`) and resuming (`medmeta.train.state`).
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,9 +22,6 @@ from torch import nn
 
 from medmeta.config import TrainConfig
 from medmeta.errors import TrainingError
-from medmeta.eval.evaluate import evaluate
-from medmeta.methods.base import FewShotMethod
-from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.state import best_record_value, resume_training, save_train_state
 
@@ -80,40 +81,94 @@ def step(
     return norm
 
 
+class Trainable(Protocol):
+    """What `fit` trains: an `nn.Module` told the epoch before it starts (every method base has this)."""
+
+    training: bool
+
+    def parameters(self, recurse: bool = True) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def to(self, device: torch.device) -> Any: ...
+
+    def set_epoch(self, epoch: int, epochs: int) -> None: ...
+
+
+class BatchSource(Protocol):
+    """Where training batches come from: batch ``b`` depends only on the source's seed and ``b``.
+
+    Attributes:
+        steps_per_epoch: optimiser steps (batches) per epoch.
+    """
+
+    steps_per_epoch: int
+
+    def batch(self, index: int, device: torch.device) -> Any:
+        """Batch number `index` of the run (``epoch * steps_per_epoch + step``), on `device`."""
+        ...
+
+    def loss(self, method: Any, batch: Any) -> torch.Tensor:
+        """The scalar training loss of `method` on `batch` (runs under autocast when AMP is on)."""
+        ...
+
+    def after_epoch(self, method: Any, device: torch.device) -> None:
+        """Refresh what the method derives from the training data (called before validation)."""
+        ...
+
+
+class Validation(Protocol):
+    """Scores the method after every epoch; the epoch with the highest `metric` is kept.
+
+    Attributes:
+        metric: the record key holding the score (``val_accuracy``, ``val_dice``).
+    """
+
+    metric: str
+
+    def __call__(self, method: Any, device: torch.device) -> dict[str, float]:
+        """Record entries, `metric` among them (empty: no validation this run)."""
+        ...
+
+
 @dataclass
 class FitResult:
-    """What `fit` produced: per-epoch history and the checkpoint paths."""
+    """What `fit` produced: per-epoch history and the checkpoint paths.
+
+    Attributes:
+        best_score: the kept epoch's validation `metric` (NaN without validation).
+        metric: the validation metric's record key (``val_accuracy``, ``val_dice``; ``""`` without one).
+    """
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
-    best_val_accuracy: float = math.nan
+    best_score: float = math.nan
+    metric: str = ""
     seconds: float = 0.0
 
 
 def train_one_epoch(
-    method: FewShotMethod,
-    sampler: MultiDomainSampler,
+    method: Trainable,
+    source: BatchSource,
     optimizer: torch.optim.Optimizer,
     epoch: int,
     cfg: TrainConfig,
     *,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     scaler: torch.amp.GradScaler | None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     progress: ProgressHook | None,
 ) -> float:
-    """One epoch of meta-training; returns the mean training loss."""
+    """One epoch of training; returns the mean training loss."""
     method.train()
     params = [p for p in method.parameters() if p.requires_grad]
-    steps = max(1, cfg.episodes_per_epoch // cfg.meta_batch)
+    steps = source.steps_per_epoch
     total_loss = 0.0
     for s in range(steps):
-        batch_index = epoch * steps + s
-        episodes = [ep.to(device).map_images(prepare) for ep in sampler.batch(batch_index, cfg.meta_batch)]
+        batch = source.batch(epoch * steps + s, device)
         with torch.autocast(device.type, enabled=scaler is not None):
-            loss = method.batch_loss(episodes)
+            loss = source.loss(method, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingError(
@@ -130,29 +185,28 @@ def train_one_epoch(
 
 
 def fit(
-    method: FewShotMethod,
-    train_sampler: MultiDomainSampler,
-    val_samplers: Sequence[EpisodeSampler],
+    method: Trainable,
+    source: BatchSource,
     cfg: TrainConfig,
     *,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
+    validation: Validation | None = None,
     out_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     progress: ProgressHook | None = None,
     resume: bool = False,
     save_state: bool = True,
+    save_last: bool = True,
     on_start: Callable[[], None] | None = None,
 ) -> FitResult:
-    """Meta-train `method` and keep the checkpoint with the best validation accuracy.
+    """Train `method` on `source` and keep the checkpoint with the best validation score.
 
     Args:
-        method: any registered method.
-        train_sampler: training episodes (episode indices follow epochs, so runs are reproducible).
-        val_samplers: fixed validation episodes (one sampler per domain; accuracy is their mean),
-            evaluated after every epoch; empty: the last epoch is kept.
-        cfg: training hyper-parameters.
-        prepare: uint8 images -> normalised float images.
-        out_dir: where ``best.json``/``last.json`` checkpoints, ``history.json`` and the training state
+        method: any method of any task (a classification `FewShotMethod`, a `FewShotSegmenter`...).
+        source: the training batches and their loss (batch indices follow epochs, so runs are reproducible).
+        cfg: training hyper-parameters: epochs, Adam ``lr``/``weight_decay``, ``lr_schedule``, ``amp``,
+            ``grad_clip``, ``device``.
+        validation: scores the method after every epoch; None: the last epoch is kept.
+        out_dir: where ``best``/``last`` checkpoints, ``history.json`` and the training state
             (`medmeta.train.state`) go (None: not saved). The caller has claimed it
             (`medmeta.outputs.check_run_folder`).
         meta: extra JSON stored in the checkpoints (config, class names, normalisation...).
@@ -160,6 +214,7 @@ def fit(
         resume: continue from ``out_dir``'s training state (model, optimiser, scheduler, RNG, history).
         save_state: write the training state after every epoch (False when the caller never resumes,
             e.g. the benchmark, which trains a cut-short job again from scratch).
+        save_last: also write the ``last`` checkpoint after every epoch.
         on_start: called once everything is checked (and a resumed state restored), before the first
             training step: the caller's moment to touch the run folder.
 
@@ -167,7 +222,8 @@ def fit(
         The history and checkpoint paths; `method` ends holding the best weights.
 
     Raises:
-        TrainingError: the loss became NaN/inf (checkpoints already written are kept).
+        TrainingError: the method has nothing to train, or the loss became NaN/inf (checkpoints already
+            written are kept).
         ConfigError: `resume` with a run that differs from the folder's.
         CheckpointError: `resume` with a missing or altered training state.
     """
@@ -175,21 +231,21 @@ def fit(
     method.to(device)
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
-        raise TrainingError("the method has no trainable parameter: nothing to meta-train")
+        raise TrainingError(f"{type(method).__name__} has no trainable parameter: it needs no training")
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, cfg.episodes_per_epoch // cfg.meta_batch)
+    steps_per_epoch = source.steps_per_epoch
     scheduler = None
     if cfg.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     out = Path(out_dir) if out_dir is not None else None
-    result = FitResult()
-    keeper = BestKeeper(out, meta)
+    result = FitResult(metric="" if validation is None else validation.metric)
+    keeper = BestKeeper(out, meta, save_last=save_last)
     first = 0
     if resume and out is not None:
         first = resume_training(
             out,
-            model=method,
+            model=method,  # type: ignore[arg-type]
             optimizer=optimizer,
             scheduler=scheduler,
             scaler=scaler,
@@ -197,7 +253,8 @@ def fit(
             cfg=cfg,
             meta=keeper.meta,
         )
-        result.best_val_accuracy = best_record_value(keeper, "val_accuracy")
+        if validation is not None:
+            result.best_score = best_record_value(keeper, validation.metric)
     if on_start is not None:
         on_start()
     start = time.perf_counter()
@@ -209,11 +266,10 @@ def fit(
         try:
             train_loss = train_one_epoch(
                 method,
-                train_sampler,
+                source,
                 optimizer,
                 epoch,
                 cfg,
-                prepare=prepare,
                 device=device,
                 scaler=scaler,
                 scheduler=scheduler,
@@ -222,48 +278,31 @@ def fit(
         finally:
             if progress is not None:
                 progress.stop()
+        source.after_epoch(method, device)
         record: dict[str, float] = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "lr": optimizer.param_groups[0]["lr"],
         }
-        val_acc = validate(method, val_samplers, cfg.val_episodes, record, prepare=prepare, device=device)
+        score = math.nan
+        if validation is not None:
+            record.update(validation(method, device))
+            score = record.get(validation.metric, math.nan)
         record["seconds"] = time.perf_counter() - t0
-        if keeper.end_epoch(method, epoch, record, val_acc):
-            result.best_val_accuracy = val_acc
+        if keeper.end_epoch(method, epoch, record, score):  # type: ignore[arg-type]
+            result.best_score = score
         if out is not None and save_state:
             save_train_state(
                 out,
-                model=method,
+                model=method,  # type: ignore[arg-type]
                 optimizer=optimizer,
                 scheduler=scheduler,
                 scaler=scaler,
                 keeper=keeper,
                 meta=keeper.meta,
             )
-    keeper.restore(method)
+    keeper.restore(method)  # type: ignore[arg-type]
     result.history = keeper.history
     result.best_checkpoint, result.last_checkpoint = keeper.best_checkpoint, keeper.last_checkpoint
     result.seconds = time.perf_counter() - start
     return result
-
-
-def validate(
-    method: FewShotMethod,
-    val_samplers: Sequence[EpisodeSampler],
-    episodes: int,
-    record: dict[str, float],
-    *,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device,
-) -> float:
-    """Mean validation accuracy over the samplers (`episodes` shared between them; NaN without any), also
-    written into `record` as ``val_accuracy`` and ``val_ci95`` (the widest CI)."""
-    if not val_samplers or episodes <= 0:
-        return math.nan
-    per = max(1, episodes // len(val_samplers))
-    results = [evaluate(method, vs, prepare=prepare, device=device, n_episodes=per) for vs in val_samplers]
-    val_acc = sum(r.accuracy for r in results) / len(results)
-    record["val_accuracy"] = val_acc
-    record["val_ci95"] = max(r.ci95 for r in results)
-    return val_acc

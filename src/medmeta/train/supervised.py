@@ -1,8 +1,8 @@
-"""Supervised pretraining on the union of training images: the training loop of the transfer baselines.
+"""Supervised pretraining on the union of training images: the batch source of the transfer baselines.
 
-`fit_supervised` mirrors `medmeta.train.loop.fit` (same optimiser, schedule, `step`, NaN check,
-validation episodes after every epoch and checkpoint layout) but draws mini-batches of labelled images
-instead of episodes. An epoch is ``cfg.episodes_per_epoch`` mini-batches of ``options.batch_size``
+`SupervisedBatches` feeds `medmeta.train.loop.fit` (the one training loop: optimiser, schedule, AMP,
+`step`, NaN check, validation, checkpoints, resume) with mini-batches of labelled images instead of
+episodes; `fit_supervised` sets the method's heads up and runs it. An epoch is ``cfg.episodes_per_epoch`` mini-batches of ``options.batch_size``
 images, so a supervised run takes as many optimiser steps as an episodic run with ``meta_batch=1``.
 Mini-batches walk through seeded permutations of the union set: batch ``b`` depends only on
 ``(seed, b)``, and every image is seen once per pass.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +22,10 @@ import torch
 
 from medmeta.config import TrainConfig
 from medmeta.data.datasets import ImageDataset
-from medmeta.errors import DataError, TrainingError
+from medmeta.errors import DataError
 from medmeta.methods.base import FewShotMethod
 from medmeta.methods.transfer.base import SupervisedMethod
-from medmeta.tasks.sampler import EpisodeSampler
-from medmeta.train.keeper import BestKeeper
-from medmeta.train.loop import FitResult, ProgressHook, resolve_device, step, validate
-from medmeta.train.state import best_record_value, resume_training, save_train_state
+from medmeta.train.loop import FitResult, ProgressHook, Validation, fit
 
 logger = logging.getLogger(__name__)
 
@@ -175,13 +170,61 @@ def _record_heads(
     return out
 
 
+class SupervisedBatches:
+    """Seeded mini-batches of labelled images for a `SupervisedMethod` (a `medmeta.train.loop.BatchSource`).
+
+    An epoch is ``cfg.episodes_per_epoch`` mini-batches of ``options.batch_size`` images (see the module
+    docstring), flipped at random when ``options.flip``; the loss is the method's ``supervised_loss``.
+    After every epoch the method's ``feature_mean`` is recomputed from up to ``options.mean_images``
+    training images.
+    """
+
+    def __init__(
+        self,
+        method: SupervisedMethod,
+        data: LabelledImages,
+        cfg: TrainConfig,
+        *,
+        prepare: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        self.options = method.options
+        self.data, self.seed, self.prepare = data, cfg.seed, prepare
+        self.steps_per_epoch = cfg.episodes_per_epoch
+
+    def batch(self, index: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(B, C, *spatial)`` (prepared, flipped), labels ``(B,)`` and heads ``(B,)`` on `device`."""
+        pick = batch_indices(len(self.data), self.options.batch_size, self.seed, index)
+        images, labels, heads = self.data.gather(pick)
+        images = self.prepare(images.to(device))
+        if self.options.flip:
+            images = random_flips(images, self.seed, index)
+        return images, labels.to(device), heads.to(device)
+
+    def loss(
+        self, method: SupervisedMethod, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        return method.supervised_loss(*batch)
+
+    def after_epoch(self, method: SupervisedMethod, device: torch.device) -> None:
+        method.feature_mean.copy_(
+            training_feature_mean(
+                method,
+                self.data,
+                prepare=self.prepare,
+                device=device,
+                max_images=self.options.mean_images,
+                seed=self.seed,
+            )
+        )
+
+
 def fit_supervised(
     method: FewShotMethod,
     train_sets: Sequence[ImageDataset],
-    val_samplers: Sequence[EpisodeSampler],
     cfg: TrainConfig,
     *,
     prepare: Callable[[torch.Tensor], torch.Tensor],
+    validation: Validation | None = None,
     out_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     progress: ProgressHook | None = None,
@@ -194,11 +237,11 @@ def fit_supervised(
     Args:
         method: a transfer baseline (`SupervisedMethod`); its pretraining heads are created here.
         train_sets: training domains (their union is the training set).
-        val_samplers: fixed validation episodes, evaluated with the method's own `adapt` after every
-            epoch (accuracy is their mean); empty: the last epoch is kept.
         cfg: ``epochs`` x ``episodes_per_epoch`` mini-batches; Adam ``lr``/``weight_decay``,
-            ``grad_clip``, ``lr_schedule``, ``seed``, ``device``, ``amp``, ``val_episodes`` as in `fit`.
+            ``grad_clip``, ``lr_schedule``, ``seed``, ``device``, ``amp`` as in `fit`.
         prepare: uint8 images -> normalised float images.
+        validation: scores the method after every epoch with its own `adapt`
+            (`medmeta.eval.evaluate.AccuracyValidation`); None: the last epoch is kept.
         out_dir: where ``best.json``/``last.json`` checkpoints and ``history.json`` go (None: not saved).
         meta: JSON stored in the checkpoints; its ``config`` gains ``method.options.head_sizes``.
         progress: progress receiver.
@@ -218,97 +261,19 @@ def fit_supervised(
             f"fit_supervised trains transfer baselines (SupervisedMethod), got {type(method).__name__}: "
             "use medmeta.train.loop.fit for episodic methods"
         )
-    opts = method.options
-    data = LabelledImages.build(train_sets, per_domain=opts.label_space == "per_domain")
+    data = LabelledImages.build(train_sets, per_domain=method.options.label_space == "per_domain")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         method.set_head_sizes(data.head_sizes)
-    meta = _record_heads(meta, method, data)
-    device = resolve_device(cfg.device)
-    method.to(device)
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.episodes_per_epoch
-    scheduler = None
-    if cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-    out = Path(out_dir) if out_dir is not None else None
-    result = FitResult()
-    keeper = BestKeeper(out, meta)
-    first = 0
-    if resume and out is not None:
-        first = resume_training(
-            out,
-            model=method,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            keeper=keeper,
-            cfg=cfg,
-            meta=keeper.meta,
-        )
-        result.best_val_accuracy = best_record_value(keeper, "val_accuracy")
-    if on_start is not None:
-        on_start()
-    start = time.perf_counter()
-    for epoch in range(first, cfg.epochs):
-        t0 = time.perf_counter()
-        method.set_epoch(epoch, cfg.epochs)
-        method.train()
-        if progress is not None:
-            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps)
-        total_loss = 0.0
-        try:
-            for s in range(steps):
-                b = epoch * steps + s
-                images, labels, heads = data.gather(batch_indices(len(data), opts.batch_size, cfg.seed, b))
-                images = prepare(images.to(device))
-                if opts.flip:
-                    images = random_flips(images, cfg.seed, b)
-                with torch.autocast(device.type, enabled=scaler is not None):
-                    loss = method.supervised_loss(images, labels.to(device), heads.to(device))
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"training loss became {value} at epoch {epoch + 1}, step {s + 1}: lower train.lr "
-                        "or set train.grad_clip; checkpoints saved so far are kept"
-                    )
-                step(loss, optimizer, params, scaler=scaler, grad_clip=cfg.grad_clip)
-                if scheduler is not None:
-                    scheduler.step()
-                total_loss += value
-                if progress is not None:
-                    progress.advance(1, loss=value)
-        finally:
-            if progress is not None:
-                progress.stop()
-        method.feature_mean.copy_(
-            training_feature_mean(
-                method, data, prepare=prepare, device=device, max_images=opts.mean_images, seed=cfg.seed
-            )
-        )
-        record: dict[str, float] = {
-            "epoch": epoch + 1,
-            "train_loss": total_loss / steps,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        val_acc = validate(method, val_samplers, cfg.val_episodes, record, prepare=prepare, device=device)
-        record["seconds"] = time.perf_counter() - t0
-        if keeper.end_epoch(method, epoch, record, val_acc):
-            result.best_val_accuracy = val_acc
-        if out is not None and save_state:
-            save_train_state(
-                out,
-                model=method,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                keeper=keeper,
-                meta=keeper.meta,
-            )
-    keeper.restore(method)
-    result.history = keeper.history
-    result.best_checkpoint, result.last_checkpoint = keeper.best_checkpoint, keeper.last_checkpoint
-    result.seconds = time.perf_counter() - start
-    return result
+    return fit(
+        method,
+        SupervisedBatches(method, data, cfg, prepare=prepare),
+        cfg,
+        validation=validation,
+        out_dir=out_dir,
+        meta=_record_heads(meta, method, data),
+        progress=progress,
+        resume=resume,
+        save_state=save_state,
+        on_start=on_start,
+    )

@@ -9,22 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from medmeta.pretrain.supervised import (
-    LabelledImages,
-    batch_indices,
-    fit_supervised,
-    random_flips,
-    training_feature_mean,
-)
 
 from medmeta.config import TrainConfig, make_config
 from medmeta.errors import ConfigError, DataError, TrainingError
+from medmeta.eval.evaluate import AccuracyValidation
 from medmeta.methods.metric.protonet import ProtoNet
 from medmeta.methods.transfer.simpleshot import SimpleShot, SimpleShotOptions
 from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization, load_method, train_method
 from medmeta.tasks.sampler import EpisodeSampler
 from medmeta.train.checkpoint import load_checkpoint
+from medmeta.train.supervised import (
+    LabelledImages,
+    batch_indices,
+    fit_supervised,
+    random_flips,
+    training_feature_mean,
+)
 from tests.pretrain.helpers import (
     single_thread,  # noqa: F401  (autouse fixture)
     toy_domain,
@@ -107,12 +108,18 @@ def test_fit_supervised_writes_best_last_and_history_and_keeps_the_best_weights(
     sampler = EpisodeSampler(val, 3, 2, 2, seed=0, n_episodes=4)
     meta = {"config": make_config({}).model_dump(mode="json")}
     result = fit_supervised(
-        method, [train], [sampler], quick_cfg(), prepare=NORM, out_dir=tmp_path, meta=meta
+        method,
+        [train],
+        quick_cfg(),
+        prepare=NORM,
+        validation=AccuracyValidation([sampler], quick_cfg().val_episodes, prepare=NORM),
+        out_dir=tmp_path,
+        meta=meta,
     )
     written = {p.name for p in tmp_path.glob("*.json")}
     assert written == {"best.json", "last.json", "history.json", "train_state.json"}
     assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1, 2]
-    assert result.best_val_accuracy == max(r["val_accuracy"] for r in result.history)
+    assert result.best_score == max(r["val_accuracy"] for r in result.history)
     state, stored = load_checkpoint(tmp_path / "best.json")
     for k, v in method.state_dict().items():
         torch.testing.assert_close(v, state[k], msg=k)
@@ -126,7 +133,7 @@ def test_fit_supervised_is_reproducible_with_the_seed() -> None:
     runs = []
     for _ in range(2):
         method = small_simpleshot(flip=True)
-        fit_supervised(method, [toy_domain(3)], [], quick_cfg(val_episodes=0), prepare=NORM)
+        fit_supervised(method, [toy_domain(3)], quick_cfg(val_episodes=0), prepare=NORM)
         runs.append(method.state_dict())
     for k in runs[0]:
         torch.testing.assert_close(runs[0][k], runs[1][k], rtol=0, atol=0, msg=k)
@@ -135,7 +142,7 @@ def test_fit_supervised_is_reproducible_with_the_seed() -> None:
 def test_per_domain_label_space_trains_one_head_per_domain() -> None:
     method = small_simpleshot(label_space="per_domain")
     result = fit_supervised(
-        method, [toy_domain(2, name="a"), toy_domain(3, name="b")], [], quick_cfg(), prepare=NORM
+        method, [toy_domain(2, name="a"), toy_domain(3, name="b")], quick_cfg(), prepare=NORM
     )
     assert method.options.head_sizes == (2, 3)
     assert [h.out_features for h in method.heads] == [2, 3]  # type: ignore[union-attr]
@@ -146,19 +153,19 @@ def test_a_nan_loss_raises_training_error(monkeypatch: pytest.MonkeyPatch) -> No
     method = small_simpleshot()
     monkeypatch.setattr(method, "supervised_loss", lambda *a, **k: torch.tensor(math.nan, requires_grad=True))
     with pytest.raises(TrainingError, match="loss became nan at epoch 1, step 1"):
-        fit_supervised(method, [toy_domain(2)], [], quick_cfg(), prepare=NORM)
+        fit_supervised(method, [toy_domain(2)], quick_cfg(), prepare=NORM)
 
 
 def test_fit_supervised_rejects_episodic_methods() -> None:
     method = ProtoNet(Conv4(3, hidden=8, image_size=16))
     with pytest.raises(TypeError, match=r"use medmeta\.train\.loop\.fit"):
-        fit_supervised(method, [toy_domain(2)], [], quick_cfg(), prepare=NORM)
+        fit_supervised(method, [toy_domain(2)], quick_cfg(), prepare=NORM)
 
 
 def test_a_head_sizes_option_that_does_not_fit_the_data_raises_config_error() -> None:
     method = small_simpleshot(head_sizes=(7,))
     with pytest.raises(ConfigError, match=r"head_sizes=\[7\] does not match .* \[3\] classes"):
-        fit_supervised(method, [toy_domain(3)], [], quick_cfg(), prepare=NORM)
+        fit_supervised(method, [toy_domain(3)], quick_cfg(), prepare=NORM)
 
 
 def test_a_pipeline_checkpoint_reloads_with_its_heads_and_feature_mean(tmp_path: Path) -> None:
