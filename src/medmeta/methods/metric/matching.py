@@ -8,18 +8,13 @@ re-encode the support set with a bidirectional LSTM and the query with an attent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.functional import embed
-from medmeta.methods.metric.common import one_pass_episode_logits
-from medmeta.tasks.episode import Episode, Support
+from medmeta.methods.base import MethodOptions
+from medmeta.methods.metric.common import SupportFeatureMethod
 
 
 def matching_log_probs(
@@ -105,24 +100,7 @@ class MatchingOptions(MethodOptions):
     fce_steps: int | None = Field(None, ge=1)
 
 
-@dataclass(frozen=True)
-class MatchingPredictor:
-    """Attention classifier for one task; holds the (encoded) support features ``(n_support, d)``."""
-
-    method: MatchingNet
-    support_features: Tensor
-    support_labels: Tensor
-    n_way: int
-
-    def predict(self, query_images: Tensor) -> Tensor:
-        """``(n_query, C, *spatial)`` -> log-probabilities ``(n_query, n_way)``."""
-        query = embed(self.method.backbone, query_images)[None]  # (1, n_query, d)
-        return self.method.logits_from_features(
-            self.support_features[None], self.support_labels[None], self.n_way, query
-        )[0]
-
-
-class MatchingNet(FewShotMethod):
+class MatchingNet(SupportFeatureMethod):
     """Vinyals et al. "Matching Networks for One Shot Learning", NeurIPS 2016, arXiv:1606.04080.
 
     Each query attends to every support embedding through a softmax over scaled cosine similarities;
@@ -139,7 +117,6 @@ class MatchingNet(FewShotMethod):
 
     Options = MatchingOptions
     options: MatchingOptions
-    frozen_backbone: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, options: MatchingOptions | None = None) -> None:
         super().__init__(backbone, options or MatchingOptions())
@@ -166,10 +143,3 @@ class MatchingNet(FewShotMethod):
             steps = self.options.fce_steps or support_features.shape[1]
             query_features = self.fce.encode_query(query_features, support_features, steps)  # (T, n_query, d)
         return matching_log_probs(query_features, support_features, support_labels, n_way, self.scale)
-
-    def adapt(self, support: Support, query_images: Tensor | None = None) -> MatchingPredictor:
-        features = embed(self.backbone, support.images)  # (n_support, d)
-        return MatchingPredictor(self, features, support.labels, support.n_way)
-
-    def episode_logits(self, episode: Episode) -> Tensor:
-        return one_pass_episode_logits(self, episode)

@@ -7,18 +7,17 @@ a query and a class; the score (in ``(0, 1)`` after a sigmoid) is regressed onto
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.methods.base import FewShotMethod, MethodOptions
-from medmeta.methods.functional import compute_prototypes, embed
-from medmeta.methods.metric.common import one_pass_episode_logits
-from medmeta.tasks.episode import Episode, Support
+from medmeta.methods.base import MethodOptions
+from medmeta.methods.functional import compute_prototypes
+from medmeta.methods.metric.common import SupportFeatureMethod
+from medmeta.tasks.episode import Episode
 
 
 def infer_feature_channels(backbone: nn.Module) -> int:
@@ -141,24 +140,7 @@ class RelationOptions(MethodOptions):
     feature_channels: int | None = Field(None, ge=1)
 
 
-@dataclass(frozen=True)
-class RelationPredictor:
-    """Relation classifier for one task; holds the support features ``(n_support, d)``."""
-
-    method: RelationNet
-    support_features: Tensor
-    support_labels: Tensor
-    n_way: int
-
-    def predict(self, query_images: Tensor) -> Tensor:
-        """``(n_query, C, *spatial)`` -> relation logits ``(n_query, n_way)``."""
-        query = embed(self.method.backbone, query_images)[None]  # (1, n_query, d)
-        return self.method.logits_from_features(
-            self.support_features[None], self.support_labels[None], self.n_way, query
-        )[0]
-
-
-class RelationNet(FewShotMethod):
+class RelationNet(SupportFeatureMethod):
     """Sung et al. "Learning to Compare: Relation Network for Few-Shot Learning", CVPR 2018, arXiv:1711.06025.
 
     Support feature maps are aggregated per class; a relation module (two conv blocks and two fully
@@ -176,7 +158,6 @@ class RelationNet(FewShotMethod):
 
     Options = RelationOptions
     options: RelationOptions
-    frozen_backbone: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, options: RelationOptions | None = None) -> None:
         super().__init__(backbone, options or RelationOptions())
@@ -199,13 +180,6 @@ class RelationNet(FewShotMethod):
             counts = F.one_hot(support_labels, n_way).sum(-2).to(class_features.dtype)  # (T, n_way)
             class_features = class_features * counts[..., None]
         return self.relation(self._maps(query_features), self._maps(class_features))
-
-    def adapt(self, support: Support, query_images: Tensor | None = None) -> RelationPredictor:
-        features = embed(self.backbone, support.images)  # (n_support, d)
-        return RelationPredictor(self, features, support.labels, support.n_way)
-
-    def episode_logits(self, episode: Episode) -> Tensor:
-        return one_pass_episode_logits(self, episode)
 
     def episode_loss(self, episode: Episode) -> Tensor:
         """MSE of the sigmoid relation scores against one-hot labels (``loss="mse"``), else cross-entropy."""

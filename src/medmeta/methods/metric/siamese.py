@@ -9,18 +9,17 @@ takes the class of its nearest support image (or of the smallest mean distance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.methods.base import FewShotMethod, MethodOptions
+from medmeta.methods.base import MethodOptions
 from medmeta.methods.functional import embed, squared_distances
-from medmeta.methods.metric.common import one_pass_episode_logits
-from medmeta.tasks.episode import Episode, Support
+from medmeta.methods.metric.common import SupportFeatureMethod
+from medmeta.tasks.episode import Episode
 
 Rule = Literal["nearest", "mean"]
 _EPS = 1e-12
@@ -102,24 +101,7 @@ class SiameseOptions(MethodOptions):
     scale: float = Field(10.0, gt=0.0)
 
 
-@dataclass(frozen=True)
-class SiamesePredictor:
-    """Distance classifier for one task; holds the support embeddings ``(n_support, d)``."""
-
-    method: SiameseNet
-    support_features: Tensor
-    support_labels: Tensor
-    n_way: int
-
-    def predict(self, query_images: Tensor) -> Tensor:
-        """``(n_query, C, *spatial)`` -> logits ``(n_query, n_way)``."""
-        query = embed(self.method.backbone, query_images)[None]  # (1, n_query, d)
-        return self.method.logits_from_features(
-            self.support_features[None], self.support_labels[None], self.n_way, query
-        )[0]
-
-
-class SiameseNet(FewShotMethod):
+class SiameseNet(SupportFeatureMethod):
     """Koch, Zemel, Salakhutdinov. "Siamese Neural Networks for One-shot Image Recognition", ICML DL Workshop 2015.
 
     One shared backbone embeds both images of a pair; meta-training minimises the contrastive loss
@@ -135,7 +117,6 @@ class SiameseNet(FewShotMethod):
 
     Options = SiameseOptions
     options: SiameseOptions
-    frozen_backbone: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, options: SiameseOptions | None = None) -> None:
         super().__init__(backbone, options or SiameseOptions())
@@ -158,13 +139,6 @@ class SiameseNet(FewShotMethod):
             self.options.rule,
             self.options.scale,
         )
-
-    def adapt(self, support: Support, query_images: Tensor | None = None) -> SiamesePredictor:
-        features = embed(self.backbone, support.images)  # (n_support, d)
-        return SiamesePredictor(self, features, support.labels, support.n_way)
-
-    def episode_logits(self, episode: Episode) -> Tensor:
-        return one_pass_episode_logits(self, episode)
 
     def episode_loss(self, episode: Episode) -> Tensor:
         """Contrastive loss over all pairs of the episode's support and query images."""
