@@ -181,3 +181,12 @@ def test_options_are_frozen_and_unknown_options_are_refused_by_name(name: str) -
     backbone = Conv4(in_channels=1, hidden=4, image_size=16)
     with pytest.raises(ConfigError, match="no_such_option"):
         build_method(name, backbone, {"no_such_option": 1})
+
+
+def test_only_the_inner_loop_methods_ask_deployment_to_predict_one_image_at_a_time() -> None:
+    """Their predictors normalise batch norm with the query batch's statistics (`per_image_prediction`)."""
+    from medmeta.methods.inner_loop import InnerLoopMethod
+
+    per_image = {n for n, c in METHODS.items() if c.per_image_prediction}
+    assert per_image == {n for n, c in METHODS.items() if issubclass(c, InnerLoopMethod)}
+    assert {"maml", "fomaml", "maml_pp", "meta_sgd", "anil", "reptile"} == per_image

@@ -28,7 +28,6 @@ from medmeta.data.transforms import Normalization
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.methods.base import FewShotMethod, Predictor
 from medmeta.methods.functional import embed
-from medmeta.methods.inner_loop import InnerLoopMethod
 from medmeta.pipeline import build_method_from_config, normalization_from_meta
 from medmeta.tasks.episode import Support
 from medmeta.train.checkpoint import checkpoint_json, load_checkpoint, load_state_strictly, save_checkpoint
@@ -158,7 +157,7 @@ class AdaptedModel:
     def per_image(self) -> bool:
         """MAML-family predictors normalise batch norm with their input batch's statistics: such models
         predict one image at a time, so that an image's result never depends on the others sent with it."""
-        return isinstance(self.method, InnerLoopMethod)
+        return bool(self.method.per_image_prediction)
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 ``(N, C, H, W)`` -> normalised float ``(N, C, H, W)``."""

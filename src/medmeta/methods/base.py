@@ -51,6 +51,10 @@ class FewShotMethod(nn.Module, abc.ABC):
     #: True for methods whose backbone is the same for every task (metric methods): evaluation may then
     #: embed each test image once and score episodes from cached features with `logits_from_features`.
     frozen_backbone: ClassVar[bool] = False
+    #: True for methods whose predictors normalise batch norm with the statistics of the query batch they
+    #: are given (MAML and kin): a deployed model then predicts one image at a time, so an image's result
+    #: never depends on the others sent with it.
+    per_image_prediction: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, options: MethodOptions | None = None) -> None:
         super().__init__()

@@ -172,6 +172,7 @@ class InnerLoopMethod(FewShotMethod):
     """
 
     permutation_invariant = False
+    per_image_prediction = True
     Options = InnerLoopOptions
     options: InnerLoopOptions
 
@@ -248,7 +249,7 @@ class InnerLoopMethod(FewShotMethod):
         compiled kernels are available), and other passes run in channels-last layout.
         """
         p = self.step_parameters(params, step)
-        weights = {k[9:]: v for k, v in p.items() if k.startswith("backbone.")}
+        weights = {k.removeprefix("backbone."): v for k, v in p.items() if k.startswith("backbone.")}
         overrides = self.batchnorm_buffers(step)
         if self.options.channels_last and images.ndim == 4:
             if _accel.enabled():  # MEDMETA_KERNELS=off: PyTorch's modules, no medmeta._accel import
