@@ -13,7 +13,7 @@ from medmeta.tasks.episode import Episode
 from tests.deploy.fixtures import tiny_checkpoint  # noqa: F401  (session fixture, trained once)
 
 if TYPE_CHECKING:
-    from medmeta.seg.data import SegSource
+    from medmeta.data.segmentation.sources import SegSource
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def seg_root() -> Path:
 @pytest.fixture(scope="session")
 def seg_sources(seg_root: Path) -> dict[str, SegSource]:
     """DRIVE, EM, CT and MR segmentation sources at 32 px, loaded once per test session."""
-    from medmeta.seg.data import load_source
+    from medmeta.data.segmentation.sources import load_source
 
     return {name: load_source(name, seg_root, 32) for name in ("drive", "em", "ct", "mr")}
 

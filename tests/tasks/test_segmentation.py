@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medmeta.data.segmentation.sources import SegSource
 from medmeta.errors import DataError
-from medmeta.seg.data import SegSource
 from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 
 

@@ -35,7 +35,7 @@ def _replace_text(path: Path, text: str) -> None:
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:
-    from medmeta.seg.evaluate import results_markdown
+    from medmeta.eval.segmentation import results_markdown
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _replace_text(out, json.dumps(rows, indent=2, default=str))
@@ -56,8 +56,7 @@ _OVERWRITE_HELP = "Replace an existing output file (never a folder, link or spec
 
 
 def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
-    from medmeta.config import apply_overrides
-    from medmeta.seg.config import load_seg_config, make_seg_config
+    from medmeta.config import apply_overrides, load_seg_config, make_seg_config
 
     if config is not None:
         return load_seg_config(config, overrides)
@@ -98,8 +97,8 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a segmenter on the config's training structures, keep OUT/best.json, evaluate on the test ones."""
-    from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
-    from medmeta.seg.pipeline import (
+    from medmeta.eval.segmentation import evaluate_segmenter, results_markdown
+    from medmeta.pipeline.segmentation import (
         CHECKPOINT_KIND,
         build_segmenter,
         load_seg_data,
@@ -191,9 +190,9 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
 ) -> None:
     """Dice and HD95 (mean ± 95% CI over episodes) per held-out structure, every model on the same episodes."""
-    from medmeta.seg import BASELINES, SEG_METHODS
-    from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
-    from medmeta.seg.pipeline import load_seg_data, load_segmenter
+    from medmeta.eval.segmentation import evaluate_segmenter, results_markdown
+    from medmeta.methods.segmentation import BASELINES, SEG_METHODS
+    from medmeta.pipeline.segmentation import load_seg_data, load_segmenter
 
     if out is not None:
         check_output_file(out.with_suffix(".md"), overwrite=overwrite)
@@ -219,14 +218,13 @@ def evaluate_cmd(
         }
     )
     if config is not None:
-        from medmeta.seg.config import load_seg_config
+        from medmeta.config import load_seg_config
 
         cfg = load_seg_config(config, ov)
     elif cfg is None:
         raise MedmetaError("only baselines given: pass --config to say which structures to test on")
     else:
-        from medmeta.config import apply_overrides
-        from medmeta.seg.config import make_seg_config
+        from medmeta.config import apply_overrides, make_seg_config
 
         cfg = make_seg_config(apply_overrides(cfg.model_dump(mode="json"), ov), source="options")
     data = load_seg_data(cfg, with_train=False)
@@ -273,10 +271,10 @@ def segment(
     ),
 ) -> None:
     """Segment new images from a few annotated ones: masks as PNG (2D) or NIfTI (input geometry kept), plus overlays."""
-    from medmeta.seg import SEG_METHODS
-    from medmeta.seg.apply import segment_files
-    from medmeta.seg.io import Channel, Window
-    from medmeta.seg.pipeline import load_segmenter
+    from medmeta.data.segmentation.io import Channel, Window
+    from medmeta.deploy.segment import segment_files
+    from medmeta.methods.segmentation import SEG_METHODS
+    from medmeta.pipeline.segmentation import load_segmenter
 
     if channel not in ("grey", "green"):
         raise ConfigError(f"--channel must be grey or green, got '{channel}'")

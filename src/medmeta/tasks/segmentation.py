@@ -18,7 +18,7 @@ from medmeta.errors import DataError
 from medmeta.tasks.base import SeededSampler, TaskEpisode
 
 if TYPE_CHECKING:
-    from medmeta.seg.data import SegStructure
+    from medmeta.data.segmentation.sources import SegStructure
 
 
 def check_pairs(images: Tensor, masks: Tensor | None, what: str) -> None:

@@ -7,10 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medmeta.data.segmentation.labels import TOTAL_CT, TOTAL_MR, label_names
+from medmeta.data.segmentation.sources import SegSource, parse_spec, select_structures
+from medmeta.data.segmentation.volumes import (
+    from_square,
+    scale_percentiles,
+    select_slices,
+    to_square,
+    window_ct,
+)
 from medmeta.errors import DataError
-from medmeta.seg.data import SegSource, parse_spec, select_structures
-from medmeta.seg.labels import TOTAL_CT, TOTAL_MR, label_names
-from medmeta.seg.volumes import from_square, scale_percentiles, select_slices, to_square, window_ct
 
 SIZE = 32  # the side of the session-wide `seg_sources` fixture (tests/conftest.py)
 
@@ -70,7 +76,7 @@ def test_unknown_structure_and_source_are_named(seg_sources: dict[str, SegSource
 
 
 def test_a_missing_data_folder_is_named(tmp_path: Path) -> None:
-    from medmeta.seg.data import load_source
+    from medmeta.data.segmentation.sources import load_source
 
     with pytest.raises(DataError, match="DRIVE not found"):
         load_source("drive", tmp_path, SIZE)

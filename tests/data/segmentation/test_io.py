@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medmeta.data.segmentation.io import output_stem, support_pairs
+from medmeta.deploy.segment import segment_files
 from medmeta.errors import DataError
-from medmeta.seg.apply import segment_files
-from medmeta.seg.baselines import OtsuThreshold, SupportMean
-from medmeta.seg.io import output_stem, support_pairs
+from medmeta.methods.segmentation.baselines import OtsuThreshold, SupportMean
 
 
 def _volume(tmp_path: Path) -> tuple[Path, Path]:

@@ -9,13 +9,13 @@ from typing import ClassVar, Literal
 import pytest
 import torch
 
+from medmeta.config import SegConfig, make_seg_config
 from medmeta.errors import CheckpointError, ConfigError, TrainingError
-from medmeta.seg import SEG_METHODS
-from medmeta.seg.base import FewShotSegmenter
-from medmeta.seg.baselines import SupportMean
-from medmeta.seg.config import SegConfig, make_seg_config
-from medmeta.seg.evaluate import evaluate_segmenter, results_markdown
-from medmeta.seg.pipeline import (
+from medmeta.eval.segmentation import evaluate_segmenter, results_markdown
+from medmeta.methods.segmentation import SEG_METHODS
+from medmeta.methods.segmentation.base import FewShotSegmenter
+from medmeta.methods.segmentation.baselines import SupportMean
+from medmeta.pipeline.segmentation import (
     CHECKPOINT_KIND,
     build_segmenter,
     load_seg_data,
@@ -25,7 +25,7 @@ from medmeta.seg.pipeline import (
 )
 from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 from medmeta.train.checkpoint import save_checkpoint
-from tests.seg.test_methods import SMALL
+from tests.methods.segmentation.test_methods import SMALL
 
 TRAINABLE = [n for n, c in sorted(SEG_METHODS.items()) if c.training_source != "none"]
 

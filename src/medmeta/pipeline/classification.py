@@ -2,7 +2,7 @@
 
 Example:
     >>> from medmeta.config import make_config
-    >>> from medmeta.pipeline import run
+    >>> from medmeta.pipeline import train_method
     >>> cfg = make_config({"data": {"train": ["synthetic"], "test": ["synthetic@test"]},
     ...                    "train": {"epochs": 1, "episodes_per_epoch": 5, "val_episodes": 2},
     ...                    "eval": {"episodes": 5, "n_way": 5}, "data.allow_class_overlap": True})

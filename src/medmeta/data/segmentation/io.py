@@ -19,8 +19,14 @@ from PIL import Image
 
 from medmeta._optional import optional_import
 from medmeta.data.readers import NIFTI_SUFFIXES, image_suffix, read_image
+from medmeta.data.segmentation.volumes import (
+    from_square,
+    scale_percentiles,
+    select_slices,
+    to_square,
+    window_ct,
+)
 from medmeta.errors import DataError
-from medmeta.seg.volumes import from_square, scale_percentiles, select_slices, to_square, window_ct
 
 Channel = Literal["grey", "green"]
 Window = Literal["ct", "percentile"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmeta.seg.config import SegConfig, make_seg_config
-from medmeta.seg.pipeline import (
+from medmeta.config import SegConfig, make_seg_config
+from medmeta.pipeline.segmentation import (
     CHECKPOINT_KIND,
     build_segmenter,
     load_seg_data,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from medmeta.config import load_seg_config
 from medmeta.errors import ConfigError
-from medmeta.seg.config import load_seg_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("seg_*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("seg_*.yaml"))
 
 
 def test_there_are_segmentation_configs() -> None:

@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.func import functional_call
 
 from medmeta.methods.functional import ParamDict, batchnorm_overrides, inner_loop, sgd_update
-from medmeta.seg.base import FewShotSegmenter, SegOptions, seg_loss
-from medmeta.seg.unet import SmallUNet
+from medmeta.methods.segmentation.base import FewShotSegmenter, SegOptions, seg_loss
+from medmeta.models.unet import SmallUNet
 from medmeta.tasks.segmentation import SegEpisode
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from medmeta.seg.metrics import dice, hd95, summarize
+from medmeta.eval.mask_metrics import dice, hd95, summarize
 
 
 def _mask(points: list[tuple[int, int]], size: int = 10) -> torch.Tensor:

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from medmeta.seg import SEG_METHODS, FewShotSegmenter
-from medmeta.seg.base import seg_loss
-from medmeta.seg.baselines import OtsuThreshold, SupportMean, otsu_threshold
-from medmeta.seg.data import SegSource
-from medmeta.seg.maml import SegMAML
-from medmeta.seg.prototype import PANet, local_prototypes, masked_average, prototype_scores
+from medmeta.data.segmentation.sources import SegSource
+from medmeta.methods.segmentation import SEG_METHODS, FewShotSegmenter
+from medmeta.methods.segmentation.base import seg_loss
+from medmeta.methods.segmentation.baselines import OtsuThreshold, SupportMean, otsu_threshold
+from medmeta.methods.segmentation.maml import SegMAML
+from medmeta.methods.segmentation.prototype import PANet, local_prototypes, masked_average, prototype_scores
 from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 
 SMALL = {

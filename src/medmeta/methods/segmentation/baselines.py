@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from medmeta.seg.base import FewShotSegmenter, two_class_logits
+from medmeta.methods.segmentation.base import FewShotSegmenter, two_class_logits
 
 
 def otsu_threshold(image: Tensor, bins: int = 256) -> Tensor:

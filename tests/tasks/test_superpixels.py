@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medmeta.data.segmentation.sources import SegSource
 from medmeta.errors import DataError
-from medmeta.seg.data import SegSource
-from medmeta.seg.superpixels import SuperpixelEpisodes, augment_pair, slic_kmeans
+from medmeta.tasks.superpixels import SuperpixelEpisodes, augment_pair, slic_kmeans
 
 
 def test_superpixels_follow_an_intensity_edge() -> None:

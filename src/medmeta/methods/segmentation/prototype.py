@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medmeta.seg.base import FewShotSegmenter, SegOptions, seg_loss
-from medmeta.seg.unet import SmallUNet
+from medmeta.methods.segmentation.base import FewShotSegmenter, SegOptions, seg_loss
+from medmeta.models.unet import SmallUNet
 from medmeta.tasks.segmentation import SegEpisode
 
 
@@ -182,7 +182,7 @@ class SSLALPNet(ALPNet):
     """Ouyang et al., ECCV 2020, https://arxiv.org/abs/2007.09886 (SSL-ALPNet).
 
     The ALPNet model trained without any manual label: episodes come from superpixel pseudo-labels of
-    unlabelled images with an augmented query (`medmeta.seg.superpixels.SuperpixelEpisodes`).
+    unlabelled images with an augmented query (`medmeta.tasks.superpixels.SuperpixelEpisodes`).
     """
 
     training_source: ClassVar[Literal["labels", "superpixels", "none"]] = "superpixels"

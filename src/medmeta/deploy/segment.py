@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medmeta.errors import DataError
-from medmeta.seg.base import FewShotSegmenter
-from medmeta.seg.io import (
+from medmeta.data.segmentation.io import (
     Channel,
     Window,
     is_nifti,
@@ -27,6 +25,8 @@ from medmeta.seg.io import (
     write_nifti_mask,
     write_png_mask,
 )
+from medmeta.errors import DataError
+from medmeta.methods.segmentation.base import FewShotSegmenter
 
 
 def segment_files(

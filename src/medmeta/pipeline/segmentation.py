@@ -10,16 +10,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medmeta.config import TrainConfig
+from medmeta.config import SegConfig, TrainConfig, make_seg_config
 from medmeta.data.root import data_root
+from medmeta.data.segmentation.sources import (
+    SegSource,
+    SegStructure,
+    load_source,
+    parse_spec,
+    select_structures,
+)
 from medmeta.errors import CheckpointError, ConfigError
-from medmeta.seg.base import FewShotSegmenter
-from medmeta.seg.config import SegConfig, make_seg_config
-from medmeta.seg.data import SegSource, SegStructure, load_source, parse_spec, select_structures
-from medmeta.seg.evaluate import DiceValidation
-from medmeta.seg.superpixels import SuperpixelEpisodes
+from medmeta.eval.segmentation import DiceValidation
+from medmeta.methods.segmentation.base import FewShotSegmenter
 from medmeta.tasks.base import SeededSampler
 from medmeta.tasks.segmentation import EpisodeSource, SegEpisode, SegEpisodeSampler
+from medmeta.tasks.superpixels import SuperpixelEpisodes
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 from medmeta.train.loop import FitResult, ProgressHook, fit
 from medmeta.train.sources import EpisodicBatches
@@ -71,7 +76,7 @@ def ssl_pool(data: SegData, cfg: SegConfig) -> tuple[Tensor, Tensor | None]:
 
 def build_segmenter(cfg: SegConfig) -> FewShotSegmenter:
     """A fresh segmenter, its weights seeded by ``train.seed``."""
-    from medmeta.seg import SEG_METHODS
+    from medmeta.methods.segmentation import SEG_METHODS
 
     torch.manual_seed(cfg.train.seed)
     return SEG_METHODS[cfg.method.name].from_options(cfg.method.options)

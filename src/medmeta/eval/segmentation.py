@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmeta.seg.base import FewShotSegmenter
-from medmeta.seg.data import SegStructure
-from medmeta.seg.metrics import dice, hd95, summarize
+from medmeta.data.segmentation.sources import SegStructure
+from medmeta.eval.mask_metrics import dice, hd95, summarize
+from medmeta.methods.segmentation.base import FewShotSegmenter
 from medmeta.tasks.segmentation import EpisodeSource, SegEpisodeSampler
 
 

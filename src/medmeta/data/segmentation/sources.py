@@ -11,9 +11,9 @@ episodes are drawn from one structure, and training and test structures can be d
   label 0 = membrane, 255 = cell), tiles of 128 native pixels by default.
 * ``ct:NAME`` / ``mr:NAME``: TotalSegmentator example CT (``example_ct_sm.nii.gz`` with
   ``example_seg.nii.gz``) and MR (``example_mr_sm.nii.gz`` with ``example_seg_mr.nii.gz``); NAME from
-  `medmeta.seg.labels` (v2 ``total`` and ``total_mr`` class maps). These labels are TotalSegmentator
+  `medmeta.data.segmentation.labels` (v2 ``total`` and ``total_mr`` class maps). These labels are TotalSegmentator
   **model output, not manual annotations**. CT uses the W400/L40 window, MR percentile scaling, axial
-  slices with at least ``min_pixels`` pixels of the structure (see `medmeta.seg.volumes`).
+  slices with at least ``min_pixels`` pixels of the structure (see `medmeta.data.segmentation.volumes`).
 
 Every image is grey ``(1, size, size)`` in ``[0, 1]``; every mask ``(size, size)`` in ``{0, 1}``; samples
 whose mask is empty after resizing are dropped. ``groups`` names the source image or volume of each sample
@@ -32,9 +32,9 @@ from PIL import Image
 from torch import Tensor
 
 from medmeta._optional import optional_import
+from medmeta.data.segmentation.labels import TOTAL_CT, TOTAL_MR
+from medmeta.data.segmentation.volumes import scale_percentiles, select_slices, to_square, window_ct
 from medmeta.errors import DataError
-from medmeta.seg.labels import TOTAL_CT, TOTAL_MR
-from medmeta.seg.volumes import scale_percentiles, select_slices, to_square, window_ct
 
 SOURCES = ("drive", "em", "ct", "mr")
 DEFAULT_TILES = {"drive": 192, "em": 128}

@@ -9,8 +9,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from medmeta.seg.base import FewShotSegmenter, SegOptions, seg_loss
-from medmeta.seg.unet import SmallUNet
+from medmeta.methods.segmentation.base import FewShotSegmenter, SegOptions, seg_loss
+from medmeta.models.unet import SmallUNet
 from medmeta.tasks.segmentation import SegEpisode
 
 
