@@ -1,11 +1,12 @@
-"""Run a benchmark: every job in order, skipping what an earlier (killed) run of the same folder finished.
+"""One benchmark job: its run config, its checkpoint folder, its training and its test cells.
 
-Results are identical whether a run is interrupted or not, and whatever the number of workers: every
-training is seeded by its seed, test episodes by ``eval.seed + seed``, the global torch RNG is re-seeded
-before every evaluation, and cells are always scored from the reloaded best checkpoint
-(``OUT/checkpoints/...``), whether it was trained in this session or an earlier one. With ``workers > 1``
-whole jobs (a training and its cells, or a reference) run in child processes (see `medmeta.bench.workers`)
-and only this process writes ``results.jsonl``.
+`run_job` runs a job (a training and its cells, or a supervised reference) in whichever process it is
+given and reports through a `JobSink`: `medmeta.bench.schedule` runs jobs in this process,
+`medmeta.bench.workers` in child processes. Both import this module; it imports neither.
+Results do not depend on where a job runs: every training is seeded by its seed, test episodes by
+``eval.seed + seed``, the global torch RNG is re-seeded before every evaluation, and cells are always
+scored from the reloaded best checkpoint (``OUT/checkpoints/...``), whether it was trained in this
+session or an earlier one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import logging
 import shutil
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -27,8 +27,6 @@ from medmeta.bench.cells import (
     ReferenceJob,
     TrainJob,
     cell_cost,
-    enumerate_cells,
-    enumerate_jobs,
     job_cost,
     safe_name,
 )
@@ -36,12 +34,10 @@ from medmeta.bench.domains import DomainSplits, load_domains, query_size
 from medmeta.bench.evaluation import evaluate_cell
 from medmeta.bench.protocol import MethodEntry, Protocol, check_domains
 from medmeta.bench.reference import train_reference
-from medmeta.bench.store import ResultsStore, check_fingerprint
+from medmeta.bench.store import ResultsStore
 from medmeta.config import RunConfig, make_config
-from medmeta.errors import ConfigError
 from medmeta.methods import METHODS
 from medmeta.pipeline import RunData, load_method, normalization_from_meta, train_method
-from medmeta.provenance import code_version
 from medmeta.train.loop import ProgressHook, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -64,20 +60,6 @@ class JobSink(TypingProtocol):
     def record(self, record: dict[str, Any]) -> None: ...
 
     def advance(self, units: float) -> None: ...
-
-
-@dataclass
-class RunOutcome:
-    """What `run_benchmark` did in this session (`records`: every record of the folder, in job order)."""
-
-    out: Path
-    records: list[dict[str, Any]]
-    resumed: bool
-    cells_run: int = 0
-    cells_skipped: int = 0
-    trainings_run: int = 0
-    seconds: float = 0.0
-    test_sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -281,125 +263,3 @@ def run_job(
         sink.advance(job_cost(protocol, job, class_counts(domains)))
         return
     _run_train_job(protocol, job, domains, finished, out, sink, progress)
-
-
-class Recorder:
-    """The parent's sink: appends records to the store, counts them, advances the overall bar."""
-
-    def __init__(
-        self,
-        store: ResultsStore,
-        outcome: RunOutcome,
-        progress: RunProgress | None,
-        on_record: Callable[[dict[str, Any]], None] | None,
-    ) -> None:
-        self.store, self.outcome, self.progress, self.on_record = store, outcome, progress, on_record
-
-    def record(self, record: dict[str, Any]) -> None:
-        self.store.append(record)
-        if record["kind"] == "train":
-            self.outcome.trainings_run += 1
-        elif record["kind"] == "cell":
-            self.outcome.cells_run += 1
-            if self.on_record is not None:
-                self.on_record(record)
-
-    def advance(self, units: float) -> None:
-        if self.progress is not None:
-            self.progress.job_done(units)
-
-
-def run_benchmark(
-    protocol: Protocol,
-    out: str | Path,
-    *,
-    data_dir: str | Path | None = None,
-    progress: RunProgress | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    workers: int = 1,
-    domains: dict[str, DomainSplits] | None = None,
-) -> RunOutcome:
-    """Run (or resume) every job of `protocol` in `out`; results go to ``OUT/results.jsonl``.
-
-    Args:
-        protocol: the benchmark.
-        out: run folder; a folder holding an earlier run of the same protocol is resumed.
-        data_dir: data root (default: ``protocol.data.data_dir``, else ``$MEDMETA_DATA``).
-        progress: receives overall and per-phase progress (with workers: overall progress and the
-            running jobs only).
-        on_record: called after each cell record is written (tests use it to interrupt a run).
-        workers: jobs run at once, each in its own process with ``train.threads`` (default 1) torch
-            threads; 1 runs every job in this process.
-        domains: the protocol's domains already loaded with `load_benchmark_domains` (default: loaded here).
-
-    Raises:
-        ConfigError: unknown domain, shots too large for a held-out domain, `out` holding another
-            protocol's results, or `workers` < 1.
-    """
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}: pass --workers 1 or more")
-    start = time.perf_counter()
-    code_version()  # the code this process loaded, before anyone edits the sources during a long run
-    out = Path(out)
-    root = data_dir if data_dir is not None else protocol.data.data_dir
-    if domains is None:
-        domains = load_benchmark_domains(protocol, root)
-    resumed = check_fingerprint(out, protocol.fingerprint(), protocol.as_config())
-    store = ResultsStore(out)
-    outcome = RunOutcome(
-        out=out, records=[], resumed=resumed, test_sources={d: s.test_source for d, s in domains.items()}
-    )
-    jobs = enumerate_jobs(protocol)
-    done_keys = store.keys()
-    if progress is not None:
-        ways = class_counts(domains)
-        total = sum(job_cost(protocol, j, ways) for j in jobs)
-        finished = sum(job_cost(protocol, j, ways) for j in jobs if _is_done(j, done_keys))
-        progress.plan(total, finished)
-    pending = []
-    for job in jobs:
-        if _is_done(job, done_keys):
-            outcome.cells_skipped += len(job.cells) if isinstance(job, TrainJob) else 0
-        else:
-            outcome.cells_skipped += sum(c.key in done_keys for c in getattr(job, "cells", ()))
-            pending.append(job)
-    recorder = Recorder(store, outcome, progress, on_record)
-    if workers > 1:
-        from medmeta.bench.workers import run_in_workers
-
-        tasks = [(job, finished_part(job, store)) for job in pending]
-        run_in_workers(protocol, root, out, tasks, recorder, workers, progress)
-    else:
-        if protocol.train.threads:
-            torch.set_num_threads(protocol.train.threads)
-        for job in pending:
-            if progress is not None:
-                progress.job(describe(job))
-            run_job(protocol, job, domains, finished_part(job, store), out, recorder, progress)
-    outcome.records = in_job_order(store.records, jobs)
-    outcome.seconds = time.perf_counter() - start
-    return outcome
-
-
-def in_job_order(records: list[dict[str, Any]], jobs: list[Job]) -> list[dict[str, Any]]:
-    """`records` sorted by job (each training before its cells), so nothing built from them depends on
-    the order in which workers finished (records of unknown keys go last, in file order)."""
-    rank: dict[str, int] = {}
-    for job in jobs:
-        rank[job.key] = len(rank)
-        for c in getattr(job, "cells", ()):
-            rank[c.key] = len(rank)
-    return sorted(records, key=lambda r: rank.get(r.get("key", ""), len(rank)))
-
-
-def remaining_work(protocol: Protocol, out: Path, ways: dict[str, int]) -> tuple[int, float]:
-    """``(cells finished in run folder `out`, rough cost of the jobs not finished)``; reads only."""
-    keys = ResultsStore(out, repair=False).keys()
-    done = sum(c.key in keys for c in enumerate_cells(protocol))
-    return done, sum(job_cost(protocol, j, ways) for j in enumerate_jobs(protocol) if not _is_done(j, keys))
-
-
-def _is_done(job: Job, keys: set[str]) -> bool:
-    if isinstance(job, ReferenceJob):
-        return job.key in keys
-    return all(c.key in keys for c in job.cells)

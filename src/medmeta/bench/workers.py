@@ -31,7 +31,7 @@ from medmeta._accel.allocator import keep_freed_memory
 from medmeta.bench.cells import Job
 from medmeta.bench.domains import load_domains
 from medmeta.bench.protocol import Protocol, check_domains
-from medmeta.bench.runner import Finished, Recorder, RunProgress, describe, run_job
+from medmeta.bench.runner import Finished, JobSink, RunProgress, describe, run_job
 from medmeta.errors import MedmetaError, TrainingError
 
 #: Messages from a worker: (kind, task index or None, payload).
@@ -144,7 +144,7 @@ def run_in_workers(
     root: str | Path | None,
     out: Path,
     tasks: list[tuple[Job, Finished]],
-    recorder: Recorder,
+    recorder: JobSink,
     workers: int,
     progress: RunProgress | None,
 ) -> None:

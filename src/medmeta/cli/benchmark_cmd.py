@@ -141,7 +141,7 @@ def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
 
 def _say_remaining(protocol: Protocol, out: Path, ways: dict[str, int], n_cells: int, workers: int) -> None:
     """Dry run on an existing run folder: what a resumed run still has to do."""
-    from medmeta.bench.runner import remaining_work
+    from medmeta.bench.schedule import remaining_work
     from medmeta.bench.store import stored_fingerprint
 
     if stored_fingerprint(out) != protocol.fingerprint():
