@@ -21,7 +21,7 @@ from medmeta.models.backbones import build_backbone
 from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
 from medmeta.tasks.episode import Episode
 from tests.conftest import make_episode
-from tests.methods.inner_loop_reference import (
+from tests.methods.gradient_based.inner_loop_reference import (
     N_WAY,
     central_difference,
     conv4_logits,
