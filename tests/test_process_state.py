@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent(
         method = build_method(name, Conv4(in_channels=1, hidden=4, image_size=16))
         built.append(name)
         if sys.argv[1] == "use":
-            from tests.conftest import make_episode
+            from tests._helpers.episodes import make_episode
 
             method.episode_loss(make_episode(n_way=2, n_shot=1, n_query=2, shape=(1, 16, 16)))
     print(json.dumps({

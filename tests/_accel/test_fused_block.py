@@ -11,14 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.func import functional_call
 
 from medmeta._accel import kernels as fused_kernels
 from medmeta._accel.fused_block import bn_relu_pool, fused_conv4_forward
 from medmeta.methods.functional import batchnorm_overrides, channels_last
 from medmeta.models.backbones import Conv4, ResNet12
+from tests._helpers.fused_block import inputs, native, second_order
 
 
 @pytest.fixture(params=["kernels", "torch"], autouse=True)
@@ -32,30 +32,6 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         monkeypatch.delenv("MEDMETA_KERNELS", raising=False)
         assert fused_kernels.fused_block_kernels() is not None, "csrc/fused_block.cpp did not compile"
     yield request.param
-
-
-def native(y: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
-    return F.max_pool2d(F.relu(F.batch_norm(y, None, None, gamma, beta, training=True)), 2)
-
-
-def inputs(shape: tuple[int, int, int, int], seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.3).requires_grad_(True)
-    gamma = (torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
-    beta = torch.randn(shape[1], generator=g, dtype=torch.float64).requires_grad_(True)
-    return y, gamma, beta
-
-
-def second_order(fn: object, y: Tensor, gamma: Tensor, beta: Tensor) -> tuple[Tensor, ...]:
-    """First derivatives, then d/d(y, gamma, beta, dp) of a random projection of them."""
-    out = fn(y, gamma, beta)  # type: ignore[operator]
-    g = torch.Generator().manual_seed(1)
-    dp = torch.randn(out.shape, generator=g, dtype=out.dtype).requires_grad_(True)
-    first = torch.autograd.grad(out, (y, gamma, beta), dp, create_graph=True)
-    w = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in first]
-    proj = sum((a * b).sum() for a, b in zip(first, w, strict=True))
-    second = torch.autograd.grad(proj, (y, gamma, beta, dp), allow_unused=True, materialize_grads=True)
-    return (out, *first, *second)
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 6, 6), (2, 3, 7, 5), (4, 2, 3, 3)])

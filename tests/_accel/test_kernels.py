@@ -11,7 +11,7 @@ import torch
 
 from medmeta._accel import kernels as fused_kernels
 from medmeta._accel.fused_block import bn_relu_pool
-from tests._accel.test_fused_block import inputs, native, second_order
+from tests._helpers.fused_block import inputs, native, second_order
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ import yaml
 from medmeta.bench.cells import TrainJob, cell_cost, enumerate_cells, enumerate_jobs, job_cost
 from medmeta.bench.protocol import check_domains, load_protocol, parse_protocol
 from medmeta.errors import ConfigError
-from tests.bench.helpers import tiny_raw
-from tests.conftest import REPO
+from tests._helpers.bench import tiny_raw
+from tests._helpers.paths import REPO
 
 DOMAINS = ["blood_pbc", "brain_tumor_mri", "breastmnist_resaved", "pneumoniamnist_modified"]
 

@@ -21,12 +21,8 @@ from medmeta.bench.summary import REFERENCE
 from medmeta.cli.main import main
 from medmeta.eval.metrics import mean_ci
 from medmeta.provenance import code_version
-from tests.bench.helpers import synthetic_folders, tiny_protocol, tiny_raw
-from tests.conftest import REPO
-
-
-def read_records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+from tests._helpers.bench import read_records, synthetic_folders, tiny_protocol, tiny_raw
+from tests._helpers.paths import REPO
 
 
 @pytest.mark.data

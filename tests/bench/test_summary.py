@@ -12,7 +12,7 @@ import pytest
 from medmeta.bench.evaluation import METRICS, class_confusion
 from medmeta.bench.summary import REFERENCE, Row, mark_column, summarize, summary_csv
 from medmeta.eval.metrics import mean_ci
-from tests.bench.helpers import tiny_protocol
+from tests._helpers.bench import tiny_protocol
 
 
 def cell(method: str, domain: str, shots: int, seed: int, acc: list[float]) -> dict:

@@ -20,9 +20,8 @@ from medmeta.bench.protocol import Protocol
 from medmeta.cli.main import main
 from medmeta.data.synthetic import make_synthetic
 from medmeta.errors import ConfigError
-from tests.bench.helpers import synthetic_folders, tiny_protocol, tiny_raw
-from tests.bench.test_run import read_records
-from tests.conftest import REPO
+from tests._helpers.bench import read_records, synthetic_folders, tiny_protocol, tiny_raw
+from tests._helpers.paths import REPO
 
 WORKERS_2 = ("--quiet", "--workers", "2")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli.test_cli import assert_one_line_error, run
-from tests.deploy.fixtures import PATIENT, brain_files, grey, write_dicom, write_nifti
+from tests._helpers.cli import assert_one_line_error, run
+from tests._helpers.deploy import PATIENT, brain_files, grey, write_dicom, write_nifti
 
 FORMATS = ("png", "jpg", "dcm", "nii.gz")
 
@@ -120,7 +120,7 @@ def test_export_writes_an_onnx_model_with_the_same_logits(
 def test_predict_skips_an_unreadable_image_and_names_it(
     tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.deploy.test_adapted import png_folder
+    from tests._helpers.deploy import png_folder
 
     support = png_folder(tmp_path / "s")
     assert adapt_cli(capsys, tiny_checkpoint, support, tmp_path / "a")[0] == 0
@@ -157,7 +157,7 @@ def test_predict_skips_an_unreadable_image_and_names_it(
 def test_bad_inputs_end_with_one_error_line(
     tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.deploy.test_adapted import png_folder
+    from tests._helpers.deploy import png_folder
 
     support = png_folder(tmp_path / "s", per_class=2)
     code, _o, err = adapt_cli(capsys, tiny_checkpoint, support, tmp_path / "a", "--min-shots", "5")

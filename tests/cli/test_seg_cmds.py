@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.cli.test_cli import assert_one_line_error, run
+from tests._helpers.cli import assert_one_line_error, run
 
 
 def _train(capsys: pytest.CaptureFixture[str], root: Path, out: Path, method: str = "panet") -> Path:

@@ -11,7 +11,7 @@ import pytest
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.near_duplicates import near_duplicates
 from medmeta.data.registry import load_dataset
-from tests.cli.test_cli import assert_one_line_error, run
+from tests._helpers.cli import assert_one_line_error, run
 
 
 def planted() -> ImageDataset:

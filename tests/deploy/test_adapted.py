@@ -11,44 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from medmeta.config import make_config
 from medmeta.deploy import adapt, load_adapted, load_model, load_support, load_trained, predict
 from medmeta.deploy.adapted import AdaptedModel, TrainedModel
 from medmeta.errors import CheckpointError, DataError
-from medmeta.pipeline import build_method_from_config, default_normalization
 from medmeta.train.checkpoint import load_checkpoint, save_checkpoint, sign
-
-
-def png_folder(root: Path, classes: int = 3, per_class: int = 3, size: int = 20) -> Path:
-    """``root/classK/i.png``: grey images whose brightness depends on the class."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            arr = np.clip(rng.normal(40 + 70 * c, 15, (size, size + 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
-    return root
-
-
-def untrained_checkpoint(tmp_path: Path, method: str, options: dict[str, object] | None = None) -> Path:
-    """A checkpoint of a freshly initialised `method` (what `train` writes, without the training)."""
-    cfg = make_config(
-        {
-            "data": {"train": ["synthetic"], "image_size": 16},
-            "method": {"name": method, "options": options or {}},
-        }
-    )
-    torch.manual_seed(0)
-    m = build_method_from_config(cfg, channels=3, spatial_dims=2)
-    norm = default_normalization(3)
-    meta = {
-        "method": method,
-        "config": cfg.model_dump(mode="json"),
-        "image_shape": [3, 16, 16],
-        "spatial_dims": 2,
-        "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
-    }
-    return save_checkpoint(tmp_path / method / "best", m.state_dict(), meta)
+from tests._helpers.deploy import png_folder, untrained_checkpoint
 
 
 def test_adapted_checkpoint_round_trip_gives_the_same_probabilities(

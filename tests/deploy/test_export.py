@@ -10,7 +10,7 @@ import pytest
 
 from medmeta.deploy import adapt
 from medmeta.deploy.export import export_onnx, onnx_logits
-from tests.deploy.test_adapted import png_folder, untrained_checkpoint
+from tests._helpers.deploy import png_folder, untrained_checkpoint
 
 pytest.importorskip("onnx", reason="ONNX export needs `pip install 'medmeta[export]'`")
 pytest.importorskip("onnxruntime", reason="the parity check needs `pip install 'medmeta[export]'`")

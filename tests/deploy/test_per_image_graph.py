@@ -9,7 +9,7 @@ import torch
 
 from medmeta.deploy import adapt
 from medmeta.deploy.per_image_graph import PerImageGraph
-from tests.deploy.test_adapted import png_folder, untrained_checkpoint
+from tests._helpers.deploy import png_folder, untrained_checkpoint
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from PIL import Image
 from medmeta.deploy import adapt, predict
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import TILE, jet, overlay, safe_stem, write_panels
-from tests.deploy.test_adapted import png_folder
+from tests._helpers.deploy import png_folder
 
 
 def test_jet_maps_low_to_blue_and_high_to_red() -> None:

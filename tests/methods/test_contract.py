@@ -14,7 +14,7 @@ from medmeta.methods import METHODS, build_method
 from medmeta.methods.base import FewShotMethod, MethodOptions
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Episode
-from tests.conftest import make_episode
+from tests._helpers.episodes import make_episode
 
 NAMES = sorted(METHODS)
 

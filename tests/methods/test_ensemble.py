@@ -24,8 +24,8 @@ from medmeta.models.backbones import Conv4
 from medmeta.pipeline import default_normalization, train_method
 from medmeta.tasks.episode import Episode
 from medmeta.tasks.sampler import EpisodeSampler
-from tests.conftest import make_episode
-from tests.pretrain.helpers import (
+from tests._helpers.episodes import make_episode
+from tests._helpers.transfer import (
     assert_above_chance,
     real_config,
     seeded,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("starlette", reason="the web page needs `pip install 'medmeta[serve]'`")
 pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[serve]'`")
@@ -17,29 +15,17 @@ from medmeta.data.readers import DEFAULT_MAX_PIXELS
 from medmeta.deploy import adapt
 from medmeta.serve.app import _hide_paths, create_app
 from medmeta.serve.uploads import Limits
-from tests.deploy.fixtures import PATIENT, write_dicom
-from tests.deploy.test_adapted import png_folder
-from tests.serve.helpers import multipart_lists, post_form, request, running, session_cookie
-
-
-def png(value: int, size: int = 24) -> bytes:
-    rng = np.random.default_rng(value)
-    arr = np.clip(rng.normal(value, 10, (size, size + 5)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def support_form(classes: int = 2, shots: int = 3) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
-    fields = {f"class_name_{c}": f"kind {c}" for c in range(classes)}
-    files = [
-        (f"support_{c}", f"c{c}_{i}.png", png(50 + 80 * c + i)) for c in range(classes) for i in range(shots)
-    ]
-    return fields, files
-
-
-def session_dirs(root: Path) -> list[Path]:
-    return sorted(root.glob("medmeta-session-*"))
+from tests._helpers.deploy import PATIENT, png_folder, write_dicom
+from tests._helpers.serve import (
+    multipart_lists,
+    png,
+    post_form,
+    request,
+    running,
+    session_cookie,
+    session_dirs,
+    support_form,
+)
 
 
 def test_uploaded_support_and_queries_give_predictions_explanations_and_a_csv(

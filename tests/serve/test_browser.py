@@ -9,17 +9,13 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.deploy.fixtures import PATIENT, brain_files, grey, write_dicom
-from tests.serve.helpers import free_port
+from tests._helpers.deploy import PATIENT, brain_files, grey, write_dicom
+from tests._helpers.paths import REPO
+from tests._helpers.serve import start_server
 
 CHROMIUM = Path(os.environ.get("MEDMETA_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [
@@ -33,24 +29,6 @@ ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = REPO / "test-artifacts"
-
-
-def start_server(checkpoint: Path, temp: Path) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    env = {**os.environ, "TMPDIR": str(temp)}
-    cmd = [sys.executable, "-m", "medmeta.cli.main", "serve", "--model", str(checkpoint), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"medmeta serve did not start: {proc.communicate()[0]}") from None
-            time.sleep(0.2)
 
 
 @pytest.mark.data

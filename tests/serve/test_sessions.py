@@ -16,9 +16,7 @@ pytest.importorskip("uvicorn", reason="the web page needs `pip install 'medmeta[
 
 from medmeta.serve.app import create_app
 from medmeta.serve.session import SessionEnded, SessionStore
-from tests.serve.helpers import Reply, post_form, running
-from tests.serve.test_app import png, session_dirs, support_form
-from tests.serve.test_browser import start_server
+from tests._helpers.serve import Reply, png, post_form, running, session_dirs, start_server, support_form
 
 N_REQUESTS = 30
 

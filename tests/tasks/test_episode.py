@@ -5,7 +5,7 @@ import torch
 
 from medmeta.errors import MedmetaError
 from medmeta.tasks.episode import Episode, Support
-from tests.conftest import make_episode
+from tests._helpers.episodes import make_episode
 
 
 def test_episode_exposes_n_way_and_support() -> None:

@@ -23,7 +23,7 @@ from medmeta.deploy import adapt, load_model
 from medmeta.errors import CheckpointError
 from medmeta.train import checkpoint as ckpt
 from tests._helpers.audit import recording_opens
-from tests.deploy.test_adapted import png_folder
+from tests._helpers.deploy import png_folder
 
 CASES = int(os.environ.get("MEDMETA_FUZZ_CASES", "120"))
 

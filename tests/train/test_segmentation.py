@@ -25,7 +25,7 @@ from medmeta.pipeline.segmentation import (
 )
 from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 from medmeta.train.checkpoint import save_checkpoint
-from tests.methods.segmentation.test_methods import SMALL
+from tests._helpers.segmentation import SMALL
 
 TRAINABLE = [n for n, c in sorted(SEG_METHODS.items()) if c.training_source != "none"]
 

@@ -26,7 +26,7 @@ from medmeta.train.supervised import (
     random_flips,
     training_feature_mean,
 )
-from tests.pretrain.helpers import (
+from tests._helpers.transfer import (
     single_thread,  # noqa: F401  (autouse fixture)
     toy_domain,
 )

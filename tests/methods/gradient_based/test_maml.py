@@ -20,8 +20,8 @@ from medmeta.methods.inner_loop import InnerLoopMethod
 from medmeta.models.backbones import build_backbone
 from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
 from medmeta.tasks.episode import Episode
-from tests.conftest import make_episode
-from tests.methods.gradient_based.inner_loop_reference import (
+from tests._helpers.episodes import make_episode
+from tests._helpers.inner_loop_reference import (
     N_WAY,
     central_difference,
     conv4_logits,

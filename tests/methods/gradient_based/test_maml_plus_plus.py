@@ -12,7 +12,7 @@ from medmeta.methods.gradient_based.maml_plus_plus import (
     MAMLPlusPlusOptions,
     multi_step_loss_weights,
 )
-from tests.methods.gradient_based.inner_loop_reference import (
+from tests._helpers.inner_loop_reference import (
     N_WAY,
     central_difference,
     conv4_logits,

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from medmeta.methods.gradient_based.reptile import Reptile, ReptileOptions
 from medmeta.tasks.episode import Episode
-from tests.methods.gradient_based.inner_loop_reference import N_WAY, conv4_logits, episodes, tiny_backbone
+from tests._helpers.inner_loop_reference import N_WAY, conv4_logits, episodes, tiny_backbone
 
 TOL = 1e-8
 

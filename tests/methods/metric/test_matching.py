@@ -19,7 +19,7 @@ from medmeta.methods.metric.matching import (
 )
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Episode
-from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
+from tests._helpers.real_data import assert_above_chance, train_and_test_on_blood_cells
 
 # Support (1,0) of class 0, (0,1) and (1,1) of class 1; query (1,0).
 SUPPORT = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

@@ -14,7 +14,7 @@ from medmeta.methods import build_method
 from medmeta.methods.functional import compute_prototypes, prototype_logits
 from medmeta.methods.metric.protonet import ProtoNet, ProtoNetOptions
 from medmeta.tasks.episode import Episode
-from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
+from tests._helpers.real_data import assert_above_chance, train_and_test_on_blood_cells
 
 # Features are the images themselves: (N, 2, 1, 1) "images" through nn.Flatten() give (N, 2) features.
 SUPPORT = torch.tensor([[0.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 4.0]])  # labels 0, 1, 0, 1

@@ -18,7 +18,7 @@ from medmeta.methods.metric.relation import (
 )
 from medmeta.models.backbones import Conv4, ResNet12
 from medmeta.tasks.episode import Episode
-from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
+from tests._helpers.real_data import assert_above_chance, train_and_test_on_blood_cells
 
 
 @pytest.mark.parametrize(("spatial_dims", "side"), [(2, 3), (2, 1), (3, 2)])

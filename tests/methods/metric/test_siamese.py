@@ -13,7 +13,7 @@ from medmeta.errors import ConfigError
 from medmeta.methods import build_method
 from medmeta.methods.metric.siamese import SiameseNet, SiameseOptions, contrastive_loss, siamese_logits
 from medmeta.tasks.episode import Episode
-from tests.eval.real_data import assert_above_chance, train_and_test_on_blood_cells
+from tests._helpers.real_data import assert_above_chance, train_and_test_on_blood_cells
 
 FEATURES = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
 LABELS = torch.tensor([0, 0, 1])

@@ -13,14 +13,7 @@ from medmeta.methods.segmentation.baselines import OtsuThreshold, SupportMean, o
 from medmeta.methods.segmentation.maml import SegMAML
 from medmeta.methods.segmentation.prototype import PANet, local_prototypes, masked_average, prototype_scores
 from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
-
-SMALL = {
-    "panet": {"base": 4, "depth": 2, "feature_dim": 8},
-    "alpnet": {"base": 4, "depth": 2, "feature_dim": 8, "local_window": 4},
-    "ssl_alpnet": {"base": 4, "depth": 2, "feature_dim": 8, "local_window": 4},
-    "maml": {"base": 4, "depth": 2, "inner_steps": 1, "eval_steps": 2},
-    "finetune": {"base": 4, "depth": 2, "steps": 2},
-}
+from tests._helpers.segmentation import SMALL
 
 
 def make(name: str) -> FewShotSegmenter:

@@ -10,7 +10,7 @@ from medmeta.methods import METHODS, build_method, switch_method
 from medmeta.methods.transfer.base import SupervisedMethod, backbone_width, transform_features
 from medmeta.models.backbones import Conv4
 from medmeta.models.heads import CosineHead, build_head, cosine_logits
-from tests.pretrain.helpers import (
+from tests._helpers.transfer import (
     Flat,
     single_thread,  # noqa: F401  (autouse fixture)
 )

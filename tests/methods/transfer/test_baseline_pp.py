@@ -13,8 +13,8 @@ from medmeta.models.backbones import Conv4
 from medmeta.models.heads import CosineHead
 from medmeta.pipeline import load_method
 from medmeta.tasks.episode import Support
-from tests.conftest import make_episode
-from tests.pretrain.helpers import (
+from tests._helpers.episodes import make_episode
+from tests._helpers.transfer import (
     Flat,
     as_images,
     assert_above_chance,

@@ -11,8 +11,8 @@ from medmeta.methods.functional import compute_prototypes, prototype_logits
 from medmeta.methods.transfer.finetune import Finetune, FinetuneOptions, init_linear_head
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Support
-from tests.conftest import make_episode
-from tests.pretrain.helpers import (
+from tests._helpers.episodes import make_episode
+from tests._helpers.transfer import (
     Flat,
     as_images,
     assert_above_chance,

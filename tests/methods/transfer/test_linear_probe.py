@@ -9,7 +9,7 @@ import torch
 
 from medmeta.methods.transfer.linear_probe import LinearProbe, LinearProbeOptions, fit_logistic_regression
 from medmeta.tasks.episode import Support
-from tests.pretrain.helpers import (
+from tests._helpers.transfer import (
     Flat,
     as_images,
     assert_above_chance,

@@ -10,8 +10,8 @@ import torch
 
 from medmeta.methods.transfer.simpleshot import SimpleShot, SimpleShotOptions
 from medmeta.tasks.episode import Support
-from tests.conftest import make_episode
-from tests.pretrain.helpers import (
+from tests._helpers.episodes import make_episode
+from tests._helpers.transfer import (
     Flat,
     as_images,
     assert_above_chance,

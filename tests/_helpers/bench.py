@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,7 @@ def tiny_raw(domains: list[str], **changes: Any) -> dict[str, Any]:
 
 def tiny_protocol(domains: list[str], **changes: Any) -> Protocol:
     return parse_protocol(tiny_raw(domains, **changes), source="tiny test protocol")
+
+
+def read_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

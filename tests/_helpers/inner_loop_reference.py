@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Episode
-from tests.conftest import make_episode
+from tests._helpers.episodes import make_episode
 
 Params = dict[str, Tensor]
 N_WAY = 3

@@ -1,8 +1,12 @@
-"""Run the web page in a background thread and talk to it with the standard library."""
+"""Run the web page (in a background thread, or as `medmeta serve`) and talk to it with the standard library."""
 
 from __future__ import annotations
 
+import io
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -11,7 +15,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 
 def free_port() -> int:
@@ -108,3 +116,41 @@ def post_form(
 def session_cookie(reply: Reply) -> str:
     raw = reply.headers.get("set-cookie") or reply.headers.get("Set-Cookie") or ""
     return raw.split(";", 1)[0]
+
+
+def png(value: int, size: int = 24) -> bytes:
+    rng = np.random.default_rng(value)
+    arr = np.clip(rng.normal(value, 10, (size, size + 5)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def support_form(classes: int = 2, shots: int = 3) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
+    fields = {f"class_name_{c}": f"kind {c}" for c in range(classes)}
+    files = [
+        (f"support_{c}", f"c{c}_{i}.png", png(50 + 80 * c + i)) for c in range(classes) for i in range(shots)
+    ]
+    return fields, files
+
+
+def session_dirs(root: Path) -> list[Path]:
+    return sorted(root.glob("medmeta-session-*"))
+
+
+def start_server(checkpoint: Path, temp: Path) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    cmd = [sys.executable, "-m", "medmeta.cli.main", "serve", "--model", str(checkpoint), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"medmeta serve did not start: {proc.communicate()[0]}") from None
+            time.sleep(0.2)

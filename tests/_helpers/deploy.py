@@ -1,4 +1,4 @@
-"""Shared fixtures of the practitioner's-path tests: a tiny meta-trained ProtoNet and real-image folders.
+"""Shared by the deployment tests: a tiny meta-trained ProtoNet, untrained checkpoints, image files.
 
 The checkpoint is trained in the test session (synthetic shapes, 32x32, a few episodes: seconds); no
 weights are committed. Real images come from ``brain_tumor_mri`` (the ``data_dir`` fixture skips without it).
@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medmeta.config import make_config
 from medmeta.data.synthetic import make_synthetic
-from medmeta.pipeline import train_method
+from medmeta.pipeline import build_method_from_config, default_normalization, train_method
+from medmeta.train.checkpoint import save_checkpoint
 
 BRAIN = Path("classification") / "brain_tumor_mri"
 PATIENT = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-7731-XQ", "PatientBirthDate": "19610412"}
@@ -98,3 +100,35 @@ def write_nifti(pixels: np.ndarray, path: Path) -> Path:
     vol = np.stack([np.zeros_like(pixels), pixels, np.zeros_like(pixels)], axis=-1).astype(np.float32)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), str(path))
     return path
+
+
+def png_folder(root: Path, classes: int = 3, per_class: int = 3, size: int = 20) -> Path:
+    """``root/classK/i.png``: grey images whose brightness depends on the class."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = np.clip(rng.normal(40 + 70 * c, 15, (size, size + 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def untrained_checkpoint(tmp_path: Path, method: str, options: dict[str, object] | None = None) -> Path:
+    """A checkpoint of a freshly initialised `method` (what `train` writes, without the training)."""
+    cfg = make_config(
+        {
+            "data": {"train": ["synthetic"], "image_size": 16},
+            "method": {"name": method, "options": options or {}},
+        }
+    )
+    torch.manual_seed(0)
+    m = build_method_from_config(cfg, channels=3, spatial_dims=2)
+    norm = default_normalization(3)
+    meta = {
+        "method": method,
+        "config": cfg.model_dump(mode="json"),
+        "image_shape": [3, 16, 16],
+        "spatial_dims": 2,
+        "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
+    }
+    return save_checkpoint(tmp_path / method / "best", m.state_dict(), meta)

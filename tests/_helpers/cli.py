@@ -1,0 +1,27 @@
+"""Run the `medmeta` command in-process and check its one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from medmeta.cli.main import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, err
+    assert errors == [ln for ln in err.splitlines() if ln.strip()][-1:], "the error must be the last line"
+    for f in fragments:
+        assert f in errors[0], f"{f!r} not in {errors[0]!r}"
