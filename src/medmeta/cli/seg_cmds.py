@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal
 
 import typer
 import yaml
 
 from medmeta.cli.overrides import collect, parse_options
 from medmeta.cli.ui import RichProgress, say
-from medmeta.errors import ConfigError, MedmetaError
+from medmeta.errors import MedmetaError
 from medmeta.outputs import (
     RunFolder,
     check_output_file,
@@ -97,14 +97,9 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a segmenter on the config's training structures, keep OUT/best.json, evaluate on the test ones."""
-    from medmeta.eval.segmentation import evaluate_segmenter, results_markdown
-    from medmeta.pipeline.segmentation import (
-        CHECKPOINT_KIND,
-        build_segmenter,
-        load_seg_data,
-        train_segmenter,
-        training_episodes,
-    )
+    from medmeta.eval.segmentation import results_markdown
+    from medmeta.pipeline.segmentation import train_segmenter
+    from medmeta.pipeline.segmentation_run import evaluate_seg_training, plan_seg_training
 
     ov = collect(
         {
@@ -122,29 +117,18 @@ def train_cmd(
         ov["method.options"] = parse_options(option)
     cfg = _config(config, ov)
     folder = check_run_folder(out, overwrite=overwrite, resume=resume)
-    model = build_segmenter(cfg)
-    if model.training_source == "none":
-        raise ConfigError(
-            f"'{cfg.method.name}' is a trivial baseline with nothing to train: evaluate it with `medmeta seg evaluate --model {cfg.method.name} --config ...`"
-        )
-    data = load_seg_data(cfg)
-    episodes = training_episodes(model, data, cfg)
+    run = plan_seg_training(cfg)
     folder.prepare()
-    say(f"training {cfg.method.name} on {len(data.train)} structure(s) ({model.training_source}) -> {out}")
-    from medmeta.tasks.segmentation import SegEpisodeSampler
-
-    val = None
-    usable = {k: s for k, s in data.train.items() if len(s) >= cfg.episodes.n_shot + cfg.episodes.n_query}
-    if usable:
-        val = SegEpisodeSampler(usable, cfg.episodes.n_shot, cfg.episodes.n_query, cfg.train.seed + 1)
-    meta = {"kind": CHECKPOINT_KIND, "method": cfg.method.name, "config": cfg.model_dump(mode="json")}
+    say(
+        f"training {cfg.method.name} on {len(run.data.train)} structure(s) ({run.model.training_source}) -> {out}"
+    )
     result = train_segmenter(
-        model,
-        episodes,
+        run.model,
+        run.episodes,
         cfg.train,
-        val_episodes=val,
+        val_episodes=run.val_episodes,
         out_dir=out,
-        meta=meta,
+        meta=run.meta,
         progress=RichProgress(enabled=not quiet),
         resume=folder.resume,
         on_start=lambda: _start_run(folder, cfg),
@@ -152,17 +136,8 @@ def train_cmd(
     say(
         f"checkpoint {result.best_checkpoint} ({result.seconds:.0f} s, validation Dice {result.best_score:.3f})"
     )
-    if evaluate and data.test:
-        e = cfg.eval
-        rows = evaluate_segmenter(
-            model,
-            data.test,
-            e.shots,
-            n_query=e.n_query,
-            episodes=e.episodes,
-            seed=e.seed,
-            method=cfg.method.name,
-        )
+    if evaluate and run.data.test:
+        rows = evaluate_seg_training(run)
         _write(out / "results.json", rows)
         say(results_markdown(rows))
 
@@ -256,8 +231,12 @@ def segment(
     label: int | None = typer.Option(
         None, "--label", help="Foreground label value in the masks (default: any non-zero)."
     ),
-    channel: str = typer.Option("grey", "--channel", help="Colour images: grey (luminance) or green."),
-    window: str = typer.Option("ct", "--window", help="NIfTI intensities: ct (W400/L40) or percentile (MR)."),
+    channel: Literal["grey", "green"] = typer.Option(
+        "grey", "--channel", help="Colour images: grey (luminance) or green."
+    ),
+    window: Literal["ct", "percentile"] = typer.Option(
+        "ct", "--window", help="NIfTI intensities: ct (W400/L40) or percentile (MR)."
+    ),
     size: int | None = typer.Option(
         None, "--size", help="Working size (default: the checkpoint's image_size, else 64)."
     ),
@@ -271,15 +250,10 @@ def segment(
     ),
 ) -> None:
     """Segment new images from a few annotated ones: masks as PNG (2D) or NIfTI (input geometry kept), plus overlays."""
-    from medmeta.data.segmentation.io import Channel, Window
     from medmeta.deploy.segment import segment_files
     from medmeta.methods.segmentation import SEG_METHODS
     from medmeta.pipeline.segmentation import load_segmenter
 
-    if channel not in ("grey", "green"):
-        raise ConfigError(f"--channel must be grey or green, got '{channel}'")
-    if window not in ("ct", "percentile"):
-        raise ConfigError(f"--window must be ct or percentile, got '{window}'")
     claim_output_folder(out, overwrite=overwrite)
     if model in SEG_METHODS and SEG_METHODS[model].training_source == "none":
         segmenter, work = SEG_METHODS[model](), size or 64
@@ -293,8 +267,8 @@ def segment(
         images,
         out,
         size=work,
-        channel=cast(Channel, channel),
-        window=cast(Window, window),
+        channel=channel,
+        window=window,
         label=label,
         max_slices=max_slices,
     )
