@@ -4,14 +4,17 @@ nearest support images with their embedding distances."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from medmeta.deploy.adapted import AdaptedModel
-from medmeta.deploy.predict import Predictions
 from medmeta.explain.neighbours import nearest_support
 from medmeta.explain.saliency import saliency
+
+if TYPE_CHECKING:  # explain sits below deploy: it only reads what deploy hands it
+    from medmeta.deploy.adapted import AdaptedModel
+    from medmeta.deploy.predict import Predictions
 
 
 @dataclass(frozen=True)
