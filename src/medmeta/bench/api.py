@@ -15,9 +15,9 @@ from typing import Any
 
 from medmeta.bench.cells import enumerate_jobs
 from medmeta.bench.domains import DomainSplits
+from medmeta.bench.jobs import RunProgress, load_benchmark_domains
 from medmeta.bench.protocol import Protocol
 from medmeta.bench.report import RunInfo, write_report
-from medmeta.bench.runner import RunProgress, load_benchmark_domains
 from medmeta.bench.schedule import RunOutcome, in_job_order, run_benchmark
 from medmeta.bench.store import ResultsStore, check_fingerprint
 from medmeta.bench.summary import Row, summarize, write_summary

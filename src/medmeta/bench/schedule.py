@@ -1,7 +1,7 @@
 """Run a benchmark: every job in order, skipping what an earlier (killed) run of the same folder finished.
 
 Results are identical whether a run is interrupted or not, and whatever the number of workers (see
-`medmeta.bench.runner`). With ``workers > 1`` whole jobs (a training and its cells, or a reference) run
+`medmeta.bench.jobs`). With ``workers > 1`` whole jobs (a training and its cells, or a reference) run
 in child processes (see `medmeta.bench.workers`) and only this process writes ``results.jsonl``.
 """
 
@@ -17,8 +17,7 @@ import torch
 
 from medmeta.bench.cells import Job, ReferenceJob, TrainJob, enumerate_cells, enumerate_jobs, job_cost
 from medmeta.bench.domains import DomainSplits
-from medmeta.bench.protocol import Protocol
-from medmeta.bench.runner import (
+from medmeta.bench.jobs import (
     RunProgress,
     class_counts,
     describe,
@@ -26,6 +25,7 @@ from medmeta.bench.runner import (
     load_benchmark_domains,
     run_job,
 )
+from medmeta.bench.protocol import Protocol
 from medmeta.bench.store import ResultsStore, check_fingerprint
 from medmeta.errors import ConfigError
 from medmeta.provenance import code_version

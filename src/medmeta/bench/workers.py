@@ -30,8 +30,8 @@ import torch
 from medmeta._accel.allocator import keep_freed_memory
 from medmeta.bench.cells import Job
 from medmeta.bench.domains import load_domains
+from medmeta.bench.jobs import Finished, JobSink, RunProgress, describe, run_job
 from medmeta.bench.protocol import Protocol, check_domains
-from medmeta.bench.runner import Finished, JobSink, RunProgress, describe, run_job
 from medmeta.errors import MedmetaError, TrainingError
 
 #: Messages from a worker: (kind, task index or None, payload).

@@ -111,7 +111,7 @@ def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
     """Every job with its cells, training domains, ways, queries and rough cost."""
     from medmeta.bench.cells import ReferenceJob, enumerate_jobs, job_cost
     from medmeta.bench.domains import query_size
-    from medmeta.bench.runner import class_counts
+    from medmeta.bench.jobs import class_counts
 
     ways = class_counts(domains)
     table = Table(title=f"{protocol.name}: jobs and cells")
@@ -188,8 +188,8 @@ def benchmark(
     """
     from medmeta.bench import report, run
     from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
+    from medmeta.bench.jobs import class_counts, load_benchmark_domains
     from medmeta.bench.protocol import load_protocol
-    from medmeta.bench.runner import class_counts, load_benchmark_domains
     from medmeta.bench.store import RESULTS, stored_fingerprint
 
     protocol = load_protocol(config)
