@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmeta.methods import switch_method
-from medmeta.methods.ensemble import (
+from medmeta.eval.ensemble import (
     Ensemble,
     evaluate_ensemble,
     fit_ensemble,
@@ -18,6 +17,7 @@ from medmeta.methods.ensemble import (
     fit_weights,
     mix_log_probs,
 )
+from medmeta.methods import switch_method
 from medmeta.methods.metric.protonet import ProtoNet
 from medmeta.methods.transfer.simpleshot import SimpleShot
 from medmeta.models.backbones import Conv4
