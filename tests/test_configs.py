@@ -9,6 +9,8 @@ import yaml
 
 from medmeta.config import apply_overrides, load_config, make_config
 from medmeta.errors import ConfigError
+from medmeta.pipeline import train_method
+from medmeta.pipeline.checks import check_method_config
 
 
 # seg_*.yaml are segmentation configs (SegConfig), validated in tests/seg/test_config.py; benchmark
@@ -56,8 +58,16 @@ def test_an_unknown_field_is_named() -> None:
 
 
 def test_an_unknown_method_lists_the_registered_ones() -> None:
+    cfg = make_config({"method": {"name": "nope"}})  # the config is a leaf: the registry checks it
     with pytest.raises(ConfigError, match=r"unknown method 'nope'; choose one of .*protonet"):
-        make_config({"method": {"name": "nope"}})
+        check_method_config(cfg)
+    with pytest.raises(ConfigError, match=r"unknown method 'nope'"):
+        train_method(cfg)
+
+
+def test_a_bad_method_option_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"method 'protonet': .*distanse"):
+        check_method_config(make_config({"method": {"name": "protonet", "options": {"distanse": "cosine"}}}))
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ and `SegConfig` (segmentation); both share `TrainConfig`.
 
 Only the CLI reads YAML or flags; everything else receives these objects. A bad value raises a
 `ConfigError` naming the field, the value and the allowed range. Checkpoints store the config.
+This module is a leaf (it imports nothing of medmeta but its errors): method names and their options are
+checked against the registries by `medmeta.pipeline.checks`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medmeta.errors import ConfigError
 
@@ -123,19 +125,6 @@ class RunConfig(_Frozen):
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: MethodConfig) -> MethodConfig:
-        from medmeta.methods import METHODS
-
-        if v.name not in METHODS:
-            raise ValueError(f"unknown method '{v.name}'; choose one of {', '.join(sorted(METHODS))}")
-        try:
-            METHODS[v.name].Options(**v.options)
-        except ValidationError as exc:
-            raise ValueError(describe_validation_error(exc)) from None
-        return v
 
 
 def describe_validation_error(exc: Exception) -> str:
@@ -256,17 +245,6 @@ class SegMethodConfig(_Frozen):
     name: str = "alpnet"
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from medmeta.methods.segmentation import SEG_METHODS
-
-        if v not in SEG_METHODS:
-            raise ValueError(
-                f"unknown segmentation method '{v}'; choose one of {', '.join(sorted(SEG_METHODS))}"
-            )
-        return v
-
 
 class SegEvalConfig(_Frozen):
     """Evaluation: ``episodes`` seeded episodes per test structure and shot count."""
@@ -285,17 +263,6 @@ class SegConfig(_Frozen):
     method: SegMethodConfig = SegMethodConfig()
     train: TrainConfig = TrainConfig(epochs=5, episodes_per_epoch=100, val_episodes=20, device="cpu")
     eval: SegEvalConfig = SegEvalConfig()
-
-    @field_validator("method")
-    @classmethod
-    def _options(cls, v: SegMethodConfig) -> SegMethodConfig:
-        from medmeta.methods.segmentation import SEG_METHODS
-
-        try:
-            SEG_METHODS[v.name].Options(**v.options)
-        except ValidationError as exc:
-            raise ValueError(describe_validation_error(exc)) from None
-        return v
 
 
 def make_seg_config(data: dict[str, Any], source: str = "config") -> SegConfig:

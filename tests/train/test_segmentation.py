@@ -15,6 +15,7 @@ from medmeta.eval.segmentation import evaluate_segmenter, results_markdown
 from medmeta.methods.segmentation import SEG_METHODS
 from medmeta.methods.segmentation.base import FewShotSegmenter
 from medmeta.methods.segmentation.baselines import SupportMean
+from medmeta.pipeline.checks import check_segmenter_config
 from medmeta.pipeline.segmentation import (
     CHECKPOINT_KIND,
     build_segmenter,
@@ -137,9 +138,11 @@ def PANetLike() -> FewShotSegmenter:
 
 def test_unknown_method_and_bad_options_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"unknown segmentation method 'unet'; choose one of .*alpnet"):
-        make_seg_config({"method": {"name": "unet"}})
+        check_segmenter_config(make_seg_config({"method": {"name": "unet"}}))
     with pytest.raises(ConfigError, match="inner_stepz"):
-        make_seg_config({"method": {"name": "maml", "options": {"inner_stepz": 3}}})
+        check_segmenter_config(make_seg_config({"method": {"name": "maml", "options": {"inner_stepz": 3}}}))
+    with pytest.raises(ConfigError, match="unknown segmentation method 'unet'"):
+        build_segmenter(make_seg_config({"method": {"name": "unet"}}))
 
 
 def test_a_classification_checkpoint_is_not_loaded_as_a_segmenter(tmp_path: Path) -> None:

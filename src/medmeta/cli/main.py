@@ -20,6 +20,7 @@ from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reporte
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
 from medmeta.outputs import check_run_folder, claim_output_file
+from medmeta.pipeline.checks import check_method_config
 
 app = typer.Typer(
     name="medmeta",
@@ -47,8 +48,10 @@ def _root(
 
 def _build_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:
     if config is not None:
-        return load_config(config, overrides)
-    return make_config(apply_overrides({}, overrides), source="options")
+        return check_method_config(load_config(config, overrides), source=str(config))
+    return check_method_config(
+        make_config(apply_overrides({}, overrides), source="options"), source="options"
+    )
 
 
 OVERWRITE_RUN_HELP = (
@@ -202,7 +205,7 @@ def evaluate(
     way = parse_way(n_way)
     if way != "unset":
         ov["eval.n_way"] = way
-    cfg = make_config(apply_overrides(cfg.model_dump(mode="json"), ov), source="options")
+    cfg = check_method_config(make_config(apply_overrides(cfg.model_dump(mode="json"), ov), source="options"))
     if not cfg.data.test:
         raise MedmetaError("no test domain: pass --test NAME[@SPLIT][:CLASS,...]")
     tests = [load_domain(DomainSpec.parse(t), cfg) for t in cfg.data.test]

@@ -57,10 +57,11 @@ _OVERWRITE_HELP = "Replace an existing output file (never a folder, link or spec
 
 def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
     from medmeta.config import apply_overrides, load_seg_config, make_seg_config
+    from medmeta.pipeline.checks import check_segmenter_config
 
     if config is not None:
-        return load_seg_config(config, overrides)
-    return make_seg_config(apply_overrides({}, overrides), source="options")
+        return check_segmenter_config(load_seg_config(config, overrides), source=str(config))
+    return check_segmenter_config(make_seg_config(apply_overrides({}, overrides), source="options"))
 
 
 @app.command("train")
@@ -194,14 +195,16 @@ def evaluate_cmd(
     )
     if config is not None:
         from medmeta.config import load_seg_config
+        from medmeta.pipeline.checks import check_segmenter_config
 
-        cfg = load_seg_config(config, ov)
+        cfg = check_segmenter_config(load_seg_config(config, ov), source=str(config))
     elif cfg is None:
         raise MedmetaError("only baselines given: pass --config to say which structures to test on")
     else:
         from medmeta.config import apply_overrides, make_seg_config
+        from medmeta.pipeline.checks import check_segmenter_config
 
-        cfg = make_seg_config(apply_overrides(cfg.model_dump(mode="json"), ov), source="options")
+        cfg = check_segmenter_config(make_seg_config(apply_overrides(cfg.model_dump(mode="json"), ov)))
     data = load_seg_data(cfg, with_train=False)
     if not data.test:
         raise MedmetaError("the config has no test structure: set data.test")

@@ -29,6 +29,7 @@ from medmeta.errors import CheckpointError, ConfigError
 from medmeta.methods.base import FewShotMethod, Predictor
 from medmeta.methods.functional import embed
 from medmeta.pipeline import build_method_from_config, normalization_from_meta
+from medmeta.pipeline.checks import check_method_config
 from medmeta.tasks.episode import Support
 from medmeta.train.checkpoint import checkpoint_json, load_checkpoint, load_state_strictly, save_checkpoint
 
@@ -76,7 +77,7 @@ _MAX_SIZE = 4096
 
 def _rebuild(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> TrainedModel:
     try:
-        cfg = make_config(meta["config"], source=f"config stored in {path}")
+        cfg = check_method_config(make_config(meta["config"], source=f"config stored in {path}"))
         shape = [int(s) for s in meta["image_shape"]]
         spatial_dims = int(meta["spatial_dims"])
     except (KeyError, TypeError, ValueError, OverflowError, ConfigError) as exc:

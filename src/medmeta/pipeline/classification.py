@@ -35,6 +35,7 @@ from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.models.backbones import build_backbone
 from medmeta.outputs import RunFolder, check_run_folder
+from medmeta.pipeline.checks import check_method_config
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
 from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
@@ -207,6 +208,7 @@ def train_method(
         OutputError: the run folder may not or cannot be used as asked.
         DataError: unusable data, or test domains too small for the test episodes.
     """
+    check_method_config(cfg)
     folder = None if out_dir is None else check_run_folder(Path(out_dir), overwrite=overwrite, resume=resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -317,7 +319,7 @@ def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[
     """
     state, meta = load_checkpoint(checkpoint)
     try:
-        cfg = make_config(meta["config"], source=f"config stored in {checkpoint}")
+        cfg = check_method_config(make_config(meta["config"], source=f"config stored in {checkpoint}"))
         channels = int(meta["image_shape"][0])
         spatial_dims = int(meta["spatial_dims"])
     except (KeyError, TypeError, ValueError, IndexError, ConfigError) as exc:

@@ -22,6 +22,7 @@ from medmeta.data.segmentation.sources import (
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.eval.segmentation import DiceValidation
 from medmeta.methods.segmentation.base import FewShotSegmenter
+from medmeta.pipeline.checks import check_segmenter_config
 from medmeta.tasks.base import SeededSampler
 from medmeta.tasks.segmentation import EpisodeSource, SegEpisode, SegEpisodeSampler
 from medmeta.tasks.superpixels import SuperpixelEpisodes
@@ -78,6 +79,7 @@ def build_segmenter(cfg: SegConfig) -> FewShotSegmenter:
     """A fresh segmenter, its weights seeded by ``train.seed``."""
     from medmeta.methods.segmentation import SEG_METHODS
 
+    check_segmenter_config(cfg)
     torch.manual_seed(cfg.train.seed)
     return SEG_METHODS[cfg.method.name].from_options(cfg.method.options)
 
@@ -141,7 +143,12 @@ def load_segmenter(path: str | Path) -> tuple[FewShotSegmenter, SegConfig, dict[
             f"{path} is not a segmentation checkpoint (kind {meta.get('kind')!r}): use one written by "
             "`medmeta seg train`"
         )
-    cfg = make_seg_config(meta["config"], source=f"config stored in {path}")
+    try:
+        cfg = check_segmenter_config(make_seg_config(meta["config"], source=f"config stored in {path}"))
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(
+            f"segmentation checkpoint {path} lacks a usable config ({exc}): retrain"
+        ) from None
     model = build_segmenter(cfg)
     load_state_strictly(model, state, f"segmentation checkpoint {path} ({cfg.method.name})")
     return model.eval(), cfg, meta
