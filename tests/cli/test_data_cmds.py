@@ -60,3 +60,22 @@ def test_data_info_on_a_folder_without_one_readable_image_is_one_error_line(
     line = one_error_line(*run(capsys, "data", "info", str(tmp_path / "f"))[::2])
     assert f"no readable image in {tmp_path / 'f'}: all 3 image file(s) failed to decode" in line
     assert "(first: a/nan.tif: every pixel is NaN or infinite)" in line
+
+
+def test_data_show_refuses_an_existing_png_and_a_symlinked_out_keeping_their_targets(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    sentinel = tmp_path / "outside" / "keep.png"
+    sentinel.parent.mkdir()
+    sentinel.write_bytes(b"keep me")
+    link = tmp_path / "link.png"
+    link.symlink_to(sentinel)
+    code, _, err = run(capsys, "data", "show", "synthetic", "--out", str(link))
+    assert "symbolic link" in one_error_line(code, err)
+    existing = tmp_path / "episode.png"
+    existing.write_bytes(b"mine")
+    code, _, err = run(capsys, "data", "show", "synthetic", "--out", str(existing))
+    assert "--overwrite" in one_error_line(code, err)
+    assert sentinel.read_bytes() == b"keep me" and existing.read_bytes() == b"mine"
+    code, _, _ = run(capsys, "data", "show", "synthetic", "--out", str(existing), "--overwrite")
+    assert code == 0 and existing.read_bytes()[:4] == b"\x89PNG"

@@ -10,6 +10,7 @@ from rich.table import Table
 from medmeta.cli.ui import console, say
 from medmeta.data.root import data_root, existing_data_root
 from medmeta.errors import ConfigError
+from medmeta.outputs import claim_output_file
 
 app = typer.Typer(help="List, inspect, picture and download datasets.", no_args_is_help=True)
 
@@ -71,6 +72,7 @@ def near_duplicates_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="CSV of every near-duplicate group (group, split, class, file)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Near-duplicate images within and across splits (train/test leakage), by a coarse perceptual key."""
     import csv
@@ -80,11 +82,12 @@ def near_duplicates_cmd(
 
     if size < 16:
         raise ConfigError(f"--size must be at least 16 (the key is 16x16), got {size}")
+    if out is not None:
+        claim_output_file(out, overwrite=overwrite)
     ds = load_dataset(name, root=data_root(data_dir), image_size=size, channels=1)
     report = near_duplicates(ds)
     say(report.summary())
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["group", "index", "split", "class", "file"])
@@ -107,12 +110,14 @@ def show_cmd(
     image_size: int = typer.Option(64, "--image-size"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Draw one episode (support | query, one row per class, with class names) to a PNG."""
     from medmeta.data.registry import DomainSpec
     from medmeta.explain.episode import save_episode_grid
     from medmeta.tasks.sampler import EpisodeSampler
 
+    claim_output_file(out, overwrite=overwrite)
     ds = DomainSpec.parse(name).load(root=data_dir, image_size=image_size, skip_bad=skip_bad)
     sampler = EpisodeSampler(ds, min(n_way, ds.n_classes), n_shot, n_query, seed=seed)
     save_episode_grid(sampler.episode(index), ds, out)
