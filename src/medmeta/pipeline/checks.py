@@ -8,6 +8,9 @@ Every entry point that takes a config from a user (the CLI's config builders, `t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import ValidationError
 
 from medmeta.config import RunConfig, SegConfig, describe_validation_error
@@ -16,21 +19,26 @@ from medmeta.methods import METHODS
 from medmeta.methods.segmentation import SEG_METHODS
 
 
+def _check(
+    registry: Mapping[str, type[Any]], kind: str, name: str, options: dict[str, Any], source: str
+) -> None:
+    if name not in registry:
+        raise ConfigError(
+            f"invalid {source}: method: unknown {kind} '{name}'; choose one of {', '.join(sorted(registry))}"
+        )
+    try:
+        registry[name].Options(**options)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {source}: method '{name}': {describe_validation_error(exc)}") from None
+
+
 def check_method_config(cfg: RunConfig, source: str = "config") -> RunConfig:
     """`cfg` if its method is registered and its options valid for that method.
 
     Raises:
         ConfigError: ``invalid SOURCE: method: unknown method 'x'; choose one of ...`` or the bad option.
     """
-    name = cfg.method.name
-    if name not in METHODS:
-        raise ConfigError(
-            f"invalid {source}: method: unknown method '{name}'; choose one of {', '.join(sorted(METHODS))}"
-        )
-    try:
-        METHODS[name].Options(**cfg.method.options)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {source}: method '{name}': {describe_validation_error(exc)}") from None
+    _check(METHODS, "method", cfg.method.name, cfg.method.options, source)
     return cfg
 
 
@@ -41,14 +49,5 @@ def check_segmenter_config(cfg: SegConfig, source: str = "config") -> SegConfig:
         ConfigError: ``invalid SOURCE: method: unknown segmentation method 'x'; choose one of ...`` or the
             bad option.
     """
-    name = cfg.method.name
-    if name not in SEG_METHODS:
-        raise ConfigError(
-            f"invalid {source}: method: unknown segmentation method '{name}'; choose one of "
-            f"{', '.join(sorted(SEG_METHODS))}"
-        )
-    try:
-        SEG_METHODS[name].Options(**cfg.method.options)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {source}: method '{name}': {describe_validation_error(exc)}") from None
+    _check(SEG_METHODS, "segmentation method", cfg.method.name, cfg.method.options, source)
     return cfg

@@ -229,20 +229,21 @@ def _check_description(json_path: Path, meta: dict[str, Any]) -> None:
         changed = sorted(k for k in now.keys() & fields.keys() if now[k] != fields[k])
         added = sorted(now.keys() - fields.keys())
         removed = sorted(str(k) for k in fields.keys() - now.keys())
-        parts = [
-            f"{label} {_few(keys)}"
-            for label, keys in (("changed", changed), ("added", added), ("removed", removed))
-            if keys
-        ]
-        if parts:
+        differences = _listing({"changed": changed, "added": added, "removed": removed})
+        if differences:
             raise CheckpointError(
-                f"checkpoint {json_path} was edited after it was saved ({'; '.join(parts)}): restore the "
+                f"checkpoint {json_path} was edited after it was saved ({differences}): restore the "
                 "original file, or train / adapt again"
             )
     raise CheckpointError(
         f"checkpoint {json_path} was edited after it was saved (its description checksum does not match): "
         "restore the original file, or train / adapt again"
     )
+
+
+def _listing(kinds: dict[str, list[str]]) -> str:
+    """``"changed 'a', 'b'; removed 'c'"``: each non-empty kind with its first few names ("" if none)."""
+    return "; ".join(f"{label} {_few(keys)}" for label, keys in kinds.items() if keys)
 
 
 def _few(keys: list[str]) -> str:
@@ -323,14 +324,10 @@ def load_state_strictly(module: nn.Module, state: dict[str, torch.Tensor], what:
         for k in own.keys() & state.keys()
         if own[k].shape != state[k].shape
     )
-    parts = [
-        f"{label} {_few(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shapes", shapes))
-        if keys
-    ]
-    if parts:
+    differences = _listing({"missing keys": missing, "unexpected keys": unexpected, "shapes": shapes})
+    if differences:
         raise CheckpointError(
-            f"{what} does not fit the model its config builds ({'; '.join(parts)}): use the medmeta that "
+            f"{what} does not fit the model its config builds ({differences}): use the medmeta that "
             "wrote it, or train again"
         )
     try:
