@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from medmeta.errors import CheckpointError
+from medmeta.errors import CheckpointError, OutputError
 from medmeta.train import checkpoint as ckpt
 from medmeta.train.checkpoint import load_checkpoint, save_checkpoint
 from tests._helpers.audit import recording_opens as _recording_opens
@@ -224,7 +225,8 @@ def test_saving_refuses_to_replace_a_symlink_or_fifo_at_the_json_path(tmp_path: 
         (run / "best.json").symlink_to(victim)
     else:
         os.mkfifo(run / "best.json")
-    with pytest.raises(CheckpointError, match="not a checkpoint file medmeta wrote"):
+    kind = "a symbolic link" if special == "symlink" else "a FIFO"
+    with pytest.raises(OutputError, match=f"checkpoint {re.escape(str(run / 'best.json'))} is {kind}"):
         save_checkpoint(run / "best", _state(), {})
     assert victim.read_text() == "keep me"
     assert (

@@ -29,6 +29,7 @@ from torch import nn
 
 from medmeta import __version__
 from medmeta.errors import CheckpointError
+from medmeta.outputs import check_output_file
 
 FORMAT = "medmeta-checkpoint"
 FORMAT_VERSION = 2
@@ -93,19 +94,6 @@ def _is_own_weights(folder: Path, name: object, stem: str) -> bool:
         return False
 
 
-def _refuse_special(path: Path) -> None:
-    """Refuse to replace anything at `path` that is not a regular file (symlink, FIFO, device, folder)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        kind = "symlink" if stat.S_ISLNK(mode) else "folder" if stat.S_ISDIR(mode) else "special file"
-        raise CheckpointError(
-            f"{path} is a {kind}, not a checkpoint file medmeta wrote: remove it or save elsewhere"
-        )
-
-
 def sign(record: dict[str, Any]) -> dict[str, Any]:
     """`record` (JSON values) with its per-field and whole-description digests added."""
     body = {k: v for k, v in record.items() if k not in _DIGEST_KEYS}
@@ -127,12 +115,12 @@ def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], meta: dict
         The JSON path.
 
     Raises:
-        CheckpointError: something other than a regular file (a symlink, FIFO, device or folder) is in
-            the way of the JSON file.
+        OutputError: something other than a regular file (a symlink, FIFO, device or folder) is in the way
+            of the JSON or weights file (`medmeta.outputs.check_output_file`); it is left as it was.
     """
     json_path = checkpoint_json(path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    _refuse_special(json_path)
+    check_output_file(json_path, overwrite=True, what="checkpoint")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(dir=json_path.parent, prefix=f".{json_path.stem}.", suffix=".tmp")
     os.close(fd)
@@ -140,7 +128,7 @@ def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], meta: dict
         save_file(tensors, tmp)
         digest = _sha256(Path(tmp))
         weights = json_path.with_name(f"{json_path.stem}-{digest[:8]}.safetensors")
-        _refuse_special(weights)
+        check_output_file(weights, overwrite=True, what="checkpoint weights")
         os.replace(tmp, weights)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
