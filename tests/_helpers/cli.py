@@ -25,3 +25,11 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert errors == [ln for ln in err.splitlines() if ln.strip()][-1:], "the error must be the last line"
     for f in fragments:
         assert f in errors[0], f"{f!r} not in {errors[0]!r}"
+
+
+def one_error_line(code: int, err: str) -> str:
+    """The single line on stderr, which must be ``error: ...`` with exit code 2 (nothing else printed)."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]

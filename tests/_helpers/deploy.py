@@ -18,6 +18,7 @@ from medmeta.config import make_config
 from medmeta.data.synthetic import make_synthetic
 from medmeta.pipeline import build_method_from_config, default_normalization, train_method
 from medmeta.train.checkpoint import save_checkpoint
+from tests._helpers import images
 
 BRAIN = Path("classification") / "brain_tumor_mri"
 PATIENT = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-7731-XQ", "PatientBirthDate": "19610412"}
@@ -69,28 +70,10 @@ def grey(path: Path) -> np.ndarray:
 
 
 def write_dicom(pixels: np.ndarray, path: Path, **patient: str) -> Path:
-    """A minimal valid DICOM file (MR, 16-bit monochrome) holding `pixels` and the given patient fields."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    for key, value in {**PATIENT, **patient}.items():
-        setattr(ds, key, value)
-    arr = pixels.astype(np.uint16) * 16  # 12-bit range, like a scanner's output
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = arr.tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    """An MR DICOM (12 significant bits, like a scanner's) holding `pixels` and the given patient fields."""
+    return images.write_dicom(
+        path, pixels.astype(np.uint16) * 16, modality="MR", bits_stored=12, fields={**PATIENT, **patient}
+    )
 
 
 def write_nifti(pixels: np.ndarray, path: Path) -> Path:

@@ -26,27 +26,49 @@ def write_big_png(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def write_dicom(path: Path, pixels: np.ndarray | None = None, *, compressed: bool = False) -> Path:
-    """A 16-bit grey DICOM: `pixels` ``(H, W)`` or ``(frames, H, W)`` stored plainly, or a JPEG-LS stub."""
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None = None,
+    *,
+    compressed: bool = False,
+    modality: str = "OT",
+    bits_stored: int = 16,
+    fields: dict[str, str] | None = None,
+) -> Path:
+    """A 16-bit grey DICOM: `pixels` ``(H, W)`` or ``(frames, H, W)`` stored plainly, or a JPEG-LS stub.
+
+    Args:
+        modality: ``Modality`` (an MR file is written with the MR storage class).
+        bits_stored: significant bits of each 16-bit pixel (12 for a scanner-like MR image).
+        fields: further data elements by keyword, e.g. patient fields.
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEGLSLossless,
+        MRImageStorage,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     arr = np.zeros((16, 16), np.uint16) if pixels is None else pixels.astype(np.uint16)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPClassUID = MRImageStorage if modality == "MR" else SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = JPEGLSLossless if compressed else ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
+    ds.Modality = modality
+    for key, value in (fields or {}).items():
+        setattr(ds, key, value)
     ds.Rows, ds.Columns = arr.shape[-2:]
     if arr.ndim == 3:
         ds.NumberOfFrames = arr.shape[0]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
     if compressed:  # a JPEG-LS codestream stub: only the transfer syntax matters here
         ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(40) + b"\xff\xd9"])
         ds["PixelData"].VR = "OB"

@@ -8,24 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medmeta.cli.main import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_error_line(code: int, err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+from tests._helpers.cli import one_error_line, run
 
 
 def test_data_list_with_a_missing_data_dir_is_one_error_line_but_a_missing_default_cache_is_not(

@@ -9,25 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medmeta.cli.main import main
+from tests._helpers.cli import one_error_line, run
 from tests._helpers.images import write_big_png, write_dicom
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_error_line(code: int, err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def support_folder(root: Path) -> Path:

@@ -7,37 +7,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from medmeta.cli.main import main
 from medmeta.data.synthetic import make_synthetic
 from medmeta.train.checkpoint import load_checkpoint
+from tests._helpers.cli import one_error_line, run
+from tests._helpers.deploy import png_folder
 
 SYN = make_synthetic(image_size=8).class_names
 TINY = ["--train", "synthetic:" + ",".join(SYN[:6]), "--image-size", "16", "--n-way", "3", "--n-shot", "2"]
 TINY += ["--n-query", "2", "--episodes-per-epoch", "4", "--eval-episodes", "3", "--quiet", "--device", "cpu"]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> None:
-    assert code == 2, err
     assert "Traceback" not in err + out
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    line = one_error_line(code, err)
     for f in fragments:
-        assert f in lines[0], f"{f!r} not in {lines[0]!r}"
+        assert f in line, f"{f!r} not in {line!r}"
 
 
 def train(capsys: pytest.CaptureFixture[str], out: Path, *extra: str) -> tuple[int, str, str]:
@@ -55,19 +42,9 @@ def sentinel(tmp_path: Path) -> Path:
     return path
 
 
-def support_folder(root: Path, classes: int = 3, per_class: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            arr = np.clip(rng.normal(40 + 70 * c, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
-    return root
-
-
 @pytest.fixture
 def adapted(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    support = support_folder(tmp_path / "support")
+    support = png_folder(tmp_path / "support")
     out = tmp_path / "adapted"
     code, _, err = run(
         capsys, "adapt", "--model", str(tiny_checkpoint), "--support", str(support), "--out", str(out)
@@ -299,7 +276,7 @@ def test_a_test_domain_too_small_for_the_test_episodes_fails_before_training(
     code, stdout, err = train(capsys, tmp_path / "a", *few_classes)
     assert_one_line_error(code, stdout, err, "2 class(es), fewer than eval.n_way=3")
     assert not (tmp_path / "a" / "best.json").exists()
-    small = support_folder(tmp_path / "small", classes=3, per_class=3)
+    small = png_folder(tmp_path / "small", classes=3, per_class=3)
     few_images = ["--test", str(small), "--eval-n-shot", "2", "--epochs", "1"]
     code, stdout, err = train(capsys, tmp_path / "b", *few_images)
     assert_one_line_error(code, stdout, err, "'class0' has 3 images", "eval.n_shot + eval.n_query")

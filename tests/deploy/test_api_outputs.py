@@ -4,22 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import medmeta
 from medmeta.errors import OutputError
-
-
-def png_folder(root: Path, classes: int = 3, per_class: int = 3) -> Path:
-    rng = np.random.default_rng(1)
-    for c in range(classes):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(per_class):
-            arr = np.clip(rng.normal(50 + 60 * c, 15, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(root / f"c{c}" / f"{i}.png")
-    return root
+from tests._helpers.deploy import png_folder
 
 
 def test_adapt_and_predict_refuse_existing_outputs_unless_overwrite(
@@ -38,9 +27,9 @@ def test_adapt_and_predict_refuse_existing_outputs_unless_overwrite(
 
     (tmp_path / "p.csv").write_text("mine")
     with pytest.raises(OutputError, match="already exists"):
-        medmeta.predict(tmp_path / "a.json", support / "c0", out=tmp_path / "p.csv")
+        medmeta.predict(tmp_path / "a.json", support / "class0", out=tmp_path / "p.csv")
     assert (tmp_path / "p.csv").read_text() == "mine"
-    medmeta.predict(tmp_path / "a.json", support / "c0", out=tmp_path / "p.csv", overwrite=True)
+    medmeta.predict(tmp_path / "a.json", support / "class0", out=tmp_path / "p.csv", overwrite=True)
     assert (tmp_path / "p.csv").read_text().startswith("file,")
 
 
@@ -51,5 +40,5 @@ def test_predict_refuses_a_symlinked_csv_and_keeps_its_target(tiny_checkpoint: P
     keep.write_text("precious")
     (tmp_path / "p.csv").symlink_to(keep)
     with pytest.raises(OutputError, match="symbolic link"):
-        medmeta.predict(adapted, support / "c0", out=tmp_path / "p.csv", overwrite=True)
+        medmeta.predict(adapted, support / "class0", out=tmp_path / "p.csv", overwrite=True)
     assert keep.read_text() == "precious" and (tmp_path / "p.csv").is_symlink()
