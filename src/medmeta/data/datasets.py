@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -202,4 +203,19 @@ class ImageDataset:
         return (
             self.subset(np.nonzero(rest_mask)[0], relabel=False),
             self.subset(hold_idx, relabel=False),
+        )
+
+
+def check_training_domains(datasets: Sequence[ImageDataset]) -> None:
+    """Training domains must exist and share one image shape (they are batched together).
+
+    Raises:
+        DataError: no dataset, or datasets whose image shapes differ.
+    """
+    if not datasets:
+        raise DataError("no training domain given: name at least one dataset")
+    shapes = {d.image_shape for d in datasets}
+    if len(shapes) > 1:
+        raise DataError(
+            f"domains differ in image shape {sorted(shapes)}: load them with one image_size and channels"
         )

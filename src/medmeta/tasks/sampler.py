@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from medmeta.data.datasets import ImageDataset
+from medmeta.data.datasets import ImageDataset, check_training_domains
 from medmeta.errors import DataError
 from medmeta.tasks.base import SeededSampler
 from medmeta.tasks.episode import Episode
@@ -137,13 +137,7 @@ class MultiDomainSampler(SeededSampler[Episode]):
         n_episodes: int = 100,
         weights: Sequence[float] | None = None,
     ) -> None:
-        if not datasets:
-            raise DataError("no training domain given: name at least one dataset")
-        shapes = {d.image_shape for d in datasets}
-        if len(shapes) > 1:
-            raise DataError(
-                f"domains differ in image shape {sorted(shapes)}: load them with one image_size and channels"
-            )
+        check_training_domains(datasets)
         self.samplers = [
             EpisodeSampler(
                 d,

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from medmeta.config import TrainConfig
-from medmeta.data.datasets import ImageDataset
-from medmeta.errors import DataError
+from medmeta.data.datasets import ImageDataset, check_training_domains
 from medmeta.methods.base import FewShotMethod
 from medmeta.methods.transfer.base import SupervisedMethod
 from medmeta.train.loop import FitResult, ProgressHook, Validation, fit
@@ -55,13 +54,7 @@ class LabelledImages:
         Raises:
             DataError: no dataset, or datasets whose image shapes differ.
         """
-        if not datasets:
-            raise DataError("no training domain given: name at least one dataset")
-        shapes = {d.image_shape for d in datasets}
-        if len(shapes) > 1:
-            raise DataError(
-                f"domains differ in image shape {sorted(shapes)}: load them with one image_size and channels"
-            )
+        check_training_domains(datasets)
         sizes = [d.n_classes for d in datasets]
         names = tuple(f"{d.display_name}/{c}" for d in datasets for c in d.class_names)
         return cls(
