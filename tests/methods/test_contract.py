@@ -1,20 +1,35 @@
-"""The contract every registered method keeps (one suite over `METHODS`, and over option variants)."""
+"""The contract every few-shot learner keeps, whatever its task: one suite over every registered
+classification method (`METHODS`, with option variants) and every segmenter (`SEG_METHODS`), through the
+generic `medmeta.methods.learner.FewShotLearner` interface; then what only classification promises
+(class-permutation equivariance, 3-D volumes, cached features, per-image deployment).
+
+Classification runs on synthetic episodes (every method, every variant, in seconds); segmentation on real
+episodes (CT organs and EM membranes at 32 px), skipped with the reason when the data is absent.
+"""
 
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 import pytest
 import torch
 
 from medmeta.errors import ConfigError
 from medmeta.methods import METHODS, build_method
-from medmeta.methods.base import FewShotMethod, MethodOptions
+from medmeta.methods.base import FewShotMethod
+from medmeta.methods.learner import FewShotLearner, LearnerOptions, Predictor
+from medmeta.methods.segmentation import BASELINES, SEG_METHODS
 from medmeta.models.backbones import Conv4
+from medmeta.tasks.base import TaskEpisode
 from medmeta.tasks.episode import Episode
+from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 from tests._helpers.episodes import make_episode
+from tests._helpers.segmentation import SMALL
 
 NAMES = sorted(METHODS)
 
@@ -25,14 +40,6 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "relation": [{"loss": "ce", "aggregate": "sum"}],
     "siamese": [{"rule": "mean", "normalize": False}],
 }
-CASES = [
-    pytest.param(name, options, id=name + "".join(f"-{k}={v}" for k, v in options.items()))
-    for name in NAMES
-    for options in [{}, *VARIANTS.get(name, [])]
-]
-EPISODIC = [c for c in CASES if METHODS[c.values[0]].trainer == "episodic"]  # type: ignore[index]
-INVARIANT = [c for c in CASES if METHODS[c.values[0]].permutation_invariant]  # type: ignore[index]
-FROZEN = [c for c in CASES if METHODS[c.values[0]].frozen_backbone]  # type: ignore[index]
 
 
 def small_method(
@@ -43,8 +50,69 @@ def small_method(
     return build_method(name, backbone, options)
 
 
-def _state(method: FewShotMethod) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in method.state_dict().items()}
+def small_segmenter(name: str, options: dict[str, Any] | None = None) -> FewShotLearner[Any, Any]:
+    torch.manual_seed(0)
+    return SEG_METHODS[name].from_options({**SMALL.get(name, {}), **(options or {})})
+
+
+@pytest.fixture(scope="module")
+def seg_episodes(seg_sources: dict[str, Any]) -> list[SegEpisode]:
+    """Three real 1-way 2-shot episodes of CT organs and EM membranes (32 px)."""
+    structures = {**seg_sources["ct"].structures, **seg_sources["em"].structures}
+    usable = {k: v for k, v in structures.items() if len(v) >= 4}
+    sampler = SegEpisodeSampler(usable, n_shot=2, n_query=2, seed=3)
+    return [sampler.episode(i) for i in range(3)]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One task family as the generic suite sees it."""
+
+    registry: dict[str, type[FewShotLearner[Any, Any]]]
+    build: Callable[[str, dict[str, Any] | None], FewShotLearner[Any, Any]]
+    episodes: Callable[[pytest.FixtureRequest], list[TaskEpisode]]
+    output_shape: Callable[[Any], tuple[int, ...]]
+    trainable: Callable[[type[Any]], bool]
+    #: learners exempt from citing a paper (trivial baselines)
+    baselines: tuple[str, ...] = ()
+
+
+FAMILIES: dict[str, Family] = {
+    "classification": Family(
+        registry=METHODS,  # type: ignore[arg-type]
+        build=lambda name, options: small_method(name, options=options),
+        episodes=lambda request: [make_episode(n_way=3, n_shot=2, n_query=4, seed=s) for s in range(3)],
+        output_shape=lambda ep: (ep.query_images.shape[0], ep.n_way),
+        trainable=lambda cls: cls.trainer == "episodic",
+    ),
+    "segmentation": Family(
+        registry=SEG_METHODS,  # type: ignore[arg-type]
+        build=small_segmenter,
+        episodes=lambda request: request.getfixturevalue("seg_episodes"),
+        output_shape=lambda ep: (ep.query_images.shape[0], 2, *ep.query_images.shape[2:]),
+        trainable=lambda cls: cls.training_source != "none",
+        baselines=BASELINES,
+    ),
+}
+CASES = [
+    pytest.param(
+        family, name, options, id=f"{family}-{name}" + "".join(f"-{k}={v}" for k, v in options.items())
+    )
+    for family, fam in FAMILIES.items()
+    for name in sorted(fam.registry)
+    for options in [{}, *(VARIANTS.get(name, []) if family == "classification" else [])]
+]
+LEARNERS = [pytest.param(f, n, id=f"{f}-{n}") for f, fam in FAMILIES.items() for n in sorted(fam.registry)]
+CITED = [p for p in LEARNERS if p.values[1] not in FAMILIES[p.values[0]].baselines]  # type: ignore[index]
+TRAINABLE = [
+    c
+    for c in CASES
+    if FAMILIES[c.values[0]].trainable(FAMILIES[c.values[0]].registry[c.values[1]])  # type: ignore[index]
+]
+
+
+def _state(learner: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.state_dict().items()}
 
 
 def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -53,44 +121,118 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"state '{k}' changed")
 
 
-@pytest.mark.parametrize(("name", "options"), CASES)
-def test_logits_have_shape_query_by_way_and_no_nan(name: str, options: dict[str, Any]) -> None:
-    method = small_method(name, options=options).eval()
-    ep = make_episode(n_way=3, n_shot=2, n_query=4)
-    logits = method.episode_logits(ep)
-    assert logits.shape == (12, 3)
-    assert torch.isfinite(logits).all()
-    predictor = method.adapt(ep.support)
-    assert predictor.predict(ep.query_images).shape == (12, 3)
+def _predict(learner: FewShotLearner[Any, Any], ep: Any) -> torch.Tensor:
+    predictor = learner.adapt(ep.support)
+    assert isinstance(predictor, Predictor)
+    return predictor.predict(ep.query_images)
 
 
-@pytest.mark.parametrize(("name", "options"), EPISODIC)
-def test_every_trainable_parameter_gets_a_gradient_from_episode_loss(
-    name: str, options: dict[str, Any]
+@pytest.mark.parametrize(("family", "name", "options"), CASES)
+def test_predictions_have_the_task_shape_and_no_nan(
+    family: str, name: str, options: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
-    method = small_method(name, options=options).train()
-    loss = method.episode_loss(make_episode())
+    fam = FAMILIES[family]
+    learner = fam.build(name, options).eval()
+    ep = fam.episodes(request)[0]
+    with torch.no_grad():
+        out = _predict(learner, ep)
+    assert out.shape == fam.output_shape(ep)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("family", "name", "options"), CASES)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_adapt_does_not_mutate_the_learner(
+    family: str, name: str, options: dict[str, Any], mode: str, request: pytest.FixtureRequest
+) -> None:
+    fam = FAMILIES[family]
+    learner = fam.build(name, options).train(mode == "train")
+    ep = fam.episodes(request)[1]
+    before = _state(learner)
+    torch.manual_seed(1)
+    first = _predict(learner, ep)
+    after = _state(learner)
+    if mode == "eval":  # nothing changes, and adapting again gives the same predictions
+        _assert_same_state(before, after)
+        torch.manual_seed(1)
+        torch.testing.assert_close(_predict(learner, ep), first)
+    else:  # training mode may update batch-norm running statistics, never parameters
+        params = {n for n, _ in learner.named_parameters()}
+        _assert_same_state({k: before[k] for k in params}, {k: after[k] for k in params})
+
+
+@pytest.mark.parametrize(("family", "name", "options"), TRAINABLE)
+def test_every_trainable_parameter_gets_a_gradient_from_episode_loss(
+    family: str, name: str, options: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    fam = FAMILIES[family]
+    learner = fam.build(name, options).train()
+    loss = learner.episode_loss(fam.episodes(request)[2])
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
-    missing = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    missing = [n for n, p in learner.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"no gradient for {missing}"
 
 
-@pytest.mark.parametrize(("name", "options"), CASES)
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_adapt_does_not_mutate_method(name: str, options: dict[str, Any], mode: str) -> None:
-    method = small_method(name, options=options)
-    method.train(mode == "train")
-    ep = make_episode()
-    before = _state(method)
-    predictor = method.adapt(ep.support)
-    predictor.predict(ep.query_images)
-    after = _state(method)
-    if mode == "eval":
-        _assert_same_state(before, after)
-    else:  # training mode may update batch-norm running statistics, never parameters
-        params = {n for n, _ in method.named_parameters()}
-        _assert_same_state({k: before[k] for k in params}, {k: after[k] for k in params})
+@pytest.mark.parametrize(("family", "name", "options"), TRAINABLE)
+def test_batch_loss_is_the_mean_episode_loss(
+    family: str, name: str, options: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    """What the training loop minimises; learners that vectorise a meta-batch must keep this equality."""
+    fam = FAMILIES[family]
+    learner = fam.build(name, options).train()
+    episodes = fam.episodes(request)[:2]
+    torch.manual_seed(2)
+    batch = learner.batch_loss(episodes)
+    torch.manual_seed(2)
+    each = torch.stack([learner.episode_loss(ep) for ep in episodes]).mean()
+    torch.testing.assert_close(batch, each, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "name"), LEARNERS)
+def test_deepcopy_gives_an_independent_learner(family: str, name: str) -> None:
+    learner = FAMILIES[family].build(name, None)
+    clone = copy.deepcopy(learner)
+    for p in clone.parameters():
+        p.data.add_(1.0)
+    for (n, p), (_, q) in zip(learner.named_parameters(), clone.named_parameters(), strict=True):
+        assert not torch.equal(p, q), n
+
+
+@pytest.mark.parametrize(("family", "name"), LEARNERS)
+def test_options_are_frozen_and_unknown_options_are_refused_by_name(family: str, name: str) -> None:
+    fam = FAMILIES[family]
+    cls = fam.registry[name]
+    assert issubclass(cls, FewShotLearner)
+    assert issubclass(cls.Options, LearnerOptions)
+    assert cls.Options.model_config.get("frozen") is True
+    with pytest.raises((ConfigError, pydantic.ValidationError), match="no_such_option"):
+        fam.build(name, {"no_such_option": 1})
+
+
+@pytest.mark.parametrize(("family", "name"), CITED)
+def test_learner_class_docstring_opens_with_its_paper_and_year(family: str, name: str) -> None:
+    doc = (FAMILIES[family].registry[name].__doc__ or "").strip()
+    first_paragraph = doc.split("\n\n")[0]
+    assert re.search(r"(19|20)\d\d", first_paragraph), (
+        f"{name}: docstring should open with the paper citation"
+    )
+
+
+# --- what only classification promises ------------------------------------------------------------------
+INVARIANT = [
+    pytest.param(c.values[1], c.values[2], id=c.id)
+    for c in CASES
+    if c.values[0] == "classification" and METHODS[c.values[1]].permutation_invariant  # type: ignore[index]
+]
+FROZEN = [
+    pytest.param(c.values[1], c.values[2], id=c.id)
+    for c in CASES
+    if c.values[0] == "classification" and METHODS[c.values[1]].frozen_backbone  # type: ignore[index]
+]
+CLASSIFICATION = [
+    pytest.param(c.values[1], c.values[2], id=c.id) for c in CASES if c.values[0] == "classification"
+]
 
 
 @pytest.mark.parametrize(("name", "options"), INVARIANT)
@@ -112,23 +254,13 @@ def test_permuting_the_class_order_permutes_the_logits(name: str, options: dict[
     torch.testing.assert_close(logits_p[:, perm], logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("name", "options"), CASES)
+@pytest.mark.parametrize(("name", "options"), CLASSIFICATION)
 def test_method_works_on_3d_volumes(name: str, options: dict[str, Any]) -> None:
     method = small_method(name, spatial_dims=3, channels=1, options=options).eval()
     ep = make_episode(n_way=2, n_shot=2, n_query=2, shape=(1, 16, 16, 16))
     logits = method.episode_logits(ep)
     assert logits.shape == (4, 2)
     assert torch.isfinite(logits).all()
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_deepcopy_gives_an_independent_method(name: str) -> None:
-    method = small_method(name)
-    clone = copy.deepcopy(method)
-    for p in clone.parameters():
-        p.data.add_(1.0)
-    for (n, p), (_, q) in zip(method.named_parameters(), clone.named_parameters(), strict=True):
-        assert not torch.equal(p, q), n
 
 
 @pytest.mark.parametrize(("name", "options"), FROZEN)
@@ -163,24 +295,6 @@ def test_a_stack_of_episodes_is_scored_like_each_episode_alone(name: str, option
             torch.manual_seed(1)
             alone = method.logits_from_features(support[t : t + 1], labels[t : t + 1], 3, query[t : t + 1])
             torch.testing.assert_close(stacked[t], alone[0], rtol=1e-3, atol=1e-2)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_method_class_docstring_opens_with_its_paper_and_year(name: str) -> None:
-    doc = (METHODS[name].__doc__ or "").strip()
-    first_paragraph = doc.split("\n\n")[0]
-    assert re.search(r"(19|20)\d\d", first_paragraph), (
-        f"{name}: docstring should open with the paper citation"
-    )
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_options_are_frozen_and_unknown_options_are_refused_by_name(name: str) -> None:
-    assert issubclass(METHODS[name].Options, MethodOptions)
-    assert METHODS[name].Options.model_config.get("frozen") is True
-    backbone = Conv4(in_channels=1, hidden=4, image_size=16)
-    with pytest.raises(ConfigError, match="no_such_option"):
-        build_method(name, backbone, {"no_such_option": 1})
 
 
 def test_only_the_inner_loop_methods_ask_deployment_to_predict_one_image_at_a_time() -> None:

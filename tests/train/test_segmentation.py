@@ -24,7 +24,7 @@ from medmeta.pipeline.segmentation import (
     train_segmenter,
     training_episodes,
 )
-from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
+from medmeta.tasks.segmentation import MaskSupport, SegEpisode, SegEpisodeSampler
 from medmeta.train.checkpoint import save_checkpoint
 from tests._helpers.segmentation import SMALL
 
@@ -65,8 +65,8 @@ def test_training_saves_a_checkpoint_that_predicts_the_same(
     assert loaded_cfg == cfg
     s = data.test["ct:liver"]
     with torch.no_grad():
-        a = model.eval().adapt(s.images[:1], s.masks[:1]).predict(s.images[1:3])
-        b = loaded.adapt(s.images[:1], s.masks[:1]).predict(s.images[1:3])
+        a = model.eval().adapt(MaskSupport(s.images[:1], s.masks[:1])).predict(s.images[1:3])
+        b = loaded.adapt(MaskSupport(s.images[:1], s.masks[:1])).predict(s.images[1:3])
     torch.testing.assert_close(a, b)
 
 
@@ -118,7 +118,7 @@ class _Diverging(FewShotSegmenter):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(()))
 
-    def adapt(self, support_images: torch.Tensor, support_masks: torch.Tensor) -> SupportMean:  # type: ignore[override]
+    def adapt(self, support: MaskSupport) -> SupportMean:  # type: ignore[override]
         raise NotImplementedError
 
     def episode_loss(self, episode: SegEpisode) -> torch.Tensor:

@@ -27,6 +27,7 @@ from medmeta.data.segmentation.io import (
 )
 from medmeta.errors import DataError
 from medmeta.methods.segmentation.base import FewShotSegmenter
+from medmeta.tasks.segmentation import MaskSupport
 
 
 def segment_files(
@@ -66,7 +67,7 @@ def segment_files(
     )
     model.eval()
     with torch.no_grad():
-        predictor = model.adapt(xs, ys)
+        predictor = model.adapt(MaskSupport(xs, ys))
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in images:

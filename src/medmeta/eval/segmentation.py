@@ -34,7 +34,7 @@ def evaluate_structure_episodes(
                 ep = episodes(i).to(device)
                 assert ep.query_masks is not None  # evaluation episodes always carry masks
                 t0 = time.perf_counter()
-                predictor = model.adapt(ep.support_images, ep.support_masks)
+                predictor = model.adapt(ep.support)
                 out["adapt_seconds"].append(time.perf_counter() - t0)
                 pred = predictor.predict(ep.query_images).argmax(1) == 1  # (N, H, W)
                 out["dice"].append(float(dice(pred, ep.query_masks).mean()))

@@ -1,39 +1,29 @@
-"""The one interface every few-shot method implements.
+"""The interface of the few-shot classification methods (`medmeta.methods.learner.FewShotLearner` for labels).
 
-A method is an `nn.Module` holding meta-learned state. ``adapt(support)`` builds a `Predictor` for one
-task and never changes the method; ``episode_loss(episode)`` is what meta-training minimises.
+A method is an `nn.Module` holding meta-learned state around a backbone. ``adapt(support)`` builds a
+`Predictor` for one task and never changes the method; its ``predict(query_images)`` gives
+``(n_query, n_way)`` logits; ``episode_loss(episode)`` is what meta-training minimises.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal
 
-import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from medmeta.methods.learner import FewShotLearner, LearnerOptions, Predictor
 from medmeta.tasks.episode import Episode, Support
 
-
-@runtime_checkable
-class Predictor(Protocol):
-    """What `FewShotMethod.adapt` returns: a classifier for one task's classes."""
-
-    def predict(self, query_images: Tensor) -> Tensor:
-        """``(n_query, C, *spatial)`` float -> ``(n_query, n_way)`` logits."""
-        ...
+__all__ = ["FewShotMethod", "MethodOptions", "Predictor"]
 
 
-class MethodOptions(BaseModel):
+class MethodOptions(LearnerOptions):
     """Hyper-parameters of a method; each method subclasses this with its own fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-
-class FewShotMethod(nn.Module, abc.ABC):
+class FewShotMethod(FewShotLearner[Support, Episode]):
     """Base class of every few-shot method.
 
     Subclasses set `Options` (a `MethodOptions` subclass), build their state in ``__init__(backbone,
@@ -75,9 +65,6 @@ class FewShotMethod(nn.Module, abc.ABC):
             query_images: the query images, used only by transductive methods.
         """
 
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        """Called by the training loop before each epoch (0-based); for schedules such as MAML++'s."""
-
     def episode_logits(self, episode: Episode) -> Tensor:
         """Query logits ``(n_query_total, n_way)`` after adapting on the episode's support."""
         query = episode.query_images if self.transductive else None
@@ -110,8 +97,3 @@ class FewShotMethod(nn.Module, abc.ABC):
             f"{type(self).__name__} adapts its backbone to each task, so it cannot score cached features: "
             "evaluate it with use_cache=False, or set frozen_backbone = True and implement this hook"
         )
-
-    def batch_loss(self, episodes: Sequence[Episode]) -> Tensor:
-        """Mean `episode_loss` over a meta-batch; methods that vectorise across tasks override this."""
-        losses = [self.episode_loss(ep) for ep in episodes]
-        return torch.stack(losses).mean()

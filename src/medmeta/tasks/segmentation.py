@@ -38,6 +38,41 @@ def check_pairs(images: Tensor, masks: Tensor | None, what: str) -> None:
         raise DataError(f"{what} masks must be binary (0/1): threshold them first")
 
 
+def check_support(images: Tensor, masks: Tensor, structure: str = "") -> None:
+    """Validate support pairs: `check_pairs`, and every mask must contain foreground.
+
+    Raises:
+        DataError: naming the empty shots and the structure.
+    """
+    check_pairs(images, masks, "support")
+    empty = [i for i in range(masks.shape[0]) if not bool(masks[i].any())]
+    if empty:
+        name = f" of '{structure}'" if structure else ""
+        raise DataError(f"support mask(s) {empty}{name} are empty: every shot needs foreground")
+
+
+@dataclass(frozen=True)
+class MaskSupport:
+    """Annotated images a segmenter adapts on (the segmentation counterpart of `medmeta.tasks.episode.Support`).
+
+    Attributes:
+        images: ``(n_shot, C, H, W)`` float.
+        masks: ``(n_shot, H, W)`` float in ``{0, 1}``; each contains foreground.
+        structure: name of the structure, for messages (``SOURCE:STRUCTURE``; may be empty).
+    """
+
+    images: Tensor
+    masks: Tensor
+    structure: str = ""
+
+    def __post_init__(self) -> None:
+        check_support(self.images, self.masks, self.structure)
+
+    @property
+    def n_shot(self) -> int:
+        return int(self.images.shape[0])
+
+
 @dataclass(frozen=True)
 class SegEpisode(TaskEpisode):
     """One 1-way K-shot segmentation task.
@@ -57,18 +92,17 @@ class SegEpisode(TaskEpisode):
     structure: str = ""
 
     def __post_init__(self) -> None:
-        check_pairs(self.support_images, self.support_masks, "support")
+        check_support(self.support_images, self.support_masks, self.structure)
         check_pairs(self.query_images, self.query_masks, "query")
         self.check_images()
-        empty = [i for i in range(self.support_masks.shape[0]) if not bool(self.support_masks[i].any())]
-        if empty:
-            raise DataError(
-                f"support mask(s) {empty} of '{self.structure}' are empty: every shot needs foreground"
-            )
 
     @property
     def n_shot(self) -> int:
         return int(self.support_images.shape[0])
+
+    @property
+    def support(self) -> MaskSupport:
+        return MaskSupport(self.support_images, self.support_masks, self.structure)
 
 
 EpisodeSource = Callable[[int], SegEpisode]

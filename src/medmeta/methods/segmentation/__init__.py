@@ -6,7 +6,7 @@ is their interface. Their episodes are `medmeta.tasks.segmentation.SegEpisode` (
 
 from __future__ import annotations
 
-from medmeta.methods.segmentation.base import FewShotSegmenter, SegPredictor
+from medmeta.methods.segmentation.base import FewShotSegmenter
 from medmeta.methods.segmentation.baselines import OtsuThreshold, SupportMean
 from medmeta.methods.segmentation.finetune import SegFineTune
 from medmeta.methods.segmentation.maml import SegMAML
@@ -25,4 +25,4 @@ SEG_METHODS: dict[str, type[FewShotSegmenter]] = {
 #: the trivial baselines evaluated beside every method
 BASELINES = ("otsu", "support_mean")
 
-__all__ = ["BASELINES", "SEG_METHODS", "FewShotSegmenter", "SegPredictor"]
+__all__ = ["BASELINES", "SEG_METHODS", "FewShotSegmenter"]

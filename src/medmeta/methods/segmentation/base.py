@@ -1,44 +1,32 @@
-"""The one interface every few-shot segmentation method implements.
+"""The interface of the few-shot segmenters (`medmeta.methods.learner.FewShotLearner` for masks).
 
-``adapt(support_images, support_masks)`` returns a `SegPredictor` for one structure and never changes the
-method; ``predictor.predict(query_images)`` gives ``(N, 2, H, W)`` logits (channel 0 background,
-channel 1 foreground); ``episode_loss(episode)`` is what training minimises.
+``adapt(support)`` takes a `MaskSupport` (K images and their binary masks of one structure) and returns a
+predictor that never changes the segmenter; ``predictor.predict(query_images)`` gives ``(N, 2, H, W)``
+logits (channel 0 background, channel 1 foreground); ``episode_loss(episode)`` is what training minimises.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
-from torch import Tensor, nn
+from torch import Tensor
 
-from medmeta.tasks.segmentation import SegEpisode, check_pairs
-
-
-@runtime_checkable
-class SegPredictor(Protocol):
-    """What `FewShotSegmenter.adapt` returns: a segmenter for one structure."""
-
-    def predict(self, query_images: Tensor) -> Tensor:
-        """``(N, C, H, W)`` float -> ``(N, 2, H, W)`` logits (background, foreground)."""
-        ...
+from medmeta.methods.learner import FewShotLearner, LearnerOptions, Predictor
+from medmeta.tasks.segmentation import MaskSupport, SegEpisode, check_pairs
 
 
-class SegOptions(BaseModel):
+class SegOptions(LearnerOptions):
     """Hyper-parameters of a segmenter; each method subclasses this with its own fields."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     in_channels: int = 1
     base: int = 16
     depth: int = 3
 
 
-class FewShotSegmenter(nn.Module, abc.ABC):
+class FewShotSegmenter(FewShotLearner[MaskSupport, SegEpisode]):
     """Base class of the few-shot segmenters.
 
     Subclasses set `Options`, build their state in ``__init__(options)`` and implement `adapt`.
@@ -60,33 +48,24 @@ class FewShotSegmenter(nn.Module, abc.ABC):
         return cls(cls.Options(**(options or {})))
 
     @abc.abstractmethod
-    def adapt(self, support_images: Tensor, support_masks: Tensor) -> SegPredictor:
-        """Build a predictor from K annotated images; never mutates ``self``.
+    def adapt(self, support: MaskSupport) -> Predictor:
+        """Build a predictor from K annotated images of one structure; never mutates ``self``.
 
         Args:
-            support_images: ``(K, C, H, W)`` float.
-            support_masks: ``(K, H, W)`` float in ``{0, 1}``.
+            support: images ``(K, C, H, W)`` float and masks ``(K, H, W)`` in ``{0, 1}``.
         """
 
-    def segment(self, support_images: Tensor, support_masks: Tensor, query_images: Tensor) -> Tensor:
+    def segment(self, support: MaskSupport, query_images: Tensor) -> Tensor:
         """Validate, adapt and predict: ``(N, 2, H, W)`` query logits."""
-        check_pairs(support_images, support_masks, "support")
         check_pairs(query_images, None, "query")
-        return self.adapt(support_images, support_masks).predict(query_images)
+        return self.adapt(support).predict(query_images)
 
     def episode_loss(self, episode: SegEpisode) -> Tensor:
         """Training loss of one episode (default: pixel cross-entropy of the query predictions)."""
         if episode.query_masks is None:
             raise ValueError("episode_loss needs query masks")
-        logits = self.adapt(episode.support_images, episode.support_masks).predict(episode.query_images)
+        logits = self.adapt(episode.support).predict(episode.query_images)
         return seg_loss(logits, episode.query_masks)
-
-    def batch_loss(self, episodes: Sequence[SegEpisode]) -> Tensor:
-        """Mean `episode_loss` over a meta-batch (what `medmeta.train.loop.fit` minimises)."""
-        return torch.stack([self.episode_loss(ep) for ep in episodes]).mean()
-
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        """Called by the training loop before each epoch; segmenters keep no schedule of their own."""
 
 
 def seg_loss(logits: Tensor, masks: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from medmeta.methods.segmentation.base import FewShotSegmenter, two_class_logits
+from medmeta.tasks.segmentation import MaskSupport
 
 
 def otsu_threshold(image: Tensor, bins: int = 256) -> Tensor:
@@ -53,9 +54,9 @@ class OtsuThreshold(FewShotSegmenter):
 
     training_source: ClassVar[Literal["labels", "superpixels", "none"]] = "none"
 
-    def adapt(self, support_images: Tensor, support_masks: Tensor) -> OtsuPredictor:
-        grey = support_images.mean(1)  # (K, H, W)
-        fg = support_masks > 0.5
+    def adapt(self, support: MaskSupport) -> OtsuPredictor:
+        grey = support.images.mean(1)  # (K, H, W)
+        fg = support.masks > 0.5
         brighter = bool(grey[fg].mean() >= grey[~fg].mean()) if bool((~fg).any()) else True
         return OtsuPredictor(brighter, 50.0)
 
@@ -77,6 +78,6 @@ class SupportMean(FewShotSegmenter):
 
     training_source: ClassVar[Literal["labels", "superpixels", "none"]] = "none"
 
-    def adapt(self, support_images: Tensor, support_masks: Tensor) -> MeanMaskPredictor:
-        mean = support_masks.float().mean(0)  # (H, W)
+    def adapt(self, support: MaskSupport) -> MeanMaskPredictor:
+        mean = support.masks.float().mean(0)  # (H, W)
         return MeanMaskPredictor(torch.where(mean >= 0.5, mean.clamp(min=0.5 + 1e-3), mean))

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from medmeta.methods.segmentation.base import FewShotSegmenter, SegOptions, seg_loss
 from medmeta.models.unet import SmallUNet
-from medmeta.tasks.segmentation import SegEpisode
+from medmeta.tasks.segmentation import MaskSupport, SegEpisode
 
 
 class FineTuneOptions(SegOptions):
@@ -49,7 +49,7 @@ class SegFineTune(FewShotSegmenter):
 
     Example:
         >>> model = SegFineTune.from_options({"base": 4, "depth": 1, "steps": 1})
-        >>> model.adapt(torch.rand(1, 1, 16, 16), torch.ones(1, 16, 16)).predict(torch.rand(2, 1, 16, 16)).shape
+        >>> model.adapt(MaskSupport(torch.rand(1, 1, 16, 16), torch.ones(1, 16, 16))).predict(torch.rand(2, 1, 16, 16)).shape
         torch.Size([2, 2, 16, 16])
     """
 
@@ -61,7 +61,7 @@ class SegFineTune(FewShotSegmenter):
         o = self.options
         self.net = SmallUNet(o.in_channels, 2, o.base, o.depth)
 
-    def adapt(self, support_images: Tensor, support_masks: Tensor) -> FineTunedPredictor:
+    def adapt(self, support: MaskSupport) -> FineTunedPredictor:
         net = copy.deepcopy(self.net).eval()
         for p in net.parameters():
             p.requires_grad_(True)
@@ -70,10 +70,10 @@ class SegFineTune(FewShotSegmenter):
                 p.requires_grad_(False)
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=self.options.lr)
-        masks = support_masks.to(support_images.dtype)
+        masks = support.masks.to(support.images.dtype)
         with torch.enable_grad():
             for _ in range(self.options.steps):
-                loss = seg_loss(net(support_images.detach()), masks)
+                loss = seg_loss(net(support.images.detach()), masks)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -17,7 +17,7 @@ from torch.func import functional_call
 from medmeta.methods.functional import ParamDict, batchnorm_overrides, inner_loop, sgd_update
 from medmeta.methods.segmentation.base import FewShotSegmenter, SegOptions, seg_loss
 from medmeta.models.unet import SmallUNet
-from medmeta.tasks.segmentation import SegEpisode
+from medmeta.tasks.segmentation import MaskSupport, SegEpisode
 
 
 class MAMLSegOptions(SegOptions):
@@ -59,7 +59,7 @@ class SegMAML(FewShotSegmenter):
 
     Example:
         >>> model = SegMAML.from_options({"base": 4, "depth": 1, "eval_steps": 1})
-        >>> model.adapt(torch.rand(1, 1, 16, 16), torch.ones(1, 16, 16)).predict(torch.rand(2, 1, 16, 16)).shape
+        >>> model.adapt(MaskSupport(torch.rand(1, 1, 16, 16), torch.ones(1, 16, 16))).predict(torch.rand(2, 1, 16, 16)).shape
         torch.Size([2, 2, 16, 16])
     """
 
@@ -103,7 +103,7 @@ class SegMAML(FewShotSegmenter):
                 create_graph=not self.options.first_order,
             )[-1]
 
-    def adapt(self, support_images: Tensor, support_masks: Tensor) -> FunctionalPredictor:
+    def adapt(self, support: MaskSupport) -> FunctionalPredictor:
         """Adapt a copy of the U-Net's parameters; differentiable when grad mode is on (meta-training).
 
         Uses `inner_steps` in training mode and `eval_steps` in eval mode; works under ``torch.no_grad()``
@@ -111,7 +111,7 @@ class SegMAML(FewShotSegmenter):
         """
         steps = self.options.inner_steps if self.training else self.options.eval_steps
         track = torch.is_grad_enabled()
-        params = self.trajectory(support_images, support_masks.to(support_images.dtype), steps, track=track)
+        params = self.trajectory(support.images, support.masks.to(support.images.dtype), steps, track=track)
         if not track:
             params = {k: v.detach() for k, v in params.items()}
         return FunctionalPredictor(self, params)
@@ -119,5 +119,5 @@ class SegMAML(FewShotSegmenter):
     def episode_loss(self, episode: SegEpisode) -> Tensor:
         if episode.query_masks is None:
             raise ValueError("episode_loss needs query masks")
-        predictor = self.adapt(episode.support_images, episode.support_masks)
+        predictor = self.adapt(episode.support)
         return seg_loss(predictor.predict(episode.query_images), episode.query_masks)

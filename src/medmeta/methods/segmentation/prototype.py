@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from medmeta.methods.segmentation.base import FewShotSegmenter, SegOptions, seg_loss
 from medmeta.models.unet import SmallUNet
-from medmeta.tasks.segmentation import SegEpisode
+from medmeta.tasks.segmentation import MaskSupport, SegEpisode
 
 
 def masked_average(features: Tensor, masks: Tensor) -> Tensor:
@@ -113,7 +113,7 @@ class PANet(FewShotSegmenter):
 
     Example:
         >>> model = PANet.from_options({"base": 8, "depth": 2})
-        >>> logits = model.adapt(torch.rand(1, 1, 32, 32), (torch.rand(1, 32, 32) > 0.5).float()).predict(
+        >>> logits = model.adapt(MaskSupport(torch.rand(1, 1, 32, 32), (torch.rand(1, 32, 32) > 0.5).float())).predict(
         ...     torch.rand(2, 1, 32, 32))
         >>> logits.shape
         torch.Size([2, 2, 32, 32])
@@ -135,16 +135,16 @@ class PANet(FewShotSegmenter):
             bg.append(local_prototypes(feats, 1 - masks, o.local_window, o.local_threshold))
         return torch.cat(fg), torch.cat(bg)  # (P_fg, D), (P_bg, D)
 
-    def adapt(self, support_images: Tensor, support_masks: Tensor) -> PrototypePredictor:
-        feats = self.encoder(support_images)  # (K, D, H, W)
-        fg, bg = self._prototypes(feats, support_masks.to(feats.dtype))
+    def adapt(self, support: MaskSupport) -> PrototypePredictor:
+        feats = self.encoder(support.images)  # (K, D, H, W)
+        fg, bg = self._prototypes(feats, support.masks.to(feats.dtype))
         return PrototypePredictor(self.encoder, fg, bg, self.options.scale)
 
     def episode_loss(self, episode: SegEpisode) -> Tensor:
         """Query loss plus ``align_weight`` x the support loss under prototypes of the predicted query."""
         if episode.query_masks is None:
             raise ValueError("episode_loss needs query masks")
-        predictor = self.adapt(episode.support_images, episode.support_masks)
+        predictor = self.adapt(episode.support)
         q_feats = self.encoder(episode.query_images)  # (N, D, H, W)
         logits = PrototypePredictor(nn.Identity(), predictor.fg, predictor.bg, predictor.scale).predict(
             q_feats
