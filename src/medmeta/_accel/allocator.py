@@ -3,10 +3,10 @@
 PyTorch's CPU tensors come straight from ``malloc``. glibc serves blocks above its mmap threshold
 (128 KiB, rising with use) with fresh ``mmap`` pages and returns freed heap tops above 128 KiB to the
 kernel, so a training loop that frees and re-allocates the same activations every step page-faults
-on every first touch of them. With blocks up to 32 MiB served from the heap and freed memory kept (up
-to 1 GiB), a second-order MAML meta-iteration on Conv4 at 28 px took 3-13% less time on one thread
-(``benchmarks/maml.py --threads 1 --only second --skip-l2l``, against ``MEDMETA_MALLOC=system``) at the
-same peak memory (within 15 MiB). It is the effect PyTorch's CPU performance guide gets by preloading
+on every first touch of them. `keep_freed_memory` serves blocks up to 32 MiB from the heap and keeps
+freed memory (up to 1 GiB), which shortens second-order meta-iterations at the same peak memory
+(``benchmarks/maml.py --threads 1 --only second --skip-l2l`` against ``MEDMETA_MALLOC=system``; figures
+in ``docs/internals.md``). It is the effect PyTorch's CPU performance guide gets by preloading
 jemalloc or tcmalloc, done with glibc's own ``mallopt``.
 
 `keep_freed_memory` is called only by process entry points (the CLI, benchmark workers); it changes

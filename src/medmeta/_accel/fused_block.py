@@ -26,8 +26,7 @@ with respect to ``(dp, y, gamma)`` is that of batch norm's backward composed wit
 
 On CPU in float32/float64 the three functions (forward, backward, double backward) run as compiled C++
 kernels (`medmeta._accel.kernels`, ``csrc/fused_block.cpp``): each one or two vectorised passes
-over channels-last memory, 5-10x faster than the PyTorch ops below at 28 px and without their
-temporaries. The PyTorch ops remain for other devices, for machines without a compiler and as the
+over channels-last memory, without the temporaries of the PyTorch ops below. The PyTorch ops remain for other devices, for machines without a compiler and as the
 tests' reference (``MEDMETA_KERNELS=torch`` selects them).
 """
 
@@ -66,7 +65,7 @@ def _onehots(idx: Tensor) -> list[Tensor]:
     """Float ``0/1`` masks ``(N, C, H//2, W//2)`` of which window element is the maximum, in scan order.
 
     Float masks and ``out=`` comparisons: on CPU, boolean ``where``/``masked_fill`` over these strided
-    views is 10-20x slower than float multiply-adds.
+    views is much slower than float multiply-adds.
     """
     f = idx.float()
     return [torch.eq(f, float(k), out=torch.empty_like(f)) for k in range(4)]

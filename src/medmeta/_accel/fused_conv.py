@@ -1,10 +1,11 @@
 """3x3 convolution (stride 1, padding 1) for the fused second-order Conv4 path.
 
-Two CPU costs of the built-in ``F.conv2d`` under second-order MAML, measured on Conv4 at 28 px:
+Two CPU costs of the built-in ``F.conv2d`` under second-order MAML on Conv4 (measured in
+``docs/internals.md``):
 
 * **Few input channels** (the first block: 1 or 3 channels). oneDNN's kernels for a 1-channel
-  convolution took 10 ms forward and 39 ms for the weight gradient on 75 images (34 M multiply-adds),
-  and their output was not channels-last, so the next op paid a layout copy. Here the input is
+  convolution are slow for their handful of multiply-adds, and their output is not channels-last, so
+  the next op pays a layout copy. Here the input is
   unfolded into its ``(N*H*W, C*9)`` patch matrix and multiplied by the weights with one ``addmm``:
   the result *is* the channels-last output, and autograd differentiates it twice through ``mm``.
 * **Double backward.** PyTorch's derivative of the convolution backward computes the weight terms

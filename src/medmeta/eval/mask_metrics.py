@@ -5,8 +5,8 @@ is its pixels minus its binary erosion; for each boundary pixel of one mask, the
 nearest boundary pixel of the other; the 95th percentile (linear interpolation) of each direction; the
 larger of the two. Distances are in pixels of the grid the masks are on. The default backend is an own scipy
 implementation of that definition; ``backend="monai"`` calls MONAI (the ``monai`` extra). The tests check
-that both agree (to float32 precision); scipy is the default because MONAI took 75 ms per 64x64 mask pair
-against 0.6 ms (measured on one CPU thread), which dominated evaluation time.
+that both agree (to float32 precision); scipy is the default because MONAI's is two orders of magnitude
+slower per small mask pair on CPU and dominated evaluation time (``docs/internals.md``).
 
 Empty masks: both empty -> Dice 1 and HD95 0; exactly one empty -> Dice 0 and HD95 NaN (no distance is
 defined; summaries count and skip these).

@@ -105,23 +105,18 @@ class InnerLoopOptions(MethodOptions):
         task_threads: threads that meta-train the tasks of a meta-batch concurrently, each with an equal
             share of torch's intra-op threads; 1: one task at a time. 0 (auto): on CPU, one thread per
             intra-op thread, except for second order outside the compiled fused Conv4 path
-            (`fused_training`), whose task graphs are large: there one task at a time (two
-            concurrent tasks through PyTorch's ops raised the peak memory by 80-320 MiB on Conv4 at
-            28 px, above learn2learn's; see ``benchmarks/maml.py``).
+            (`fused_training`), whose task graphs are large: there one task at a time, so that only
+            one task graph is alive (the measurements are in ``docs/internals.md``).
         channels_last: run 2D passes in channels-last layout. In second-order meta-training (support
             and query passes), a 2D `Conv4` with batch statistics (every method here but MAML++ while
             it folds running statistics) runs through `medmeta._accel.fused_block`: batch norm, ReLU
             and max-pool as one op with closed-form first and second derivatives, accurate float32
             statistics and a quarter of the saved activations, run by compiled C++ kernels where a
-            compiler exists (`medmeta._accel.kernels`; about 1.5x faster per task on one
-            thread, lower peak memory). With those kernels every CPU pass of such a Conv4 takes the
-            fused path: first-order meta-training (1.6-1.9x learn2learn's speed below its memory,
-            against 1.5x above it through PyTorch's ops) and evaluation (5-10% faster, and accurate
-            float32 statistics: after 5 untrained inner steps PyTorch's channels-last kernels moved
-            8-way logits by up to 0.11 from a float64 run, the kernels by 1e-5). Second-order support
-            passes of other backbones stay contiguous: PyTorch's channels-last batch-norm kernels
-            accumulate sequentially in float32, about 20x the error of the contiguous ones, which
-            visibly moved 5-step second-order meta-gradients.
+            compiler exists (`medmeta._accel.kernels`). With those kernels every CPU pass of such a
+            Conv4 takes the fused path (first-order meta-training and evaluation too). Second-order
+            support passes of other backbones stay contiguous: PyTorch's channels-last batch-norm
+            kernels accumulate sequentially in float32, which moves multi-step second-order
+            meta-gradients (speed and accuracy measured in ``docs/internals.md``).
         zero_head: start every task's head at zero, in meta-training and adaptation alike (the
             "zeroing trick" of Kao et al., "MAML is a Noisy Contrastive Learner in Classification",
             ICLR 2022, arXiv:2106.15367): the head is not meta-learned, the first inner step writes
@@ -196,9 +191,9 @@ class InnerLoopMethod(FewShotMethod):
 
     def inner_update(self) -> InnerUpdate:
         """The inner optimiser (default: SGD with `inner_lr`)."""
-        return sgd_update(self.inner_lr)
+        return sgd_update(self.step_size)
 
-    def inner_lr(self, step: int, index: int) -> Tensor | float:
+    def step_size(self, step: int, index: int) -> Tensor | float:
         """Learning rate of adapted parameter ``self.adapted[index]`` at inner step `step`."""
         return self.options.inner_lr
 
@@ -351,7 +346,7 @@ class InnerLoopMethod(FewShotMethod):
                 checkpoint=bool(getattr(self.options, "checkpoint_inner", False)),
             )
 
-    def eval_steps(self) -> int:
+    def adaptation_steps(self) -> int:
         """Inner steps used by `adapt`: `inner_steps` in training mode, `eval_steps` in eval mode."""
         opts = self.options
         if self.training or opts.eval_steps is None:
@@ -364,7 +359,7 @@ class InnerLoopMethod(FewShotMethod):
         Works under ``torch.no_grad()`` (evaluation): the inner gradients are taken with grad enabled
         and the adapted tensors are detached.
         """
-        steps = self.eval_steps()
+        steps = self.adaptation_steps()
         trajectory = self.trajectory(support, steps, track=torch.is_grad_enabled())
         return AdaptedPredictor(self, trajectory[-1], support.n_way, steps, self.backbone)
 

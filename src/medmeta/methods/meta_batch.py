@@ -5,8 +5,8 @@ worker is alive, optionally on several threads (one task per thread, each with i
 intra-op threads), and returns a surrogate whose gradient is the mean of the tasks' gradients
 (`straight_through`). Each worker thread calls its own structural copy of the backbone (`replica`).
 
-Speed and memory (measured on 2 CPU cores, Conv4 on 28x28, against learn2learn 0.2.0, see
-``benchmarks/maml.py``): the per-task work is that of plain unrolled autograd; what is saved is (1) each
+Where the speed and memory come from (measured against learn2learn by ``benchmarks/maml.py``; figures in
+``docs/internals.md``): the per-task work is that of plain unrolled autograd; what is saved is (1) each
 task's graph, freed as soon as its meta-gradient is taken; (2) intra-op parallelism, which scales poorly
 on small convolutions and collapses when the cores are shared (OpenMP threads spin waiting for each
 other): tasks run on threads with one intra-op thread each instead, which costs one graph per thread in
@@ -15,8 +15,8 @@ graphs are small); (3) channels-last layout, and in Conv4's meta-training passes
 max-pool fused into one op with closed-form first and second derivatives (`medmeta._accel.fused_block`,
 run by the C++ kernels of `medmeta._accel.kernels`): one or two passes over memory per op and a
 quarter of the saved activations; its 3x3 convolutions through `medmeta._accel.fused_conv`.
-Tasks are not vectorised with `torch.func.vmap` (on 2 cores it was not faster than a loop), so no result depends on
-vmap's batching rules for second-order batch norm.
+Tasks are not vectorised with `torch.func.vmap` (it was not faster than a loop on CPU), so no result depends
+on vmap's batching rules for second-order batch norm.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ class MAMLPlusPlus(InnerLoopMethod):
             return ()
         return tuple(f"backbone.{layer}.{p}" for layer in self.batchnorm_layers for p in ("weight", "bias"))
 
-    def inner_lr(self, step: int, index: int) -> Tensor:
+    def step_size(self, step: int, index: int) -> Tensor:
         return self.inner_lrs[index, min(step, self.options.inner_steps - 1)]
 
     def step_dependent_backbone(self) -> bool:

@@ -43,5 +43,5 @@ class MetaSGD(MAML):
             [nn.Parameter(torch.full_like(params[n].detach(), self.options.inner_lr)) for n in self.adapted]
         )
 
-    def inner_lr(self, step: int, index: int) -> Tensor:
+    def step_size(self, step: int, index: int) -> Tensor:
         return self.inner_lrs[index]

@@ -63,7 +63,7 @@ class Reptile(InnerLoopMethod):
     def inner_update(self) -> InnerUpdate:
         if self.options.inner_optimizer == "adam":
             return adam_update(self.options.inner_lr, self.options.adam_betas)
-        return sgd_update(self.inner_lr)
+        return sgd_update(self.step_size)
 
     def _task(
         self, episode: Episode, worker: int, names: Sequence[str]
