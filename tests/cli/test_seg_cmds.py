@@ -87,3 +87,11 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], seg_root: P
         "--images", str(img), "--window", "bone", "--out", str(tmp_path / "o"),
     )  # fmt: skip
     assert code == 2 and "Invalid value for '--window'" in err, err  # typer checks the Literal choices
+    code, _, err = run(
+        capsys, "segment", "--model", "panet", "--support-images", str(img), "--support-masks", str(img),
+        "--images", str(img), "--out", str(tmp_path / "o2"),
+    )  # fmt: skip
+    assert_one_line_error(
+        code, err, "'panet' is a segmentation method that must be trained first", "seg train"
+    )
+    assert not (tmp_path / "o2").exists()

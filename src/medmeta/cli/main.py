@@ -15,7 +15,7 @@ from medmeta._accel.allocator import keep_freed_memory
 from medmeta._optional import OptionalDependencyError
 from medmeta.cli import data_cmds, deploy_cmds, seg_cmds
 from medmeta.cli.benchmark_cmd import benchmark
-from medmeta.cli.overrides import collect, parse_options, parse_way
+from medmeta.cli.overrides import Device, collect, parse_options, parse_way
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
@@ -103,7 +103,9 @@ def train(
     eval_episodes: int | None = typer.Option(None, "--eval-episodes"),
     eval_n_way: str | None = typer.Option(None, "--eval-n-way", help="Test ways, or 'all' (default)."),
     eval_n_shot: int | None = typer.Option(None, "--eval-n-shot"),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    device: Device | None = typer.Option(
+        None, "--device", help="Where to compute (auto: CUDA when present)."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default $MEDMETA_DATA)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
     allow_class_overlap: bool = typer.Option(False, "--allow-class-overlap"),

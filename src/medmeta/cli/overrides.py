@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from enum import Enum, StrEnum
 from typing import Any
 
 import yaml
 
 from medmeta.errors import ConfigError
+
+
+class Device(StrEnum):
+    """``--device``: where a run computes (``train.device``)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def parse_way(text: str | None) -> int | str | None:
@@ -37,4 +46,8 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
 
 def collect(pairs: dict[str, Any]) -> dict[str, Any]:
     """Drop unset flags (None, or the ``"unset"`` marker of `parse_way`, or empty lists)."""
-    return {k: v for k, v in pairs.items() if v is not None and v != "unset" and v != []}
+    return {
+        k: (v.value if isinstance(v, Enum) else v)
+        for k, v in pairs.items()
+        if v is not None and v != "unset" and v != []
+    }

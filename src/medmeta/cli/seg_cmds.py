@@ -12,7 +12,6 @@ import yaml
 
 from medmeta.cli.overrides import collect, parse_options
 from medmeta.cli.ui import RichProgress, say
-from medmeta.errors import MedmetaError
 from medmeta.outputs import (
     RunFolder,
     check_output_file,
@@ -166,25 +165,14 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
 ) -> None:
     """Dice and HD95 (mean ± 95% CI over episodes) per held-out structure, every model on the same episodes."""
-    from medmeta.eval.segmentation import evaluate_segmenter, results_markdown
-    from medmeta.methods.segmentation import BASELINES, SEG_METHODS
-    from medmeta.pipeline.segmentation import load_seg_data, load_segmenter
+    from medmeta.eval.segmentation import results_markdown
+    from medmeta.methods.segmentation import BASELINES
+    from medmeta.pipeline.segmentation_run import compare_segmenters, evaluation_config, load_segmenters
 
     if out is not None:
         check_output_file(out.with_suffix(".md"), overwrite=overwrite)
         claim_output_file(out, overwrite=overwrite)
-
-    names = list(dict.fromkeys([*model, *(BASELINES if baselines else ())]))
-    loaded: dict[str, Any] = {}
-    cfg = None
-    for name in names:
-        if name in SEG_METHODS and SEG_METHODS[name].training_source == "none":
-            loaded[name] = SEG_METHODS[name]()
-            continue
-        m, ckpt_cfg, meta = load_segmenter(name)
-        label = str(meta.get("method"))
-        loaded[label if label not in loaded else f"{label} ({name})"] = m
-        cfg = cfg or ckpt_cfg
+    models, checkpoint_cfg = load_segmenters([*model, *(BASELINES if baselines else ())])
     ov = collect(
         {
             "eval.shots": shots,
@@ -193,27 +181,7 @@ def evaluate_cmd(
             "data.data_dir": None if data_dir is None else str(data_dir),
         }
     )
-    if config is not None:
-        from medmeta.config import load_seg_config
-        from medmeta.pipeline.checks import check_segmenter_config
-
-        cfg = check_segmenter_config(load_seg_config(config, ov), source=str(config))
-    elif cfg is None:
-        raise MedmetaError("only baselines given: pass --config to say which structures to test on")
-    else:
-        from medmeta.config import apply_overrides, make_seg_config
-        from medmeta.pipeline.checks import check_segmenter_config
-
-        cfg = check_segmenter_config(make_seg_config(apply_overrides(cfg.model_dump(mode="json"), ov)))
-    data = load_seg_data(cfg, with_train=False)
-    if not data.test:
-        raise MedmetaError("the config has no test structure: set data.test")
-    rows: list[dict[str, Any]] = []
-    e = cfg.eval
-    for label, m in loaded.items():
-        rows += evaluate_segmenter(
-            m, data.test, e.shots, n_query=e.n_query, episodes=e.episodes, seed=e.seed, method=label
-        )
+    rows = compare_segmenters(models, evaluation_config(checkpoint_cfg, config, ov))
     say(results_markdown(rows))
     if out is not None:
         _write(out, rows)
@@ -254,15 +222,11 @@ def segment(
 ) -> None:
     """Segment new images from a few annotated ones: masks as PNG (2D) or NIfTI (input geometry kept), plus overlays."""
     from medmeta.deploy.segment import segment_files
-    from medmeta.methods.segmentation import SEG_METHODS
-    from medmeta.pipeline.segmentation import load_segmenter
+    from medmeta.pipeline.segmentation_run import segmenter_or_baseline
 
+    segmenter, cfg, _ = segmenter_or_baseline(model)  # a bad --model leaves --out untouched
     claim_output_folder(out, overwrite=overwrite)
-    if model in SEG_METHODS and SEG_METHODS[model].training_source == "none":
-        segmenter, work = SEG_METHODS[model](), size or 64
-    else:
-        segmenter, cfg, _ = load_segmenter(model)
-        work = size or cfg.data.image_size
+    work = size or (cfg.data.image_size if cfg is not None else 64)
     written = segment_files(
         segmenter,
         support_images,
