@@ -78,8 +78,11 @@ def worker(lib: str, work: Path, order: str, shots: int, steps: int, args: argpa
         import_shim()
         import learn2learn as l2l
     else:
+        from medmeta._accel.allocator import keep_freed_memory
         from medmeta.methods.gradient_based.maml import MAML, MAMLOptions
         from medmeta.tasks.episode import Episode
+
+        keep_freed_memory()  # as the CLI does at start: an entry point may, the library never does
     tasks = torch.load(work / f"tasks_{shots}.pt", weights_only=True)
     init = torch.load(work / "init.pt", weights_only=True)
     backbone = _conv4()
@@ -87,7 +90,14 @@ def worker(lib: str, work: Path, order: str, shots: int, steps: int, args: argpa
     if lib == "l2l":
         model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.out_features, N_WAY))
         model.load_state_dict(
-            {("0." + k[9:] if k.startswith("backbone.") else "1." + k[5:]): v for k, v in init.items()}
+            {
+                (
+                    "0." + k.removeprefix("backbone.")
+                    if k.startswith("backbone.")
+                    else "1." + k.removeprefix("head.")
+                ): v
+                for k, v in init.items()
+            }
         )
         maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=first_order)
         params = list(maml.parameters())

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from medmeta._accel.allocator import keep_freed_memory
 from medmeta.config import TrainConfig
 from medmeta.data.registry import load_dataset
 from medmeta.data.synthetic import make_synthetic
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="blood_pbc")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does at start: an entry point may, the library never does
     python = peers_python()
 
     try:
