@@ -15,6 +15,10 @@ _EXTRAS: dict[str, str] = {
     "starlette": "medmeta[serve]",
     "uvicorn": "medmeta[serve]",
     "python_multipart": "medmeta[serve]",
+    "timm": "medmeta[pretrained]",
+    "open_clip": "medmeta[pretrained]",
+    "transformers": "medmeta[pretrained]",
+    "huggingface_hub": "medmeta[pretrained]",
 }
 
 
