@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medmeta.errors import ConfigError
 
@@ -61,10 +61,44 @@ class EpisodeConfig(_Frozen):
     n_query: int = Field(15, ge=1)
 
 
-class ModelConfig(_Frozen):
-    """The backbone."""
+#: backbone specs naming a library's network (`medmeta.models.pretrained`), beside medmeta's own backbones
+LIBRARY_PREFIXES = ("timm:", "open_clip:", "hf:")
 
-    backbone: Literal["conv4", "resnet12"] = "conv4"
+
+class ModelConfig(_Frozen):
+    """The backbone.
+
+    Attributes:
+        backbone: medmeta's own ``conv4`` or ``resnet12`` (trained from scratch), or a library's network:
+            ``timm:ARCH[.TAG]``, ``open_clip:NAME``, ``hf:ORG/REPO`` (`medmeta.models.pretrained`), whose
+            preprocessing (size, crop, mean/std, channels) comes with its weights and is applied inside the
+            backbone.
+        weights: for a library backbone: a local weight file or folder in the library's layout, or a name
+            recorded by ``medmeta weights import``; None downloads through the library's hub (when
+            `pretrained`).
+        pretrained: for a library backbone without `weights`: download its pretrained weights (True) or
+            start from random weights (False).
+    """
+
+    backbone: str = "conv4"
+    weights: str | None = None
+    pretrained: bool = True
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value in ("conv4", "resnet12") or (
+            value.startswith(LIBRARY_PREFIXES) and value.split(":", 1)[1].strip()
+        ):
+            return value
+        raise ValueError(
+            f"unknown backbone '{value}': use conv4, resnet12, timm:ARCH[.TAG], open_clip:NAME or hf:ORG/REPO"
+        )
+
+    @property
+    def from_library(self) -> bool:
+        """True for a timm, open_clip or Hugging Face backbone."""
+        return self.backbone.startswith(LIBRARY_PREFIXES)
 
 
 class MethodConfig(_Frozen):

@@ -13,22 +13,27 @@ import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
 import torch
 
+from medmeta.config import ModelConfig
+from medmeta.data.transforms import Normalization
 from medmeta.errors import ConfigError
 from medmeta.methods import METHODS, build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.methods.learner import FewShotLearner, LearnerOptions, Predictor
 from medmeta.methods.segmentation import BASELINES, SEG_METHODS
 from medmeta.models.backbones import Conv4
+from medmeta.models.factory import make_backbone
 from medmeta.tasks.base import TaskEpisode
 from medmeta.tasks.episode import Episode
 from medmeta.tasks.segmentation import SegEpisode, SegEpisodeSampler
 from tests._helpers.episodes import make_episode
+from tests._helpers.pretrained import write_timm_folder
 from tests._helpers.segmentation import SMALL
 
 NAMES = sorted(METHODS)
@@ -304,3 +309,41 @@ def test_only_the_inner_loop_methods_ask_deployment_to_predict_one_image_at_a_ti
     per_image = {n for n, c in METHODS.items() if c.per_image_prediction}
     assert per_image == {n for n, c in METHODS.items() if issubclass(c, InnerLoopMethod)}
     assert {"maml", "fomaml", "maml_pp", "meta_sgd", "anil", "reptile"} == per_image
+
+
+# --- every classification method on a library backbone (timm), where the weights carry the preprocessing ----
+@pytest.fixture(scope="module")
+def timm_backbone_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_timm_folder(tmp_path_factory.mktemp("timm") / "test_resnet", size=32)
+
+
+def timm_method(name: str, folder: Path) -> FewShotMethod:
+    torch.manual_seed(0)
+    model = ModelConfig(backbone="timm:test_resnet", weights=str(folder))
+    norm = Normalization(mean=(0.5,) * 3, std=(0.25,) * 3)
+    backbone = make_backbone(model, in_channels=3, spatial_dims=2, image_size=16, normalization=norm)
+    return build_method(name, backbone)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_runs_on_a_pretrained_timm_backbone(name: str, timm_backbone_folder: Path) -> None:
+    """Shapes, gradients into the pretrained weights, and a pure `adapt`, through timm's own network."""
+    method = timm_method(name, timm_backbone_folder)
+    ep = make_episode(n_way=3, n_shot=2, n_query=2)
+    before = _state(method)
+    with torch.no_grad():
+        logits = method.eval().adapt(ep.support).predict(ep.query_images)
+    assert logits.shape == (6, 3) and torch.isfinite(logits).all()
+    _assert_same_state(before, _state(method))
+    if METHODS[name].trainer == "episodic":
+        method.train().episode_loss(ep).backward()
+        network = method.backbone.backbone.network  # type: ignore[union-attr]
+        norms = {
+            id(p)
+            for m in network.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters()
+        }
+        # MAML++ normalises with its own per-step batch-norm parameters instead of the network's
+        weights = [p for p in network.parameters() if name != "maml_pp" or id(p) not in norms]
+        assert weights and all(p.grad is not None for p in weights)

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from medmeta._accel.allocator import keep_freed_memory
 from medmeta._optional import OptionalDependencyError
-from medmeta.cli import data_cmds, deploy_cmds, seg_cmds
+from medmeta.cli import data_cmds, deploy_cmds, seg_cmds, weights_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.overrides import Device, collect, parse_options, parse_way
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(seg_cmds.app, name="seg")
+app.add_typer(weights_cmds.app, name="weights")
 app.command("segment")(seg_cmds.segment)
 deploy_cmds.register(app)
 app.command()(benchmark)
@@ -89,7 +90,17 @@ def train(
     ),
     method: str | None = typer.Option(None, "--method", help="Method name, e.g. protonet."),
     option: list[str] | None = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
-    backbone: str | None = typer.Option(None, "--backbone", help="conv4 or resnet12."),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="conv4, resnet12, timm:ARCH[.TAG], open_clip:NAME or hf:ORG/REPO."
+    ),
+    weights: str | None = typer.Option(
+        None,
+        "--weights",
+        help="Library backbone weights: a local file or folder, or a `weights import` name.",
+    ),
+    pretrained: bool | None = typer.Option(
+        None, "--pretrained/--no-pretrained", help="Library backbone without --weights: download or random."
+    ),
     n_way: str | None = typer.Option(None, "--n-way", help="Classes per training episode, or 'all'."),
     n_shot: int | None = typer.Option(None, "--n-shot"),
     n_query: int | None = typer.Option(None, "--n-query"),
@@ -126,6 +137,8 @@ def train(
             "data.val": val_data,
             "method.name": method,
             "model.backbone": backbone,
+            "model.weights": weights,
+            "model.pretrained": pretrained,
             "episodes.n_shot": n_shot,
             "episodes.n_query": n_query,
             "train.epochs": epochs,

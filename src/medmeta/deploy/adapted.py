@@ -28,7 +28,7 @@ from medmeta.data.transforms import Normalization
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.methods.base import FewShotMethod, Predictor
 from medmeta.methods.functional import embed
-from medmeta.pipeline import build_method_from_config, normalization_from_meta
+from medmeta.pipeline import build_method_from_config, normalization_from_meta, record_from_meta
 from medmeta.pipeline.checks import check_method_config
 from medmeta.tasks.episode import Support
 from medmeta.train.checkpoint import checkpoint_json, load_checkpoint, load_state_strictly, save_checkpoint
@@ -97,7 +97,9 @@ def _rebuild(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> Trai
     names = meta.get("class_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise CheckpointError(f"checkpoint {path} has class names that are not a list of strings: retrain")
-    method = build_method_from_config(cfg, channels=shape[0], spatial_dims=spatial_dims)
+    method = build_method_from_config(
+        cfg, channels=shape[0], spatial_dims=spatial_dims, backbone_record=record_from_meta(cfg, meta, path)
+    )
     weights = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
     load_state_strictly(method, weights, f"checkpoint {path} ({cfg.method.name}, {cfg.model.backbone})")
     method.eval()

@@ -21,6 +21,7 @@ from medmeta.pipeline.classification import (
     load_method,
     load_run_data,
     normalization_from_meta,
+    record_from_meta,
     train_method,
 )
 from medmeta.pipeline.segmentation import (
@@ -46,6 +47,7 @@ __all__ = [
     "load_seg_data",
     "load_segmenter",
     "normalization_from_meta",
+    "record_from_meta",
     "train_method",
     "train_segmenter",
     "training_episodes",

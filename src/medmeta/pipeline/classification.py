@@ -33,7 +33,7 @@ from medmeta.errors import CheckpointError, ConfigError, DataError
 from medmeta.eval.evaluate import AccuracyValidation, EvalResult, evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
-from medmeta.models.backbones import build_backbone
+from medmeta.models.factory import make_backbone
 from medmeta.outputs import RunFolder, check_run_folder
 from medmeta.pipeline.checks import check_method_config
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
@@ -164,15 +164,26 @@ def _val_sampler(ds: ImageDataset, cfg: RunConfig) -> EpisodeSampler | None:
     )
 
 
-def build_method_from_config(cfg: RunConfig, *, channels: int, spatial_dims: int) -> FewShotMethod:
-    """The configured backbone and method, freshly initialised."""
-    backbone = build_backbone(
-        cfg.model.backbone,
+def build_method_from_config(
+    cfg: RunConfig, *, channels: int, spatial_dims: int, backbone_record: dict[str, Any] | None = None
+) -> FewShotMethod:
+    """The configured backbone and method, freshly initialised (or, with a checkpoint's `backbone_record`,
+    a library backbone's architecture and preprocessing, for the checkpoint's weights to fill)."""
+    backbone = make_backbone(
+        cfg.model,
         in_channels=channels,
         spatial_dims=spatial_dims,
         image_size=cfg.data.image_size,
+        normalization=default_normalization(channels),
+        record=backbone_record,
     )
     return build_method(cfg.method.name, backbone, cfg.method.options)
+
+
+def backbone_record(method: FewShotMethod) -> dict[str, Any] | None:
+    """A library backbone's spec, preprocessing and source (what a checkpoint stores); None otherwise."""
+    record = getattr(method.backbone, "record", None)
+    return record() if callable(record) else None
 
 
 def train_method(
@@ -241,6 +252,9 @@ def train_method(
         "torch_version": torch.__version__,
         "medmeta_version": __version__,
     }
+    record = backbone_record(method)
+    if record is not None:  # a library backbone: its spec, preprocessing and the weights it started from
+        meta["backbone_record"] = record
     out: Path | None = None
     on_start: Callable[[], None] | None = None
     if folder is not None:
@@ -326,12 +340,33 @@ def load_method(checkpoint: str | Path) -> tuple[FewShotMethod, RunConfig, dict[
         raise CheckpointError(
             f"checkpoint {checkpoint} lacks a usable model description ({exc}): it was not written by train"
         ) from None
-    method = build_method_from_config(cfg, channels=channels, spatial_dims=spatial_dims)
+    method = build_method_from_config(
+        cfg,
+        channels=channels,
+        spatial_dims=spatial_dims,
+        backbone_record=record_from_meta(cfg, meta, checkpoint),
+    )
     # an adapted checkpoint (medmeta.deploy) also holds its support set under "adapted.*"
     state = {k: v for k, v in state.items() if not k.startswith("adapted.")}
     load_state_strictly(method, state, f"checkpoint {checkpoint} ({cfg.method.name}, {cfg.model.backbone})")
     method.eval()
     return method, cfg, meta
+
+
+def record_from_meta(cfg: RunConfig, meta: dict[str, Any], checkpoint: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's ``backbone_record`` for a library backbone; None for medmeta's own backbones.
+
+    Raises:
+        CheckpointError: a library backbone without its record.
+    """
+    if not cfg.model.from_library:
+        return None
+    record = meta.get("backbone_record")
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"checkpoint {checkpoint} lacks its backbone record: it was not written by train"
+        )
+    return record
 
 
 def normalization_from_meta(meta: dict[str, Any]) -> Normalization:

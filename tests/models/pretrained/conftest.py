@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.models.pretrained._tiny import HF_PP, OPEN_CLIP_CFG, OPEN_CLIP_PP, TIMM_PP, scan
+from tests._helpers.pretrained import HF_PP, OPEN_CLIP_CFG, OPEN_CLIP_PP, TIMM_PP, scan
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from PIL import Image
 
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.models.pretrained import Preprocessing, load_backbone
-from tests.models.pretrained._tiny import HF_PP, as_batch
+from tests._helpers.pretrained import HF_PP, as_batch
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install 'medmeta[pretrained]')"

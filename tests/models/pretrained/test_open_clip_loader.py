@@ -11,7 +11,7 @@ from PIL import Image
 
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.models.pretrained import load_backbone
-from tests.models.pretrained._tiny import OPEN_CLIP_PP, as_batch
+from tests._helpers.pretrained import OPEN_CLIP_PP, as_batch
 
 open_clip = pytest.importorskip(
     "open_clip", reason="open_clip is not installed (pip install 'medmeta[pretrained]')"

@@ -14,7 +14,7 @@ from PIL import Image
 from medmeta.errors import CheckpointError, ConfigError
 from medmeta.models.pretrained import load_backbone
 from medmeta.models.pretrained.sources import hub_reachable
-from tests.models.pretrained._tiny import TIMM_PP, as_batch
+from tests._helpers.pretrained import TIMM_PP, as_batch
 
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'medmeta[pretrained]')")
 

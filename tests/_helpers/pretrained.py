@@ -6,9 +6,11 @@ reads it back proves it came from the saved config, not from a library default.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -43,3 +45,16 @@ def as_batch(image: Image.Image) -> torch.Tensor:
     array = np.asarray(image)
     array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+
+
+def write_timm_folder(folder: Path, arch: str = "test_resnet", size: int = 32) -> Path:
+    """A tiny timm network in timm's hub layout (``config.json`` + ``model.safetensors``, written by timm's
+    own ``save_for_hf``) whose preprocessing takes `size` px with `TIMM_PP`'s mean/std and no crop."""
+    timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'medmeta[pretrained]')")
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    overlay = {**TIMM_PP, "input_size": (3, size, size), "crop_pct": 1.0}
+    model = timm.create_model(arch, pretrained=False, num_classes=0, pretrained_cfg_overlay=overlay)
+    save_for_hf(model, str(folder), safe_serialization=True)
+    return folder
