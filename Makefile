@@ -1,5 +1,7 @@
 # Two entry points: `make demo` (the main job) and `make test` (lint, types, tests).
-# Both create .venv with the CPU build of torch 2.13.0 on first use.
+# Both create .venv on first use with torch 2.14.1 + torchvision 0.29.1 (the build that runs on CPU and CUDA;
+# pip takes both from this machine's cache): torchvision is what timm, open_clip and transformers need.
+TORCH := torch==2.14.1 torchvision==0.29.1
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0 -e .
+	$(BIN)/pip install -q $(TORCH) -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0 -e ".[dev]"
+	$(BIN)/pip install -q $(TORCH) -e ".[dev]"
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
