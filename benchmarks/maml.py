@@ -5,7 +5,7 @@ meta-batch 4, inner lr 0.4, Adam (lr 1e-3) outer step, Conv4 (64 channels) + lin
 blood-cell images (blood_pbc under ``$MEDMETA_DATA``, default ``<repo>/../shared/data``; else the synthetic set).
 
 Each library runs in its own subprocess, one after the other (never two at once), so each peak memory
-(``ru_maxrss`` of the process: imports, model, data and training) is its own: medmeta with this
+(``VmHWM`` of the process: imports, model, data and training) is its own: medmeta with this
 interpreter, learn2learn with the peers venv's (``benchmarks/_peers.py``). learn2learn runs its canonical
 loop (``clone``, ``adapt`` per step, ``backward`` per task). Both get ``--threads`` torch threads; medmeta
 uses them as it does by default (``task_threads=0``: the tasks of a meta-batch on concurrent threads with
@@ -45,6 +45,17 @@ CONFIGS = [(order, shots, steps) for order in ("second", "first") for shots in (
 
 
 def _peak_mib() -> float:
+    """This process's own peak resident memory since it started (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries that across ``fork`` + ``exec``, so a worker would report its parent's
+    peak (the orchestrator's torch import) when that is larger than its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

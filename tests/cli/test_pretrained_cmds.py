@@ -117,3 +117,41 @@ def test_library_backbone_mistakes_are_one_line(
         capsys, "train", *syn, str(tmp_path / "c"), "--backbone", "timm:test_resnet", "--weights", "w"
     )
     assert_one_line_error(code, err, "changed since it was imported")
+
+
+@pytest.mark.data
+def test_adapt_builds_a_model_from_a_pretrained_backbone_alone_and_predicts(
+    data_dir: Path, tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The practitioner's shortest path: no meta-training, prototypes of the backbone's frozen features."""
+    folder = write_timm_folder(tmp_path / "w", size=32)
+    brain = data_dir / "classification" / "brain_tumor_mri"
+    support, query = tmp_path / "support", tmp_path / "query"
+    query.mkdir()
+    for cls in ("glioma_tumor", "pituitary_tumor"):
+        (support / cls).mkdir(parents=True)
+        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:3]:
+            shutil.copy(f, support / cls / f.name)
+        shutil.copy(sorted((brain / "test" / cls).glob("*.jpg"))[0], query / f"{cls}.jpg")
+    code, out, err = run(
+        capsys, "adapt", "--backbone", "timm:test_resnet", "--weights", str(folder), "--channels", "1",
+        "--support", str(support), "--out", str(tmp_path / "adapted"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "images read as 1x32x32" in out  # the weights' own input side
+    meta = json.loads((tmp_path / "adapted.json").read_text())
+    assert meta["meta_trained"] is False and meta["backbone_record"]["spec"] == "timm:test_resnet"
+    shutil.rmtree(folder)  # the adapted checkpoint holds every weight it needs
+    code, _, err = run(
+        capsys, "predict", "--model", str(tmp_path / "adapted.json"), "--images", str(query),
+        "--out", str(tmp_path / "p.csv"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 3
+    code, _, err = run(
+        capsys, "adapt", "--backbone", "timm:test_resnet", "--method", "maml", "--support", str(support),
+        "--out", str(tmp_path / "a2"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "method 'maml' needs meta-training", "protonet")
+    code, _, err = run(capsys, "adapt", "--support", str(support), "--out", str(tmp_path / "a3"))
+    assert_one_line_error(code, err, "give either --model CHECKPOINT or --backbone SPEC")

@@ -17,7 +17,26 @@ OVERWRITE_HELP = "Replace an existing output file (never a folder, link or speci
 
 
 def adapt(
-    model: Path = typer.Option(..., "--model", help="Meta-trained checkpoint (RUN/best.json)."),
+    model: Path | None = typer.Option(None, "--model", help="Meta-trained checkpoint (RUN/best.json)."),
+    backbone: str | None = typer.Option(
+        None,
+        "--backbone",
+        help="Instead of --model: a pretrained timm:/open_clip:/hf: backbone, no meta-training.",
+    ),
+    weights: str | None = typer.Option(
+        None, "--weights", help="With --backbone: local weight file or folder, or a `weights import` name."
+    ),
+    method: str = typer.Option(
+        "protonet", "--method", help="With --backbone: protonet, simpleshot, linear_probe or finetune."
+    ),
+    image_size: int | None = typer.Option(
+        None,
+        "--image-size",
+        min=8,
+        max=512,
+        help="With --backbone: read images at this side (default: the weights').",
+    ),
+    channels: int = typer.Option(3, "--channels", min=1, max=3, help="With --backbone: 1 (grey) or 3."),
     support: Path = typer.Option(..., "--support", help="Folder of labelled images: SUPPORT/CLASS/*."),
     out: Path = typer.Option(..., "--out", help="Adapted checkpoint to write (OUT.json + weights)."),
     min_shots: int = typer.Option(1, "--min-shots", min=1, help="Fewest images a class may have."),
@@ -32,11 +51,29 @@ def adapt(
     from medmeta.deploy.api import adapt as adapt_model
     from medmeta.train.checkpoint import checkpoint_json
 
+    if (model is None) == (backbone is None):
+        raise MedmetaError(
+            "give either --model CHECKPOINT or --backbone SPEC (a pretrained backbone), not both"
+        )
     target = checkpoint_json(out)
-    if target.resolve() == checkpoint_json(model).resolve():
+    if model is not None and target.resolve() == checkpoint_json(model).resolve():
         raise OutputError(f"--out {out} is the --model checkpoint itself: write the adapted model elsewhere")
+    if channels not in (1, 3):
+        raise MedmetaError(f"--channels must be 1 or 3, got {channels}")
     claim_output_file(target, overwrite=overwrite)
-    base = load_trained(model)
+    if model is not None:
+        base = load_trained(model)
+    else:
+        from medmeta.config import ModelConfig
+        from medmeta.deploy.pretrained import pretrained_model
+
+        try:
+            spec = ModelConfig(backbone=backbone, weights=weights)  # type: ignore[arg-type]
+        except ValueError as exc:  # pydantic's ValidationError
+            from medmeta.config import describe_validation_error
+
+            raise MedmetaError(f"--backbone: {describe_validation_error(exc)}") from None
+        base = pretrained_model(spec, method=method, image_size=image_size, channels=channels)
     adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad, max_pixels=max_pixels)
     path = save_adapted(adapted, out)
     counts = ", ".join(

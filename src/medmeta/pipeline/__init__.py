@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from medmeta.pipeline.classification import (
     RunData,
+    backbone_record,
     build_method_from_config,
     check_test_episodes,
     default_normalization,
@@ -36,6 +37,7 @@ from medmeta.pipeline.segmentation import (
 __all__ = [
     "RunData",
     "SegData",
+    "backbone_record",
     "build_method_from_config",
     "build_segmenter",
     "check_test_episodes",
