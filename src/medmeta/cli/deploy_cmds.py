@@ -68,7 +68,7 @@ def adapt(
         from medmeta.deploy.pretrained import pretrained_model
 
         try:
-            spec = ModelConfig(backbone=backbone, weights=weights)  # type: ignore[arg-type]
+            spec = ModelConfig(backbone=backbone, weights=weights)
         except ValueError as exc:  # pydantic's ValidationError
             from medmeta.config import describe_validation_error
 

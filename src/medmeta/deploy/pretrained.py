@@ -17,6 +17,7 @@ from medmeta.config import ModelConfig, make_config
 from medmeta.deploy.adapted import TrainedModel
 from medmeta.errors import ConfigError
 from medmeta.models.factory import make_backbone
+from medmeta.models.pretrained.features import PretrainedFeatures
 from medmeta.pipeline import backbone_record, build_method_from_config, default_normalization
 from medmeta.pipeline.checks import check_method_config
 
@@ -53,7 +54,8 @@ def pretrained_model(
     size = image_size
     if size is None:  # the weights' own input side: one resize, the one the weights were trained with
         net = make_backbone(model, in_channels=channels, spatial_dims=2, image_size=64, normalization=norm)
-        size = int(net.preprocessing.resize)  # type: ignore[union-attr]
+        assert isinstance(net, PretrainedFeatures)  # a library backbone always is
+        size = int(net.preprocessing.resize)
     data = {"image_size": size, "channels": channels}
     cfg = check_method_config(
         make_config({"model": model.model_dump(mode="json"), "method": {"name": method}, "data": data})
