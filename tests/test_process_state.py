@@ -34,6 +34,8 @@ SCRIPT = textwrap.dedent(
     from medmeta.methods import METHODS, build_method
     from medmeta.models.backbones import Conv4
 
+    from medmeta.methods.segmentation import SEG_METHODS
+
     built = []
     for name in sorted(METHODS):
         method = build_method(name, Conv4(in_channels=1, hidden=4, image_size=16))
@@ -42,6 +44,9 @@ SCRIPT = textwrap.dedent(
             from tests._helpers.episodes import make_episode
 
             method.episode_loss(make_episode(n_way=2, n_shot=1, n_query=2, shape=(1, 16, 16)))
+    for name in sorted(SEG_METHODS):
+        SEG_METHODS[name].from_options({})
+        built.append("seg:" + name)
     print(json.dumps({
         "threads": torch.get_num_threads(),
         "mallopt": calls,
@@ -69,9 +74,10 @@ def _run(mode: str, **env: str) -> dict[str, object]:
 
 def test_importing_medmeta_and_building_every_method_changes_no_process_state() -> None:
     from medmeta.methods import METHODS
+    from medmeta.methods.segmentation import SEG_METHODS
 
     state = _run("build")
-    assert state["built"] == sorted(METHODS)
+    assert state["built"] == sorted(METHODS) + [f"seg:{n}" for n in sorted(SEG_METHODS)]
     assert state["threads"] == 2
     assert state["mallopt"] == []
     assert state["accel"] == []  # not even imported: construction touches no speed path
