@@ -21,6 +21,7 @@ TINY = ["--image-size", "16", "--max-images", "48", "--batch-size", "16", "--qui
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_pretrain_on_two_pooled_domains_then_train_from_the_checkpoint(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,14 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+import yaml
 
-from medmeta.config import PretrainConfig, TrainConfig, make_pretrain_config
+from medmeta.config import PretrainConfig, make_pretrain_config
 from medmeta.data.datasets import ImageDataset
 from medmeta.errors import ConfigError, DataError
 from medmeta.pipeline import default_normalization
 from medmeta.train.checkpoint import load_checkpoint
-from medmeta.train.loop import fit
 from medmeta.train.self_supervised import UnlabelledImages, ViewBatches
 
 pytest.importorskip("lightly", reason="lightly is not installed (pip install 'medmeta[ssl]')")
@@ -93,41 +92,6 @@ def test_an_epoch_is_one_pass_unless_steps_per_epoch_is_set() -> None:
     assert ViewBatches.from_config(pool, cfg, prepare=default_normalization(1)).steps_per_epoch == 3
 
 
-class Counter(nn.Module):
-    """A trainable that records the loop's calls of its after-step hook."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(1))
-        self.calls: list[tuple[int, int, float]] = []
-
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        pass
-
-    def after_step(self, step: int, total_steps: int) -> None:
-        self.calls.append((step, total_steps, float(self.w.detach())))
-
-
-class Squares:
-    steps_per_epoch = 3
-
-    def batch(self, index: int, device: torch.device) -> Tensor:
-        return torch.tensor(float(index))
-
-    def loss(self, method: Counter, batch: Tensor) -> Tensor:
-        return (method.w - batch) ** 2
-
-    def after_epoch(self, method: Any, device: torch.device) -> None:
-        pass
-
-
-def test_fit_calls_after_step_once_after_every_optimiser_step() -> None:
-    method = Counter()
-    fit(method, Squares(), TrainConfig(epochs=2, lr=0.1, device="cpu", val_episodes=0))
-    assert [(s, t) for s, t, _ in method.calls] == [(s, 6) for s in range(6)]
-    assert method.calls[0][2] != 1.0  # the weight had already been stepped
-
-
 def test_pretrain_writes_a_pretrain_checkpoint_holding_the_backbone(tmp_path: Path) -> None:
     method, result, _ = pretrain(tiny_cfg(epochs=1), out_dir=tmp_path)
     state, meta = load_checkpoint(tmp_path / "best.json")
@@ -171,3 +135,10 @@ def test_bad_pretrain_values_name_the_field() -> None:
         make_pretrain_config({"augment": {"crop_scale": [0.9, 0.2]}})
     with pytest.raises(ConfigError, match=r"data\.domains"):
         make_pretrain_config({"data": {"domains": []}})
+
+
+def test_the_config_shown_in_docs_ssl_md_is_valid() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ssl.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = make_pretrain_config(yaml.safe_load(block), source="docs/ssl.md")
+    assert cfg.ssl.method == "byol" and cfg.data.domains == ["blood_pbc", "brain_tumor_mri@train"]

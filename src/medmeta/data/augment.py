@@ -129,9 +129,9 @@ class ViewAugment:
         blurred = torch.rand(n, generator=generator) < self.blur  # (N,)
         sigma = _uniform(n, *self.blur_sigma, generator)  # (N,)
         if self.blur > 0 and bool(blurred.any()):
-            views = torch.where(
-                blurred.to(device).view(shape), _gaussian_blur(views, sigma.to(device)), views
-            )
+            chosen = blurred.nonzero().squeeze(1)  # (n_blurred,) only these are blurred
+            blur = _gaussian_blur(views[chosen.to(device)], sigma[chosen].to(device))
+            views = views.index_copy(0, chosen.to(device), blur)
         if self.noise > 0:
             h, w = views.shape[-2:]
             noise = torch.randn((n, 1, h, w), generator=generator)  # (N, 1, s, s): no colour noise

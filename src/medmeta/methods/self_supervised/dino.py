@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -29,10 +30,14 @@ class DINO(SelfSupervisedMethod):
         super().__init__(backbone, feature_dim, cfg)
         heads = lightly("models.modules.heads")
         dims = (feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim)
-        self.projection_head = heads.DINOProjectionHead(*dims)
+        with (
+            warnings.catch_warnings()
+        ):  # lightly's head uses torch's deprecated weight_norm: not the user's concern
+            warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+            self.projection_head = heads.DINOProjectionHead(*dims)
+            # the head's weight-normalised layer cannot be deep-copied: a twin starts from the same weights
+            self.teacher_head = heads.DINOProjectionHead(*dims)
         self.teacher_backbone = momentum_copy(self.backbone)
-        # the head's weight-normalised layer cannot be deep-copied: a twin starts from the same weights
-        self.teacher_head = heads.DINOProjectionHead(*dims)
         self.teacher_head.load_state_dict(self.projection_head.state_dict())
         lightly("models.utils").deactivate_requires_grad(self.teacher_head)
         self.criterion = lightly("loss").DINOLoss(

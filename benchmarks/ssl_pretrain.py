@@ -11,7 +11,7 @@ median step time (views made + forward + backward + optimiser step). ``*_views_m
 make one batch's two views alone. Data: blood_pbc (RGB) under ``$MEDMETA_DATA`` (default
 ``<repo>/../shared/data``), else the synthetic set.
 
-Usage: python benchmarks/ssl.py [--steps 10] [--batch 64] [--size 64] [--threads 2]
+Usage: python benchmarks/ssl_pretrain.py [--steps 10] [--batch 64] [--size 64] [--threads 2]
 """
 
 from __future__ import annotations
