@@ -19,6 +19,7 @@ _EXTRAS: dict[str, str] = {
     "open_clip": "medmeta[pretrained]",
     "transformers": "medmeta[pretrained]",
     "huggingface_hub": "medmeta[pretrained]",
+    "lightly": "medmeta[ssl]",
 }
 
 

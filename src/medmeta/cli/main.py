@@ -16,6 +16,7 @@ from medmeta._optional import OptionalDependencyError
 from medmeta.cli import data_cmds, deploy_cmds, seg_cmds, weights_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.overrides import Device, collect, parse_options, parse_way
+from medmeta.cli.pretrain_cmd import pretrain
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
@@ -35,6 +36,7 @@ app.add_typer(weights_cmds.app, name="weights")
 app.command("segment")(seg_cmds.segment)
 deploy_cmds.register(app)
 app.command()(benchmark)
+app.command()(pretrain)
 
 _state = {"debug": False}
 
@@ -96,7 +98,8 @@ def train(
     weights: str | None = typer.Option(
         None,
         "--weights",
-        help="Library backbone weights: a local file or folder, or a `weights import` name.",
+        help="A `medmeta pretrain` RUN/best.json (conv4, resnet12, timm:), or library backbone weights: a "
+        "local file or folder, or a `weights import` name.",
     ),
     pretrained: bool | None = typer.Option(
         None, "--pretrained/--no-pretrained", help="Library backbone without --weights: download or random."

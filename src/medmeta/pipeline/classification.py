@@ -33,7 +33,7 @@ from medmeta.errors import CheckpointError, ConfigError, DataError
 from medmeta.eval.evaluate import AccuracyValidation, EvalResult, evaluate
 from medmeta.methods import build_method
 from medmeta.methods.base import FewShotMethod
-from medmeta.models.factory import make_backbone
+from medmeta.models.factory import PretrainedStart, make_backbone, names_pretrain_checkpoint
 from medmeta.outputs import RunFolder, check_run_folder
 from medmeta.pipeline.checks import check_method_config
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
@@ -164,11 +164,30 @@ def _val_sampler(ds: ImageDataset, cfg: RunConfig) -> EpisodeSampler | None:
     )
 
 
+def read_pretrained_start(weights: str | None) -> PretrainedStart | None:
+    """The ``medmeta pretrain`` checkpoint ``model.weights`` names (verified), or None for other weights.
+
+    Raises:
+        CheckpointError: a missing, altered or unreadable checkpoint.
+    """
+    if not names_pretrain_checkpoint(weights):
+        return None
+    assert weights is not None
+    state, meta = load_checkpoint(weights)
+    return PretrainedStart(path=weights, state=state, meta=meta)
+
+
 def build_method_from_config(
-    cfg: RunConfig, *, channels: int, spatial_dims: int, backbone_record: dict[str, Any] | None = None
+    cfg: RunConfig,
+    *,
+    channels: int,
+    spatial_dims: int,
+    backbone_record: dict[str, Any] | None = None,
+    start: PretrainedStart | None = None,
 ) -> FewShotMethod:
     """The configured backbone and method, freshly initialised (or, with a checkpoint's `backbone_record`,
-    a library backbone's architecture and preprocessing, for the checkpoint's weights to fill)."""
+    a library backbone's architecture and preprocessing, for the checkpoint's weights to fill). With
+    `start` (`read_pretrained_start`), the backbone starts from a pretrain checkpoint's weights."""
     backbone = make_backbone(
         cfg.model,
         in_channels=channels,
@@ -176,6 +195,7 @@ def build_method_from_config(
         image_size=cfg.data.image_size,
         normalization=default_normalization(channels),
         record=backbone_record,
+        start=start,
     )
     return build_method(cfg.method.name, backbone, cfg.method.options)
 
@@ -227,8 +247,11 @@ def train_method(
         data = load_run_data(cfg)
         check_test_episodes(cfg, data.test)
     first = data.train[0]
+    start = read_pretrained_start(cfg.model.weights)
     torch.manual_seed(cfg.train.seed)
-    method = build_method_from_config(cfg, channels=first.channels, spatial_dims=first.spatial_dims)
+    method = build_method_from_config(
+        cfg, channels=first.channels, spatial_dims=first.spatial_dims, start=start
+    )
     sampler = MultiDomainSampler(
         data.train,
         cfg.episodes.n_way,
@@ -252,6 +275,8 @@ def train_method(
         "torch_version": torch.__version__,
         "medmeta_version": __version__,
     }
+    if start is not None:  # the pretrain checkpoint the backbone started from
+        meta["backbone_start"] = {"checkpoint": start.path, "sha256": start.meta.get("sha256")}
     record = backbone_record(method)
     if record is not None:  # a library backbone: its spec, preprocessing and the weights it started from
         meta["backbone_record"] = record

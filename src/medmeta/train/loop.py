@@ -2,7 +2,8 @@
 
 The loop knows neither the task nor the kind of batch. It draws batch ``b`` from a `BatchSource`
 (`medmeta.train.sources.EpisodicBatches` for meta-training on classification or segmentation episodes,
-`medmeta.train.supervised.SupervisedBatches` for supervised pretraining), asks the source for the loss,
+`medmeta.train.supervised.SupervisedBatches` for supervised pretraining,
+`medmeta.train.self_supervised.ViewBatches` for self-supervised pretraining), asks the source for the loss,
 and owns everything else: Adam, the LR schedule, AMP, clipping and the optimiser step (`step`), the NaN
 check, progress, validation (a `Validation`), checkpoints (`BestKeeper`) and resuming (`medmeta.train.state`).
 """
@@ -160,9 +161,15 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     progress: ProgressHook | None,
 ) -> float:
-    """One epoch of training; returns the mean training loss."""
+    """One epoch of training; returns the mean training loss.
+
+    After every optimiser step, a method with an ``after_step(step, total_steps)`` method (0-based step of
+    the run, ``epochs * steps_per_epoch`` steps in all) has it called: the moment for updates that are not
+    gradient steps, such as the momentum copies of self-supervised methods.
+    """
     method.train()
     params = [p for p in method.parameters() if p.requires_grad]
+    after_step: Callable[[int, int], None] | None = getattr(method, "after_step", None)
     steps = source.steps_per_epoch
     total_loss = 0.0
     for s in range(steps):
@@ -176,6 +183,8 @@ def train_one_epoch(
                 "train.grad_clip; checkpoints saved so far are kept"
             )
         step(loss, optimizer, params, scaler=scaler, grad_clip=cfg.grad_clip)
+        if after_step is not None:
+            after_step(epoch * steps + s, cfg.epochs * steps)
         if scheduler is not None:
             scheduler.step()
         total_loss += value
