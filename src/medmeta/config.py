@@ -10,12 +10,14 @@ checked against the registries by `medmeta.pipeline.checks`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medmeta.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
 
 
 class _Frozen(BaseModel):
@@ -175,16 +177,21 @@ def describe_validation_error(exc: Exception) -> str:
     return "; ".join(parts)
 
 
+def _validated(model: type[C], data: dict[str, Any], source: str) -> C:
+    """`model` validated from `data`, or one `ConfigError` line naming every bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
+
+
 def make_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Validate a plain dict into a `RunConfig`.
 
     Raises:
         ConfigError: one line naming every bad field, its value and the rule.
     """
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
+    return _validated(RunConfig, data, source)
 
 
 def read_yaml_mapping(path: Path, missing: str) -> dict[str, Any]:
@@ -365,10 +372,7 @@ def make_pretrain_config(data: dict[str, Any], source: str = "config") -> Pretra
     Raises:
         ConfigError: one line naming every bad field, its value and the rule.
     """
-    try:
-        return PretrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
+    return _validated(PretrainConfig, data, source)
 
 
 def load_pretrain_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PretrainConfig:
@@ -440,10 +444,7 @@ class SegConfig(_Frozen):
 
 def make_seg_config(data: dict[str, Any], source: str = "config") -> SegConfig:
     """Validate a plain dict into a `SegConfig`; errors name the field."""
-    try:
-        return SegConfig(**data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
+    return _validated(SegConfig, data, source)
 
 
 def load_seg_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SegConfig:

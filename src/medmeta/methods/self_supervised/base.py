@@ -60,8 +60,20 @@ class SelfSupervisedMethod(nn.Module, abc.ABC):
         """Called by the training loop before each epoch (0-based)."""
         self.epoch, self.epochs = epoch, epochs
 
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(trained, momentum copy)`` module pairs that `after_step` moves together (none by default)."""
+        return []
+
     def after_step(self, step: int, total_steps: int) -> None:
-        """Called by the training loop after optimiser step `step` (0-based) of `total_steps`."""
+        """Called by the training loop after optimiser step `step` (0-based) of `total_steps`: moves every
+        momentum copy towards its trained module (lightly's ``update_momentum``) by `momentum`."""
+        pairs = self.momentum_pairs()
+        if not pairs:
+            return
+        m = self.momentum(step, total_steps)
+        update = lightly("models.utils").update_momentum
+        for trained, follower in pairs:
+            update(trained, follower, m)
 
     def momentum(self, step: int, total_steps: int) -> float:
         """The momentum after step `step`: lightly's cosine schedule from ``cfg.momentum`` to

@@ -50,8 +50,8 @@ class BYOL(SelfSupervisedMethod):
         return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum(step, total_steps)
-        update = lightly("models.utils").update_momentum
-        update(self.backbone, self.backbone_momentum, m)
-        update(self.projection_head, self.projection_head_momentum, m)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [
+            (self.backbone, self.backbone_momentum),
+            (self.projection_head, self.projection_head_momentum),
+        ]

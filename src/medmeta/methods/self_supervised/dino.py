@@ -64,8 +64,5 @@ class DINO(SelfSupervisedMethod):
         return self.criterion(teacher_out, student_out, epoch=self.epoch)
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum(step, total_steps)
-        update = lightly("models.utils").update_momentum
-        update(self.backbone, self.teacher_backbone, m)
-        update(self.projection_head, self.teacher_head, m)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.projection_head, self.teacher_head)]

@@ -54,8 +54,8 @@ class MoCo(SelfSupervisedMethod):
         return self.criterion(self.query(views[0]), self.key(views[1]))
 
     @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        m = self.momentum(step, total_steps)
-        update = lightly("models.utils").update_momentum
-        update(self.backbone, self.backbone_momentum, m)
-        update(self.projection_head, self.projection_head_momentum, m)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [
+            (self.backbone, self.backbone_momentum),
+            (self.projection_head, self.projection_head_momentum),
+        ]
