@@ -81,22 +81,51 @@ class ModelConfig(_Frozen):
             library's hub (when `pretrained`).
         pretrained: for a library backbone without `weights`: download its pretrained weights (True) or
             start from random weights (False).
+        input_size: for a library backbone: the side of the square the network runs at, instead of the
+            weights' own (the resize keeps the weights' crop ratio). Convolutional networks take any size; a
+            ViT needs a size its position embedding supports.
+
+    ``pixels`` / ``pixels:G`` is the raw-pixel baseline (`medmeta.models.pixels`): the image pooled to a
+    ``G x G`` grid, nothing to train.
     """
 
     backbone: str = "conv4"
     weights: str | None = None
     pretrained: bool = True
+    input_size: int | None = Field(None, ge=16, le=1024)
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        if value in ("conv4", "resnet12") or (
+        if value in ("conv4", "resnet12", "pixels") or (
             value.startswith(LIBRARY_PREFIXES) and value.split(":", 1)[1].strip()
         ):
             return value
+        if value.startswith("pixels:"):
+            grid = value.split(":", 1)[1]
+            if grid.isdigit() and 1 <= int(grid) <= 64:
+                return value
+            raise ValueError(f"backbone '{value}': G in pixels:G must be an integer from 1 to 64")
         raise ValueError(
-            f"unknown backbone '{value}': use conv4, resnet12, timm:ARCH[.TAG], open_clip:NAME or hf:ORG/REPO"
+            f"unknown backbone '{value}': use conv4, resnet12, pixels[:G], timm:ARCH[.TAG], open_clip:NAME or "
+            "hf:ORG/REPO"
         )
+
+    @field_validator("input_size")
+    @classmethod
+    def _library_only(cls, value: int | None, info: Any) -> int | None:
+        backbone = info.data.get("backbone", "")
+        if value is not None and not str(backbone).startswith(LIBRARY_PREFIXES):
+            raise ValueError(
+                f"input_size applies to library backbones (timm:, open_clip:, hf:); {backbone} runs at the "
+                "image size (set data.image_size instead)"
+            )
+        return value
+
+    @property
+    def raw_pixels(self) -> bool:
+        """True for the parameter-free raw-pixel baseline (``pixels[:G]``)."""
+        return self.backbone == "pixels" or self.backbone.startswith("pixels:")
 
     @property
     def from_library(self) -> bool:

@@ -40,6 +40,7 @@ def tiny_raw(domains: list[str], **changes: Any) -> dict[str, Any]:
         "eval": {"shots": [1, 3], "n_query": 5, "episodes": 12, "seed": 7},
         "seeds": [0],
         "reference": {"epochs": 1, "steps_per_epoch": 4, "batch_size": 16},
+        "raw_pixels": {"enabled": False},  # the raw-pixel baseline has its own tests
     }
     for key, value in changes.items():
         raw[key] = value

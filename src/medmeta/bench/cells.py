@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from medmeta.bench.protocol import MethodEntry, Protocol
+from medmeta.bench.protocol import MethodEntry, Protocol, RepresentationEntry
 
 #: Rough seconds on one CPU thread, Conv4 at 28x28, measured in ``configs/cross_domain.yaml`` (2026-12-01,
 #: a busy 2-core machine): per training episode or pretraining mini-batch (validation included), and per
@@ -36,6 +36,9 @@ _COST: dict[str, tuple[float, float, float]] = {
 _DEFAULT_COST = (0.70, 0.0045, 0.011)
 #: Rough seconds per supervised-reference step (batch 64) and fixed seconds per training and per cell.
 _REFERENCE_STEP, _JOB_OVERHEAD, _CELL_OVERHEAD = 0.1, 1.0, 0.4
+#: Rough seconds per image of a self-supervised epoch (two views, Conv4 at 28x28, measured 2026-12-07 with
+#: SimCLR: 51 s per epoch of 11,300 images on one thread) and images assumed per pooled domain.
+_PRETRAIN_IMAGE, _PRETRAIN_IMAGES_PER_DOMAIN = 0.0045, 3000
 #: Classes assumed for a held-out domain whose class count is not given.
 _DEFAULT_WAYS = 5
 
@@ -54,14 +57,37 @@ class Cell:
         return f"cell|{self.method}|{self.domain}|{self.shots}|{self.seed}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class PretrainJob:
+    """Self-supervised pretraining of `representation` on the unlabelled images of `domains`.
+
+    `scope` is the held-out domain it serves, or ``all`` when it serves every held-out domain (setting b,
+    where every domain's training images are pooled).
+    """
+
+    representation: RepresentationEntry
+    scope: str
+    domains: tuple[str, ...]
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"pretrain|{self.representation.name}|{self.scope}|{self.seed}"
+
+
+@dataclass(frozen=True, eq=False)
 class TrainJob:
-    """Train `method` with `domain` held out, then evaluate `cells` (one per number of shots)."""
+    """Train `method` with `domain` held out, then evaluate `cells` (one per number of shots).
+
+    `needs` is the key of the `PretrainJob` whose checkpoint the method starts from (None: none).
+    A ``frozen`` method is not trained: its cells evaluate the representation as it is.
+    """
 
     method: MethodEntry
     domain: str
     seed: int
     cells: tuple[Cell, ...]
+    needs: str | None = None
 
     @property
     def key(self) -> str:
@@ -80,7 +106,7 @@ class ReferenceJob:
         return f"reference|{self.domain}|{self.seed}"
 
 
-Job = TrainJob | ReferenceJob
+Job = TrainJob | ReferenceJob | PretrainJob
 
 
 def enumerate_jobs(protocol: Protocol) -> list[Job]:
@@ -91,12 +117,28 @@ def enumerate_jobs(protocol: Protocol) -> list[Job]:
     """
     jobs: list[Job] = []
     for seed in protocol.seeds:
+        pretrain = pretrain_jobs(protocol, seed)
+        jobs.extend({j.key: j for j in pretrain.values()}.values())
         for domain in protocol.held_out_domains:
             if protocol.reference.enabled:
                 jobs.append(ReferenceJob(domain, seed))
-            for m in protocol.methods:
+            for m in protocol.all_methods:
                 cells = tuple(Cell(m.label, domain, k, seed) for k in protocol.eval.shots)
-                jobs.append(TrainJob(m, domain, seed, cells))
+                needs = None if m.representation is None else pretrain[(m.representation, domain)].key
+                jobs.append(TrainJob(m, domain, seed, cells, needs))
+    return jobs
+
+
+def pretrain_jobs(protocol: Protocol, seed: int) -> dict[tuple[str, str], PretrainJob]:
+    """The pretraining serving each (representation, held-out domain) for `seed`; held-out domains whose
+    pools are the same images share one job."""
+    jobs: dict[tuple[str, str], PretrainJob] = {}
+    everything = tuple(protocol.data.domains)
+    for rep in protocol.representations:
+        for domain in protocol.held_out_domains:
+            pool = tuple(d for d in protocol.data.domains if d in protocol.pretrain_domains(rep, domain))
+            scope = "all" if pool == everything else domain
+            jobs[(rep.name, domain)] = PretrainJob(rep, scope, pool, seed)
     return jobs
 
 
@@ -122,9 +164,18 @@ def job_cost(protocol: Protocol, job: Job, ways: Mapping[str, int] | None = None
         return _scale(protocol) * (
             _JOB_OVERHEAD + r.epochs * r.steps_per_epoch * _REFERENCE_STEP * r.batch_size / 64
         )
+    if isinstance(job, PretrainJob):
+        rep = job.representation
+        epochs = int(rep.train.get("epochs", 10))
+        images = rep.max_images or _PRETRAIN_IMAGES_PER_DOMAIN * len(job.domains)
+        return _scale(protocol) * (_JOB_OVERHEAD + epochs * images * _PRETRAIN_IMAGE)
     train_s = _COST.get(job.method.name, _DEFAULT_COST)[0]
     cfg = protocol.train_config(job.method, job.seed)
-    training = _scale(protocol) * (_JOB_OVERHEAD + cfg.epochs * cfg.episodes_per_epoch * train_s)
+    training = (
+        0.0
+        if job.method.frozen
+        else _scale(protocol) * (_JOB_OVERHEAD + cfg.epochs * cfg.episodes_per_epoch * train_s)
+    )
     return training + sum(cell_cost(protocol, job, c.shots, ways) for c in job.cells)
 
 

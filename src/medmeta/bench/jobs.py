@@ -24,6 +24,7 @@ import torch
 
 from medmeta.bench.cells import (
     Job,
+    PretrainJob,
     ReferenceJob,
     TrainJob,
     cell_cost,
@@ -35,10 +36,19 @@ from medmeta.bench.evaluation import evaluate_cell
 from medmeta.bench.protocol import MethodEntry, Protocol, check_domains
 from medmeta.bench.reference import train_reference
 from medmeta.bench.store import ResultsStore
-from medmeta.config import RunConfig, make_config
+from medmeta.config import RunConfig, make_config, make_pretrain_config
+from medmeta.data.transforms import Normalization
 from medmeta.methods import METHODS
+from medmeta.methods.base import FewShotMethod
 from medmeta.pipeline import RunData, load_method, normalization_from_meta, train_method
+from medmeta.pipeline.classification import (
+    build_method_from_config,
+    default_normalization,
+    read_pretrained_start,
+)
+from medmeta.pipeline.pretrain import pretrain
 from medmeta.train.loop import ProgressHook, resolve_device
+from medmeta.train.self_supervised import UnlabelledImages
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +92,21 @@ def method_options(entry: MethodEntry, domains: dict[str, DomainSplits]) -> dict
     return options
 
 
-def cell_config(protocol: Protocol, job: TrainJob, domains: dict[str, DomainSplits]) -> RunConfig:
-    """The run config of one training (its eval section is unused: cells set their own episodes)."""
+def cell_config(
+    protocol: Protocol, job: TrainJob, domains: dict[str, DomainSplits], out: Path | None = None
+) -> RunConfig:
+    """The run config of one training (its eval section is unused: cells set their own episodes).
+
+    A method on a representation starts from that representation's pretraining checkpoint in `out`.
+    """
+    entry = job.method
+    default_backbone = protocol.backbone
+    weights = None
+    if entry.representation is not None:
+        rep = protocol.representation(entry.representation)
+        default_backbone = rep.backbone or protocol.backbone
+        if out is not None and job.needs is not None:
+            weights = str(pretrain_dir(out, job.needs) / "best.json")
     return make_config(
         {
             "data": {
@@ -93,7 +116,9 @@ def cell_config(protocol: Protocol, job: TrainJob, domains: dict[str, DomainSpli
                 "allow_class_overlap": True,
             },
             "episodes": protocol.episodes.model_dump(),
-            "model": {"backbone": protocol.backbone},
+            "model": entry.model_section(default_backbone, weights).model_dump(
+                mode="json", exclude_none=True
+            ),
             "method": {"name": job.method.name, "options": method_options(job.method, domains)},
             "train": protocol.train_config(job.method, job.seed).model_dump(),
         },
@@ -124,7 +149,15 @@ def _rng_seed(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
+def pretrain_dir(out: Path, key: str) -> Path:
+    """The run folder of the pretraining job `key` (``pretrain|NAME|SCOPE|SEED``)."""
+    _, name, scope, seed = key.split("|")
+    return out / "checkpoints" / "_pretrain" / safe_name(name) / safe_name(scope) / f"seed{seed}"
+
+
 def _checkpoint_dir(out: Path, job: Job) -> Path:
+    if isinstance(job, PretrainJob):
+        return pretrain_dir(out, job.key)
     if isinstance(job, ReferenceJob):
         return out / "checkpoints" / "_reference" / safe_name(job.domain) / f"seed{job.seed}"
     return out / "checkpoints" / safe_name(job.method.label) / safe_name(job.domain) / f"seed{job.seed}"
@@ -132,6 +165,8 @@ def _checkpoint_dir(out: Path, job: Job) -> Path:
 
 def describe(job: Job) -> str:
     """One line naming a job (progress display)."""
+    if isinstance(job, PretrainJob):
+        return f"pretrain {job.representation.name} on {', '.join(job.domains)}, seed {job.seed}"
     if isinstance(job, ReferenceJob):
         return f"supervised reference on {job.domain}, seed {job.seed}"
     return f"{job.method.label} with {job.domain} held out, seed {job.seed}"
@@ -139,7 +174,7 @@ def describe(job: Job) -> str:
 
 def finished_part(job: Job, store: ResultsStore) -> Finished:
     """What `store` holds of `job` (a resumed job needs its training record and finished cells)."""
-    if isinstance(job, ReferenceJob):
+    if not isinstance(job, TrainJob):
         return Finished()
     keys = store.keys()
     return Finished(store.get(job.key), frozenset(c.key for c in job.cells if c.key in keys))
@@ -160,7 +195,7 @@ def _trained_method(
     if done is not None and (out / done["checkpoint"]).is_file():
         return out / done["checkpoint"]
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    cfg = cell_config(protocol, job, domains)
+    cfg = cell_config(protocol, job, domains, out)
     train_names = protocol.training_domains(job.domain)
     data = RunData(
         train=[domains[d].train for d in train_names], val=[domains[d].val for d in train_names], test=[]
@@ -193,15 +228,18 @@ def _run_train_job(
     sink: JobSink,
     progress: RunProgress | None,
 ) -> None:
-    checkpoint = _trained_method(protocol, job, domains, finished, out, sink, progress)
+    if job.method.frozen:
+        method, prepare = _frozen_method(protocol, job, domains, out)
+    else:
+        checkpoint = _trained_method(protocol, job, domains, finished, out, sink, progress)
+        method, _, meta = load_method(checkpoint)
+        prepare = normalization_from_meta(meta)
     ways = class_counts(domains)
     sink.advance(
         job_cost(protocol, job, ways) - sum(cell_cost(protocol, job, c.shots, ways) for c in job.cells)
     )
-    method, _, meta = load_method(checkpoint)
     device = resolve_device(protocol.train.device)
     method.to(device)
-    prepare = normalization_from_meta(meta)
     test = domains[job.domain].test
     for cell in job.cells:
         if cell.key in finished.cells:
@@ -242,6 +280,57 @@ def _run_train_job(
         sink.advance(cell_cost(protocol, job, cell.shots, ways))
 
 
+def _frozen_method(
+    protocol: Protocol, job: TrainJob, domains: dict[str, DomainSplits], out: Path
+) -> tuple[FewShotMethod, Normalization]:
+    """A ``frozen`` entry's method: its representation (or raw pixels, or library weights) as it is, seeded."""
+    cfg = cell_config(protocol, job, domains, out)
+    torch.manual_seed(_rng_seed(job.key))
+    channels = protocol.data.channels
+    method = build_method_from_config(
+        cfg, channels=channels, spatial_dims=2, start=read_pretrained_start(cfg.model.weights)
+    )
+    return method.eval(), default_normalization(channels)
+
+
+def _run_pretrain_job(
+    protocol: Protocol,
+    job: PretrainJob,
+    domains: dict[str, DomainSplits],
+    out: Path,
+    sink: JobSink,
+    progress: RunProgress | None,
+) -> None:
+    """Pretrain the representation on the unlabelled training and validation images of `job.domains`."""
+    folder = _checkpoint_dir(out, job)
+    shutil.rmtree(folder, ignore_errors=True)  # a pretraining cut short starts again
+    rep = job.representation
+    raw = rep.pretrain_section(protocol.backbone, protocol.data.image_size, protocol.data.channels, job.seed)
+    raw["data"]["domains"] = list(job.domains)
+    raw["train"].setdefault("threads", protocol.train.threads)
+    raw["train"].setdefault("device", protocol.train.device)
+    cfg = make_pretrain_config(raw, source=f"benchmark job {job.key}")
+    datasets = [part for d in job.domains for part in (domains[d].train, domains[d].val)]
+    images = UnlabelledImages.build(datasets, max_images=rep.max_images, seed=job.seed)
+    _, result, images = pretrain(cfg, out_dir=folder, images=images, progress=progress, resumable=False)
+    sink.record(
+        {
+            "kind": "pretrain",
+            "key": job.key,
+            "representation": rep.name,
+            "ssl": rep.ssl,
+            "scope": job.scope,
+            "domains": list(job.domains),
+            "seed": job.seed,
+            "images": len(images),
+            "history": result.history,
+            "seconds": result.seconds,
+            "checkpoint": str((folder / "best.json").relative_to(out)),
+        }
+    )
+    sink.advance(job_cost(protocol, job, class_counts(domains)))
+
+
 def run_job(
     protocol: Protocol,
     job: Job,
@@ -255,6 +344,9 @@ def run_job(
 
     `progress` gets the inner training/test bars (None in a worker process).
     """
+    if isinstance(job, PretrainJob):
+        _run_pretrain_job(protocol, job, domains, out, sink, progress)
+        return
     if isinstance(job, ReferenceJob):
         ckpt_dir = _checkpoint_dir(out, job)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a reference cut short is trained again from scratch

@@ -44,7 +44,7 @@ def accuracy_vs_shots(protocol: Protocol, rows: list[Row]) -> bytes:
     domains = protocol.held_out_domains
     fig, axes = _grid(len(domains))
     for ax, domain in zip(axes.ravel(), domains, strict=False):
-        for m in protocol.methods:
+        for m in protocol.all_methods:
             pts = [r for r in rows if r.domain == domain and r.method == m.label]
             if not pts:
                 continue
@@ -74,7 +74,7 @@ def training_curves(protocol: Protocol, records: list[dict[str, Any]]) -> bytes:
     fig, axes = _grid(2, width=5.0, height=3.6, rows=len(domains))
     for i, domain in enumerate(domains):
         loss_ax, val_ax = axes[i]
-        for m in protocol.methods:
+        for m in protocol.all_methods:
             hist = [
                 r["history"]
                 for r in records
@@ -103,7 +103,7 @@ def reliability(protocol: Protocol, records: list[dict[str, Any]]) -> bytes:
     fig, axes = _grid(len(domains))
     for ax, domain in zip(axes.ravel(), domains, strict=False):
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-        for m in protocol.methods:
+        for m in protocol.all_methods:
             bins = [
                 np.asarray(r["calibration"])
                 for r in records

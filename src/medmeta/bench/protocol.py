@@ -21,7 +21,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medmeta.config import TrainConfig, describe_validation_error, read_yaml_mapping
+from medmeta.config import (
+    ModelConfig,
+    TrainConfig,
+    describe_validation_error,
+    make_pretrain_config,
+    read_yaml_mapping,
+)
 from medmeta.errors import ConfigError, DataError
 
 
@@ -43,6 +49,11 @@ class MethodEntry(_Frozen):
     label: str = ""
     options: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    backbone: str | None = None
+    weights: str | None = None
+    input_size: int | None = None
+    representation: str | None = None
+    frozen: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -63,7 +74,105 @@ class MethodEntry(_Frozen):
             raise ValueError(f"method '{self.name}': {describe_validation_error(exc)}") from None
         if "seed" in self.train:
             raise ValueError("set training seeds with the top-level 'seeds' list, not train.seed")
+        if self.frozen and self.name not in FROZEN_METHODS:
+            raise ValueError(
+                f"method '{self.label}': frozen: true evaluates the representation without training, which "
+                f"only {', '.join(FROZEN_METHODS)} can do; drop frozen or pick one of them"
+            )
+        if self.representation is not None and (self.backbone is not None or self.weights is not None):
+            raise ValueError(
+                f"method '{self.label}': a representation brings its own backbone and weights; drop "
+                "backbone/weights or the representation"
+            )
+        if self.backbone is not None or self.input_size is not None:
+            try:
+                self.model_section("conv4")
+            except ValidationError as exc:
+                raise ValueError(f"method '{self.label}': {describe_validation_error(exc)}") from None
         return self
+
+    def model_section(self, default_backbone: str, weights: str | None = None) -> ModelConfig:
+        """The entry's `ModelConfig`: its backbone (else `default_backbone`), weights and input size."""
+        return ModelConfig.model_validate(
+            {
+                "backbone": self.backbone or default_backbone,
+                "weights": weights or self.weights,
+                "input_size": self.input_size,
+            }
+        )
+
+
+#: methods that adapt on a support set with nothing learned beyond the backbone (``frozen: true``)
+FROZEN_METHODS = ("protonet", "linear_probe", "finetune")
+
+
+class RepresentationEntry(_Frozen):
+    """A self-supervised representation the benchmark pretrains for each held-out domain (`medmeta pretrain`).
+
+    Attributes:
+        name: what method entries call it (``representation: NAME``).
+        ssl: ``simclr``, ``moco``, ``byol`` or ``dino``.
+        sees_held_out: setting (b): the held-out domain's unlabelled training and validation images join
+            the pool (never its test images). False is setting (a): the training domains' images only.
+        backbone: default the protocol's backbone.
+        options: `medmeta.config.SSLConfig` fields (batch_size, temperature, ...).
+        augment: `medmeta.config.AugmentConfig` fields.
+        train: `TrainConfig` fields of the pretraining (epochs, lr, ...); seeds come from ``seeds``.
+        max_images: a seeded choice of at most this many pooled images.
+    """
+
+    name: str = Field(min_length=1)
+    ssl: Literal["simclr", "moco", "byol", "dino"] = "simclr"
+    sees_held_out: bool = False
+    backbone: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    max_images: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _valid_parts(self) -> RepresentationEntry:
+        if "seed" in self.train:
+            raise ValueError("set pretraining seeds with the top-level 'seeds' list, not train.seed")
+        try:
+            make_pretrain_config(
+                self.pretrain_section("conv4", 28, 3, 0), source=f"representation {self.name}"
+            )
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def pretrain_section(
+        self, default_backbone: str, image_size: int, channels: int, seed: int
+    ) -> dict[str, Any]:
+        """The `PretrainConfig` of this representation (its domains are set by the job)."""
+        return {
+            "data": {
+                "domains": ["_"],
+                "image_size": image_size,
+                "channels": channels,
+                "max_images": self.max_images,
+            },
+            "model": {"backbone": self.backbone or default_backbone},
+            "ssl": {"method": self.ssl, **self.options},
+            "augment": dict(self.augment),
+            "train": {"val_episodes": 0, **self.train, "seed": seed},
+        }
+
+
+class RawPixelSection(_Frozen):
+    """The raw-pixel baseline every table shows: nearest class mean (``pixels_ncm``) and logistic regression
+    (``pixels_logreg``) on the image average-pooled to ``grid x grid`` (`medmeta.models.pixels`)."""
+
+    enabled: bool = True
+    grid: int = Field(8, ge=1, le=64)
+
+    def entries(self) -> list[MethodEntry]:
+        backbone = f"pixels:{self.grid}"
+        return [
+            MethodEntry(name="protonet", label="pixels_ncm", backbone=backbone, frozen=True),
+            MethodEntry(name="linear_probe", label="pixels_logreg", backbone=backbone, frozen=True),
+        ]
 
 
 class DataSection(_Frozen):
@@ -181,7 +290,9 @@ class Protocol(_Frozen):
     description: str = ""
     data: DataSection
     methods: list[MethodEntry] = Field(min_length=1)
-    backbone: Literal["conv4", "resnet12"] = "conv4"
+    backbone: str = "conv4"
+    representations: list[RepresentationEntry] = Field(default_factory=list)
+    raw_pixels: RawPixelSection = RawPixelSection()
     episodes: EpisodeSection = EpisodeSection()
     train: TrainConfig = TrainConfig()
     eval: EvalSection = EvalSection()
@@ -195,9 +306,32 @@ class Protocol(_Frozen):
             return [{"name": m} if isinstance(m, str) else m for m in v]
         return v
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        ModelConfig(backbone=v)
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Protocol:
-        labels = [m.label for m in self.methods]
+        labels = [m.label for m in self.all_methods]
+        names = [r.name for r in self.representations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a representation name is used twice in {names}")
+        for m in self.methods:
+            if m.representation is not None and m.representation not in names:
+                raise ValueError(
+                    f"method '{m.label}' names representation '{m.representation}', which is not in "
+                    f"representations {names}"
+                )
+            model = m.model_section(self.backbone)
+            learned = model.raw_pixels or model.from_library or model.weights is not None
+            if m.frozen and m.representation is None and not learned:
+                raise ValueError(
+                    f"method '{m.label}': frozen: true needs something already learned: a representation, "
+                    "weights (a library's, or a medmeta pretrain checkpoint RUN/best.json) or the raw pixels "
+                    "(backbone: pixels)"
+                )
         twice = sorted({lbl for lbl in labels if labels.count(lbl) > 1})
         if twice:
             raise ValueError(f"method label(s) {twice} used twice: give each entry its own 'label'")
@@ -207,12 +341,27 @@ class Protocol(_Frozen):
             raise ValueError(f"seeds must be non-negative integers, got {self.seeds}")
         if "seed" in self.train.model_fields_set:
             raise ValueError("set training seeds with the top-level 'seeds' list, not train.seed")
-        for m in self.methods:
+        for m in self.all_methods:
             try:
                 TrainConfig.model_validate({**self.train.model_dump(), **m.train})
             except ValidationError as exc:
                 raise ValueError(f"methods '{m.label}' train: {describe_validation_error(exc)}") from None
         return self
+
+    @property
+    def all_methods(self) -> list[MethodEntry]:
+        """The listed methods, then the raw-pixel baseline's entries (when enabled and not listed)."""
+        listed = {m.label for m in self.methods}
+        extra = self.raw_pixels.entries() if self.raw_pixels.enabled else []
+        return [*self.methods, *(m for m in extra if m.label not in listed)]
+
+    def representation(self, name: str) -> RepresentationEntry:
+        return next(r for r in self.representations if r.name == name)
+
+    def pretrain_domains(self, rep: RepresentationEntry, held_out: str) -> list[str]:
+        """Domains whose unlabelled images pretrain `rep` while `held_out` is tested (setting a or b)."""
+        domains = self.training_domains(held_out)
+        return [*domains, held_out] if rep.sees_held_out else domains
 
     @property
     def held_out_domains(self) -> list[str]:
@@ -245,11 +394,31 @@ class Protocol(_Frozen):
         for section, name, default in _ADDED_LATER:
             if payload[section].get(name) == default:
                 payload[section].pop(name, None)
+        for name, default in _ADDED_LATER_TOP:
+            if payload.get(name) == default:
+                payload.pop(name, None)
+        for entry in payload["methods"]:
+            for name, default in _ADDED_LATER_METHOD:
+                if entry.get(name) == default:
+                    entry.pop(name, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 #: ``(section, field, default)`` of protocol fields added after benchmark runs existed.
 _ADDED_LATER: tuple[tuple[str, str, Any], ...] = (("data", "dedupe", False),)
+#: top-level protocol fields added after benchmark runs existed, with their defaults
+_ADDED_LATER_TOP: tuple[tuple[str, Any], ...] = (
+    ("representations", []),
+    ("raw_pixels", {"enabled": True, "grid": 8}),
+)
+#: method-entry fields added after benchmark runs existed, with their defaults
+_ADDED_LATER_METHOD: tuple[tuple[str, Any], ...] = (
+    ("backbone", None),
+    ("weights", None),
+    ("input_size", None),
+    ("representation", None),
+    ("frozen", False),
+)
 
 
 def parse_protocol(raw: dict[str, Any], source: str = "protocol") -> Protocol:

@@ -93,7 +93,7 @@ def accuracy_table(
     header = ["method"] + [f"{d} {k}-shot" for d, k in columns]
     index = {(r.method, r.domain, r.shots): r for r in rows}
     body: list[list[tuple[Row | None, str]]] = []
-    for label in [m.label for m in protocol.methods] + [REFERENCE]:
+    for label in [m.label for m in protocol.all_methods] + [REFERENCE]:
         line: list[tuple[Row | None, str]] = [(None, label)]
         for d, k in columns:
             r = index.get((label, d, "all" if label == REFERENCE else k))
@@ -221,7 +221,9 @@ def write_report(
         (out / "plots" / f"{key}.png").write_bytes(png)
     n_done = sum(r.get("kind") == "cell" for r in records)
     n_total = len(enumerate_cells(protocol))
-    compute = sum(float(r.get("seconds", 0.0)) for r in records if r.get("kind") in ("cell", "train"))
+    compute = sum(
+        float(r.get("seconds", 0.0)) for r in records if r.get("kind") in ("cell", "train", "pretrain")
+    )
     compute += sum(float(r.get("train_seconds", 0.0)) for r in records if r.get("kind") == "reference")
     repro = {
         "command": info.command,
@@ -261,7 +263,7 @@ class _Parts:
         p = self.protocol
         lines = [
             f"Leave-one-domain-out over {', '.join(p.data.domains)}: each method is (meta-)trained on the other "
-            f"domains and tested on the held-out one. Methods: {', '.join(m.label for m in p.methods)}. "
+            f"domains and tested on the held-out one. Methods: {', '.join(m.label for m in p.all_methods)}. "
             f"Shots: {', '.join(map(str, p.eval.shots))}. Seeds: {', '.join(map(str, p.seeds))}. "
             f"Backbone {p.backbone}, {p.data.image_size}x{p.data.image_size} px, {p.data.channels} channel(s)."
         ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from medmeta.bench.cells import Job, ReferenceJob, TrainJob, enumerate_cells, enumerate_jobs, job_cost
+from medmeta.bench.cells import Job, TrainJob, enumerate_cells, enumerate_jobs, job_cost
 from medmeta.bench.domains import DomainSplits
 from medmeta.bench.jobs import (
     RunProgress,
@@ -162,6 +162,6 @@ def remaining_work(protocol: Protocol, out: Path, ways: dict[str, int]) -> tuple
 
 
 def _is_done(job: Job, keys: set[str]) -> bool:
-    if isinstance(job, ReferenceJob):
+    if not isinstance(job, TrainJob):
         return job.key in keys
     return all(c.key in keys for c in job.cells)

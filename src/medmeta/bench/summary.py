@@ -120,7 +120,7 @@ def summarize(protocol: Protocol, records: list[dict[str, Any]]) -> list[Row]:
     for domain in protocol.held_out_domains:
         for k in protocol.eval.shots:
             column = []
-            for m in protocol.methods:
+            for m in protocol.all_methods:
                 found = sorted(cells.get((m.label, domain, k), []), key=lambda r: r["seed"])
                 found = list({r["seed"]: r for r in found}.values())  # one record per seed
                 if not found:

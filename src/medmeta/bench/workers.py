@@ -178,7 +178,16 @@ def run_in_workers(
     conns = {parent: p for (parent, _), p in zip(pipes, processes, strict=True)}
     running: dict[int, str] = {}
     remaining = set(range(len(tasks)))
-    order = iter(range(len(tasks)))
+    queue = DependencyQueue([job for job, _ in tasks])
+    idle: list[Connection] = []
+
+    def serve(conn: Connection) -> None:
+        nxt = queue.take()
+        if nxt is None and queue.waiting:
+            idle.append(conn)  # every job left waits for a running one: ask again when one finishes
+            return
+        conn.send(None if nxt is None else (nxt, *tasks[nxt]))
+
     with _parent_signals():
         try:
             old_int = _ignore_sigint()
@@ -214,13 +223,43 @@ def run_in_workers(
                     if kind == "done" and index is not None:
                         running.pop(index, None)
                         remaining.discard(index)
+                        queue.finished(index)
+                        waiting, idle[:] = idle[:], []
+                        for other in waiting:
+                            serve(other)
                     if kind in ("ready", "done"):
-                        nxt = next(order, None)
-                        conn.send(None if nxt is None else (nxt, *tasks[nxt]))
+                        serve(conn)
                     if kind in ("start", "done") and progress is not None:
                         progress.job(_running_text(running))
         finally:
             _stop(processes, [parent for parent, _ in pipes])
+
+
+class DependencyQueue:
+    """Jobs in run order, each handed out once the job it `needs` (if pending in this run) has finished."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        keys = {job.key: i for i, job in enumerate(jobs)}
+        self._needs = {i: keys.get(getattr(job, "needs", None) or "") for i, job in enumerate(jobs)}
+        self._order = list(range(len(jobs)))
+        self._done: set[int] = set()
+
+    @property
+    def waiting(self) -> bool:
+        """True when jobs are left but none can start yet."""
+        return bool(self._order)
+
+    def take(self) -> int | None:
+        """The first job whose dependency has finished (None: none can start now)."""
+        for pos, i in enumerate(self._order):
+            need = self._needs[i]
+            if need is None or need in self._done:
+                del self._order[pos]
+                return i
+        return None
+
+    def finished(self, index: int) -> None:
+        self._done.add(index)
 
 
 def _running_text(running: dict[int, str]) -> str:

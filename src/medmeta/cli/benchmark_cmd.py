@@ -109,7 +109,7 @@ def _duration(seconds: float) -> str:
 
 def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
     """Every job with its cells, training domains, ways, queries and rough cost."""
-    from medmeta.bench.cells import ReferenceJob, enumerate_jobs, job_cost
+    from medmeta.bench.cells import PretrainJob, ReferenceJob, enumerate_jobs, job_cost
     from medmeta.bench.domains import query_size
     from medmeta.bench.jobs import class_counts
 
@@ -126,16 +126,24 @@ def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
     ):
         table.add_column(col)
     for job in enumerate_jobs(protocol):
+        cost = _duration(job_cost(protocol, job, ways))
+        if isinstance(job, PretrainJob):
+            method = f"pretrain {job.representation.name} ({job.representation.ssl})"
+            pool = ", ".join(job.domains) + " (unlabelled)"
+            table.add_row(job.scope, str(job.seed), method, pool, "-", "-", cost)
+            continue
         d = domains[job.domain]
         if isinstance(job, ReferenceJob):
             method, trained, shots = "supervised reference", f"{job.domain} training split", "all test images"
         else:
-            method, trained = job.method.label, ", ".join(protocol.training_domains(job.domain))
+            method = job.method.label
+            trained = (
+                "nothing (frozen)" if job.method.frozen else ", ".join(protocol.training_domains(job.domain))
+            )
             shots = ", ".join(
                 f"{c.shots} ({query_size(d, c.shots, protocol.eval.n_query)})" for c in job.cells
             )
-        cost = job_cost(protocol, job, ways)
-        table.add_row(job.domain, str(job.seed), method, trained, str(d.n_classes), shots, _duration(cost))
+        table.add_row(job.domain, str(job.seed), method, trained, str(d.n_classes), shots, cost)
     return table
 
 
@@ -187,7 +195,14 @@ def benchmark(
     running jobs are shown).
     """
     from medmeta.bench import report, run
-    from medmeta.bench.cells import ReferenceJob, enumerate_cells, enumerate_jobs, job_cost
+    from medmeta.bench.cells import (
+        PretrainJob,
+        ReferenceJob,
+        TrainJob,
+        enumerate_cells,
+        enumerate_jobs,
+        job_cost,
+    )
     from medmeta.bench.jobs import class_counts, load_benchmark_domains
     from medmeta.bench.protocol import load_protocol
     from medmeta.bench.store import RESULTS, stored_fingerprint
@@ -198,12 +213,15 @@ def benchmark(
     jobs = enumerate_jobs(protocol)
     n_cells = len(enumerate_cells(protocol))
     n_refs = sum(isinstance(j, ReferenceJob) for j in jobs)
+    n_pre = sum(isinstance(j, PretrainJob) for j in jobs)
+    n_train = sum(isinstance(j, TrainJob) and not j.method.frozen for j in jobs)
     ways = class_counts(domains)
     cost = sum(job_cost(protocol, j, ways) for j in jobs)
+    pre = f" + {n_pre} self-supervised pretrainings" if n_pre else ""
     say(
-        f"benchmark {protocol.name}: {n_cells} cells ({len(protocol.methods)} methods x "
+        f"benchmark {protocol.name}: {n_cells} cells ({len(protocol.all_methods)} methods x "
         f"{len(protocol.held_out_domains)} held-out domains x {len(protocol.eval.shots)} shots x "
-        f"{len(protocol.seeds)} seeds), {len(jobs) - n_refs} trainings + {n_refs} supervised references; "
+        f"{len(protocol.seeds)} seeds), {n_train} trainings + {n_refs} supervised references{pre}; "
         f"rough cost {_duration(cost)} on one CPU thread"
     )
     if dry_run or workers > 1:

@@ -16,10 +16,11 @@ from medmeta import __version__
 from medmeta.config import ModelConfig, make_config
 from medmeta.deploy.adapted import TrainedModel
 from medmeta.errors import ConfigError
-from medmeta.models.factory import make_backbone
+from medmeta.models.factory import make_backbone, names_pretrain_checkpoint
 from medmeta.models.pretrained.features import PretrainedFeatures
 from medmeta.pipeline import backbone_record, build_method_from_config, default_normalization
 from medmeta.pipeline.checks import check_method_config
+from medmeta.pipeline.classification import read_pretrained_start
 
 #: methods whose adaptation needs no meta-learned parameter beyond the backbone
 UNTRAINED_METHODS = ("protonet", "simpleshot", "linear_probe", "finetune")
@@ -40,10 +41,11 @@ def pretrained_model(
     Raises:
         ConfigError: not a library backbone, a method that needs meta-training, or a bad size.
     """
-    if not model.from_library:
+    if not (model.from_library or model.raw_pixels or names_pretrain_checkpoint(model.weights)):
         raise ConfigError(
             f"--backbone {model.backbone} has no pretrained weights: give a library backbone "
-            "(timm:, open_clip:, hf:) or a meta-trained checkpoint with --model"
+            "(timm:, open_clip:, hf:), a medmeta pretrain checkpoint with --weights RUN/best.json, the "
+            "raw-pixel baseline (pixels) or a meta-trained checkpoint with --model"
         )
     if method not in UNTRAINED_METHODS:
         raise ConfigError(
@@ -51,7 +53,12 @@ def pretrained_model(
             f"{', '.join(UNTRAINED_METHODS)}"
         )
     norm = default_normalization(channels)
+    start = read_pretrained_start(model.weights) if names_pretrain_checkpoint(model.weights) else None
     size = image_size
+    if size is None and start is not None:  # the size the backbone was pretrained at
+        size = int(start.meta.get("input", {}).get("image_size", 0)) or None
+    if size is None and not model.from_library:
+        raise ConfigError(f"--backbone {model.backbone}: give --image-size (the side images are read at)")
     if size is None:  # the weights' own input side: one resize, the one the weights were trained with
         net = make_backbone(model, in_channels=channels, spatial_dims=2, image_size=64, normalization=norm)
         assert isinstance(net, PretrainedFeatures)  # a library backbone always is
@@ -61,7 +68,7 @@ def pretrained_model(
         make_config({"model": model.model_dump(mode="json"), "method": {"name": method}, "data": data})
     )
     torch.manual_seed(cfg.train.seed)
-    built = build_method_from_config(cfg, channels=channels, spatial_dims=2).eval()
+    built = build_method_from_config(cfg, channels=channels, spatial_dims=2, start=start).eval()
     record = backbone_record(built)
     meta: dict[str, Any] = {
         "method": method,

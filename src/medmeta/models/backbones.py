@@ -157,8 +157,16 @@ def build_backbone(
     Raises:
         ConfigError: unknown name (the message lists the registered ones).
     """
+    if name == "pixels" or name.startswith("pixels:"):
+        from medmeta.models.pixels import RawPixels, pixel_grid
+
+        return RawPixels(
+            in_channels=in_channels, spatial_dims=spatial_dims, grid=pixel_grid(name), image_size=image_size
+        )
     if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone '{name}'; choose one of {', '.join(sorted(BACKBONES))}")
+        raise ConfigError(
+            f"unknown backbone '{name}'; choose one of {', '.join(sorted(BACKBONES))} or pixels[:G]"
+        )
     return BACKBONES[name](
         in_channels=in_channels, spatial_dims=spatial_dims, image_size=image_size, **kwargs
     )

@@ -108,6 +108,8 @@ def make_backbone(
         )
         if imported is not None:
             net.source["imported_as"] = imported.name
+        if model.input_size is not None:
+            net.preprocessing = at_input_size(net, model.backbone, model.input_size)
     else:
         net = _rebuild(model, record)
         try:
@@ -116,6 +118,32 @@ def make_backbone(
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint's backbone record is unusable ({exc}): retrain") from None
     return PretrainedFeatures(net, normalization.mean, normalization.std)
+
+
+def at_input_size(net: Any, spec: str, size: int) -> Any:
+    """The network's `Preprocessing` moved to a `size` x `size` input, keeping the weights' crop ratio.
+
+    Raises:
+        ConfigError: the network cannot run at that size (a ViT's fixed position embedding).
+    """
+    import dataclasses
+
+    prep = net.preprocessing
+    resize = max(size, round(size * prep.resize / prep.size))
+    moved = dataclasses.replace(prep, size=size, resize=resize)
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, prep.in_channels, size, size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"backbone {spec} cannot run at input_size {size} ({first}): use its own size "
+            f"{prep.size} or a convolutional network"
+        ) from None
+    finally:
+        net.train(was_training)
+    return moved
 
 
 def _rebuild(model: ModelConfig, record: dict[str, Any]) -> Any:

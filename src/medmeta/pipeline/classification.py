@@ -240,6 +240,11 @@ def train_method(
         DataError: unusable data, or test domains too small for the test episodes.
     """
     check_method_config(cfg)
+    if cfg.model.raw_pixels:
+        raise ConfigError(
+            f"backbone {cfg.model.backbone} is the raw-pixel baseline and has nothing to train: adapt it "
+            "directly (medmeta adapt --backbone pixels) or list it in a benchmark with frozen: true"
+        )
     folder = None if out_dir is None else check_run_folder(Path(out_dir), overwrite=overwrite, resume=resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
