@@ -147,9 +147,18 @@ def enumerate_cells(protocol: Protocol) -> list[Cell]:
     return [c for j in enumerate_jobs(protocol) if isinstance(j, TrainJob) for c in j.cells]
 
 
-def _scale(protocol: Protocol) -> float:
+def _scale(protocol: Protocol, backbone: str | None = None) -> float:
     size = (protocol.data.image_size / 28) ** 2
-    return size * (6.0 if protocol.backbone == "resnet12" else 1.0)
+    return size * (6.0 if (backbone or protocol.backbone) == "resnet12" else 1.0)
+
+
+def _job_backbone(protocol: Protocol, job: TrainJob | PretrainJob) -> str:
+    if isinstance(job, PretrainJob):
+        return job.representation.backbone or protocol.backbone
+    entry = job.method
+    if entry.representation is not None:
+        return protocol.representation(entry.representation).backbone or protocol.backbone
+    return entry.backbone or protocol.backbone
 
 
 def job_cost(protocol: Protocol, job: Job, ways: Mapping[str, int] | None = None) -> float:
@@ -168,13 +177,16 @@ def job_cost(protocol: Protocol, job: Job, ways: Mapping[str, int] | None = None
         rep = job.representation
         epochs = int(rep.train.get("epochs", 10))
         images = rep.max_images or _PRETRAIN_IMAGES_PER_DOMAIN * len(job.domains)
-        return _scale(protocol) * (_JOB_OVERHEAD + epochs * images * _PRETRAIN_IMAGE)
+        return _scale(protocol, _job_backbone(protocol, job)) * (
+            _JOB_OVERHEAD + epochs * images * _PRETRAIN_IMAGE
+        )
     train_s = _COST.get(job.method.name, _DEFAULT_COST)[0]
     cfg = protocol.train_config(job.method, job.seed)
     training = (
         0.0
         if job.method.frozen
-        else _scale(protocol) * (_JOB_OVERHEAD + cfg.epochs * cfg.episodes_per_epoch * train_s)
+        else _scale(protocol, _job_backbone(protocol, job))
+        * (_JOB_OVERHEAD + cfg.epochs * cfg.episodes_per_epoch * train_s)
     )
     return training + sum(cell_cost(protocol, job, c.shots, ways) for c in job.cells)
 
@@ -184,7 +196,9 @@ def cell_cost(protocol: Protocol, job: TrainJob, shots: int, ways: Mapping[str, 
     _, per_way_shot, per_way = _COST.get(job.method.name, _DEFAULT_COST)
     n_way = (ways or {}).get(job.domain, _DEFAULT_WAYS)
     episode = n_way * (per_way_shot * shots + per_way)
-    return _scale(protocol) * (_CELL_OVERHEAD + protocol.eval.episodes * episode)
+    return _scale(protocol, _job_backbone(protocol, job)) * (
+        _CELL_OVERHEAD + protocol.eval.episodes * episode
+    )
 
 
 def safe_name(text: str) -> str:
