@@ -93,7 +93,8 @@ def training_curves(protocol: Protocol, records: list[dict[str, Any]]) -> bytes:
         for ax in (loss_ax, val_ax):
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:  # nothing trained (frozen entries only): no legend
+        axes[0][0].legend(fontsize=7)
     return _png(fig)
 
 

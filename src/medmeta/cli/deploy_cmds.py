@@ -21,10 +21,16 @@ def adapt(
     backbone: str | None = typer.Option(
         None,
         "--backbone",
-        help="Instead of --model: a pretrained timm:/open_clip:/hf: backbone, no meta-training.",
+        help="Instead of --model, no meta-training: a timm:/open_clip:/hf: backbone, conv4/resnet12 with "
+        "--weights RUN/best.json (medmeta pretrain), or pixels[:G] (the raw-pixel baseline).",
     ),
     weights: str | None = typer.Option(
-        None, "--weights", help="With --backbone: local weight file or folder, or a `weights import` name."
+        None,
+        "--weights",
+        help="With --backbone: local weight file or folder, a `weights import` name, or a pretrain RUN/best.json.",
+    ),
+    input_size: int | None = typer.Option(
+        None, "--input-size", min=16, max=1024, help="With a library --backbone: run the network at this side."
     ),
     method: str = typer.Option(
         "protonet", "--method", help="With --backbone: protonet, simpleshot, linear_probe or finetune."
@@ -68,7 +74,7 @@ def adapt(
         from medmeta.deploy.pretrained import pretrained_model
 
         try:
-            spec = ModelConfig(backbone=backbone, weights=weights)
+            spec = ModelConfig(backbone=backbone, weights=weights, input_size=input_size)
         except ValueError as exc:  # pydantic's ValidationError
             from medmeta.config import describe_validation_error
 

@@ -104,6 +104,9 @@ def train(
     pretrained: bool | None = typer.Option(
         None, "--pretrained/--no-pretrained", help="Library backbone without --weights: download or random."
     ),
+    input_size: int | None = typer.Option(
+        None, "--input-size", help="Library backbone: run the network at this side (default: the weights')."
+    ),
     n_way: str | None = typer.Option(None, "--n-way", help="Classes per training episode, or 'all'."),
     n_shot: int | None = typer.Option(None, "--n-shot"),
     n_query: int | None = typer.Option(None, "--n-query"),
@@ -142,6 +145,7 @@ def train(
             "model.backbone": backbone,
             "model.weights": weights,
             "model.pretrained": pretrained,
+            "model.input_size": input_size,
             "episodes.n_shot": n_shot,
             "episodes.n_query": n_query,
             "train.epochs": epochs,
