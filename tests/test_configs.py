@@ -35,6 +35,7 @@ def test_every_config_is_validated_somewhere() -> None:
         "quick.yaml",
         "cross_domain.yaml",
         "cross_domain_zero_head.yaml",
+        "cross_domain_ssl.yaml",
         "medmnist.yaml",
     }
 

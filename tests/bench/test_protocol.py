@@ -29,6 +29,17 @@ def test_cross_domain_config_is_the_full_protocol() -> None:
     assert len(trainings) == len(p.methods) * 4 * 3  # the raw-pixel entries train nothing
 
 
+def test_the_representation_companion_shares_cross_domains_data_and_test_episodes() -> None:
+    full = load_protocol(REPO / "configs" / "cross_domain.yaml")
+    ssl = load_protocol(REPO / "configs" / "cross_domain_ssl.yaml")
+    assert ssl.data == full.data and ssl.eval == full.eval and ssl.seeds == full.seeds[:1]
+    assert {r.name: r.sees_held_out for r in ssl.representations} == {"simclr_a": False, "simclr_b": True}
+    pretrainings = [
+        j for j in enumerate_jobs(ssl) if not hasattr(j, "cells") and j.key.startswith("pretrain")
+    ]
+    assert len(pretrainings) == 4 + 1  # setting (a) once per held-out domain, (b) once
+
+
 def test_the_zero_head_companion_differs_from_cross_domain_only_in_its_methods() -> None:
     """Its rows compare with cross_domain's: same domains, splits, budgets, test episodes and seeds."""
     full = load_protocol(REPO / "configs" / "cross_domain.yaml")
