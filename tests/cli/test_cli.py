@@ -239,6 +239,8 @@ def test_the_demo_trains_and_tests_on_the_real_data(
         "30",
         "--eval-episodes",
         "20",
+        "--ssl-epochs",
+        "1",
         "--quiet",
     )
     assert code == 0, err
@@ -247,6 +249,11 @@ def test_the_demo_trains_and_tests_on_the_real_data(
     assert [r["domain"] for r in results] == ["blood_pbc", "brain_tumor_mri"]
     assert results[0]["n_way"] == 3 and results[1]["n_way"] == 4
     assert results[0]["metrics"]["accuracy"]["mean"] > 0.5  # 3-way: chance is 1/3
+    reps = json.loads((tmp_path / "representations.json").read_text())
+    assert [r["representation"].split(" ")[0] for r in reps] == ["raw", "ProtoNet", "SimCLR"]
+    assert reps[1]["metrics"] == results[1]["metrics"]  # the same brain MRI episodes
+    assert {r["episodes"] for r in reps} == {20} and {r["n_way"] for r in reps} == {4}
+    assert json.loads((tmp_path / "ssl" / "best.json").read_text())["kind"] == "pretrain"
 
 
 def test_the_demo_without_real_data_says_it_is_synthetic(

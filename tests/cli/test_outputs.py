@@ -381,3 +381,23 @@ def test_predict_refuses_a_non_empty_explain_folder_without_overwrite(
     code, _, err = run(capsys, *args, "--explain", str(explain), "--overwrite")
     assert code == 0, err
     assert (explain / "mine.png").read_bytes() == b"mine" and len(list(explain.iterdir())) == 4
+
+
+def test_the_demo_removes_only_its_own_earlier_self_supervised_stage(tmp_path: Path) -> None:
+    from medmeta.cli.demo import _clear_representation_stage
+    from medmeta.errors import OutputError
+
+    out = tmp_path / "demo"
+    (out / "ssl").mkdir(parents=True)
+    for name in ("best.json", "best-0123abcd.safetensors", "history.json", "config.yaml"):
+        (out / "ssl" / name).write_text("x")
+    (out / "representations.json").write_text("[]")
+    (out / "ssl" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"notes\.txt"):
+        _clear_representation_stage(out)
+    assert (
+        sorted(p.name for p in (out / "ssl").iterdir())[0] == "best-0123abcd.safetensors"
+    )  # nothing removed
+    (out / "ssl" / "notes.txt").unlink()
+    _clear_representation_stage(out)
+    assert not (out / "ssl").exists() and not (out / "representations.json").exists()

@@ -12,12 +12,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from medmeta.cli.ui import RichProgress, console, results_table, say
-from medmeta.config import make_config
+from medmeta.config import ModelConfig, RunConfig, make_config, make_pretrain_config
+from medmeta.data.datasets import ImageDataset
 from medmeta.data.registry import resolve
 from medmeta.data.root import data_root
 from medmeta.data.synthetic import MAX_CLASSES, make_synthetic
-from medmeta.errors import DataError
+from medmeta.errors import DataError, OutputError
+from medmeta.eval.evaluate import EvalResult
+from medmeta.outputs import check_run_folder
 
 BLOOD_TRAIN = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte")
 BLOOD_TEST = ("monocyte", "neutrophil", "platelet")
@@ -67,7 +72,9 @@ def demo_config(real: bool, data_dir: Path | None, episodes: int, eval_episodes:
     }
 
 
-def run_demo(out: Path, data_dir: Path | None, episodes: int, eval_episodes: int, quiet: bool) -> None:
+def run_demo(
+    out: Path, data_dir: Path | None, episodes: int, eval_episodes: int, quiet: bool, ssl_epochs: int = 0
+) -> None:
     from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
 
     root = data_root(data_dir)
@@ -88,6 +95,7 @@ def run_demo(out: Path, data_dir: Path | None, episodes: int, eval_episodes: int
         f"for {cfg.train.epochs * cfg.train.episodes_per_epoch} episodes"
     )
     progress = RichProgress(enabled=not quiet)
+    _clear_representation_stage(out)
     # the demo owns its folder, so `make demo` runs again: only medmeta's own files of a run are replaced
     method, fit_result, data = train_method(cfg, out_dir=out, progress=progress, overwrite=True)
     say(
@@ -100,3 +108,98 @@ def run_demo(out: Path, data_dir: Path | None, episodes: int, eval_episodes: int
     console.print(results_table(results, "ProtoNet on classes never seen in training"))
     (out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
     say(f"results: {out / 'results.json'}; total training time {fit_result.seconds:.0f} s")
+    if real and ssl_epochs > 0:
+        _representation_stage(cfg, data.test[-1], results[-1], out, data_dir, ssl_epochs, progress)
+
+
+def _clear_representation_stage(out: Path) -> None:
+    """Remove an earlier demo's self-supervised stage from `out` (``ssl/``, a pretraining run folder, and
+    ``representations.json``), so the run folder checks that follow see only the training run's files.
+
+    ``ssl/`` goes only when it holds nothing but medmeta's run files (`check_run_folder` decides, as for
+    ``--overwrite``); anything else in it is refused in one line and nothing is removed.
+    """
+    ssl = out / "ssl"
+    if ssl.is_dir() and not ssl.is_symlink():
+        check_run_folder(ssl, overwrite=True).clear()
+        try:
+            ssl.rmdir()
+        except OSError:
+            raise OutputError(
+                f"{ssl} still holds files after removing the demo's own: move them away"
+            ) from None
+    table = out / "representations.json"
+    if table.is_file() and not table.is_symlink():
+        table.unlink()
+
+
+def _representation_stage(
+    cfg: RunConfig,
+    brain: ImageDataset,
+    meta_trained: EvalResult,
+    out: Path,
+    data_dir: Path | None,
+    epochs: int,
+    progress: RichProgress,
+) -> None:
+    """Brain MRI again, from a representation learned without a single brain label: SimCLR on the unlabelled
+    brain MRI training images (a hospital's archive), frozen, with prototypes; beside the raw pixels."""
+    from medmeta._optional import OptionalDependencyError, optional_import
+    from medmeta.pipeline import default_normalization, evaluate_on_tests
+    from medmeta.pipeline.classification import build_method_from_config, read_pretrained_start
+    from medmeta.pipeline.pretrain import pretrain
+
+    try:
+        optional_import("lightly", "the demo's self-supervised stage")
+    except OptionalDependencyError as exc:
+        say(f"skipping the self-supervised stage: {exc}")
+        return
+    size = cfg.data.image_size
+    say(
+        f"self-supervised stage: SimCLR on the unlabelled brain MRI training images (no label is read) for "
+        f"{epochs} epochs, then frozen ProtoNet on the same brain MRI test episodes"
+    )
+    ssl_cfg = make_pretrain_config(
+        {
+            "data": {
+                "domains": ["brain_tumor_mri@train"],
+                "image_size": size,
+                "channels": 3,
+                "data_dir": None if data_dir is None else str(data_dir),
+            },
+            "model": {"backbone": "conv4"},
+            "ssl": {"method": "simclr", "batch_size": 128},
+            "train": {"epochs": epochs, "lr": 1e-3, "seed": 0, "val_episodes": 0},
+        },
+        source="demo pretraining config",
+    )
+    _, ssl_result, _ = pretrain(ssl_cfg, out_dir=out / "ssl", progress=progress, overwrite=True)
+    norm = default_normalization(3)
+    rows = []
+    for label, model in (
+        ("raw pixels (8x8), nearest class mean", {"backbone": "pixels"}),
+        (
+            "SimCLR on unlabelled brain MRI, frozen",
+            {"backbone": "conv4", "weights": str(out / "ssl" / "best.json")},
+        ),
+    ):
+        frozen_cfg = cfg.model_copy(update={"model": ModelConfig(**model)})
+        method = build_method_from_config(
+            frozen_cfg, channels=3, spatial_dims=2, start=read_pretrained_start(frozen_cfg.model.weights)
+        ).eval()
+        (result,) = evaluate_on_tests(method, frozen_cfg, [brain], normalization=norm, progress=progress)
+        rows.append((label, result))
+    rows.insert(1, ("ProtoNet meta-trained on blood cells (above)", meta_trained))
+    table = Table(
+        title=f"brain MRI, {meta_trained.n_way}-way {cfg.eval.n_shot}-shot, {cfg.eval.episodes} episodes"
+    )
+    table.add_column("representation")
+    table.add_column("accuracy % (95% CI)", justify="right")
+    for label, result in rows:
+        mean, ci = result.metrics["accuracy"]
+        table.add_row(label, f"{100 * mean:.2f} ± {100 * ci:.2f}")
+    console.print(table)
+    (out / "representations.json").write_text(
+        json.dumps([{"representation": label, **r.to_dict()} for label, r in rows], indent=2)
+    )
+    say(f"representations: {out / 'representations.json'}; pretraining time {ssl_result.seconds:.0f} s")

@@ -30,7 +30,11 @@ def adapt(
         help="With --backbone: local weight file or folder, a `weights import` name, or a pretrain RUN/best.json.",
     ),
     input_size: int | None = typer.Option(
-        None, "--input-size", min=16, max=1024, help="With a library --backbone: run the network at this side."
+        None,
+        "--input-size",
+        min=16,
+        max=1024,
+        help="With a library --backbone: run the network at this side.",
     ),
     method: str = typer.Option(
         "protonet", "--method", help="With --backbone: protonet, simpleshot, linear_probe or finetune."
