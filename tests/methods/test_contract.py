@@ -347,3 +347,66 @@ def test_every_method_runs_on_a_pretrained_timm_backbone(name: str, timm_backbon
         # MAML++ normalises with its own per-step batch-norm parameters instead of the network's
         weights = [p for p in network.parameters() if name != "maml_pp" or id(p) not in norms]
         assert weights and all(p.grad is not None for p in weights)
+
+
+# --- every method on the other backbones: ResNet-12, a timm ViT, and the raw pixels where nothing is trained --
+def _other_backbone(kind: str, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    torch.manual_seed(0)
+    norm = Normalization(mean=(0.5,) * 3, std=(0.25,) * 3)
+    if kind == "resnet12":
+        from medmeta.models.backbones import ResNet12
+
+        return ResNet12(in_channels=3, widths=(4, 8, 8, 8))
+    timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'medmeta[pretrained]')")
+    from timm.models._hub import save_for_hf
+
+    folder = tmp_path_factory.mktemp("vit") / "test_vit"
+    save_for_hf(
+        timm.create_model("test_vit", pretrained=False, num_classes=0), str(folder), safe_serialization=True
+    )
+    model = ModelConfig(backbone="timm:test_vit", weights=str(folder), input_size=32)
+    return make_backbone(model, in_channels=3, spatial_dims=2, image_size=16, normalization=norm)
+
+
+@pytest.fixture(scope="module")
+def other_backbones(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.nn.Module]:
+    return {kind: _other_backbone(kind, tmp_path_factory) for kind in ("resnet12", "vit")}
+
+
+@pytest.mark.parametrize("kind", ["resnet12", "vit"])
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_runs_on_resnet12_and_a_timm_vit(
+    name: str, kind: str, other_backbones: dict[str, torch.nn.Module]
+) -> None:
+    """Shapes, a pure `adapt`, and a gradient into every backbone weight (second-order MAML included)."""
+    method = build_method(name, copy.deepcopy(other_backbones[kind]))
+    ep = make_episode(n_way=3, n_shot=2, n_query=2)
+    before = _state(method)
+    with torch.no_grad():
+        logits = method.eval().adapt(ep.support).predict(ep.query_images)
+    assert logits.shape == (6, 3) and torch.isfinite(logits).all()
+    _assert_same_state(before, _state(method))
+    if METHODS[name].trainer == "episodic":
+        method.train().episode_loss(ep).backward()
+        norms = {
+            id(p)
+            for m in method.backbone.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters()
+        }
+        # MAML++ normalises with its own per-step batch-norm parameters instead of the network's
+        checked = [
+            (n, p) for n, p in method.backbone.named_parameters() if name != "maml_pp" or id(p) not in norms
+        ]
+        missing = [n for n, p in checked if p.grad is None]
+        assert checked and not missing, missing
+
+
+@pytest.mark.parametrize("name", ["protonet", "linear_probe", "finetune"])
+def test_the_frozen_methods_adapt_on_the_raw_pixels(name: str) -> None:
+    from medmeta.models.backbones import build_backbone
+
+    method = build_method(name, build_backbone("pixels:4", in_channels=3, image_size=16)).eval()
+    ep = make_episode(n_way=3, n_shot=2, n_query=2)
+    logits = method.adapt(ep.support).predict(ep.query_images)
+    assert logits.shape == (6, 3) and torch.isfinite(logits).all()

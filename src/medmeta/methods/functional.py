@@ -19,6 +19,7 @@ to adapt it:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -202,7 +203,7 @@ def inner_loop(
     for k in range(steps):
 
         def step(cur: list[Tensor], state: Any, theta: ParamDict = theta, k: int = k) -> Any:
-            with torch.enable_grad():
+            with torch.enable_grad(), _twice_differentiable_attention(second_order):
                 g = _grads(loss_fn(theta | dict(zip(adapted, cur, strict=True)), k), cur, second_order)
                 if not second_order:
                     g = [gi.detach() for gi in g]
@@ -219,6 +220,16 @@ def inner_loop(
         theta = theta | dict(zip(adapted, new, strict=True))
         trajectory.append(theta)
     return trajectory
+
+
+def _twice_differentiable_attention(second_order: bool) -> contextlib.AbstractContextManager[Any]:
+    """Second-order steps run attention with PyTorch's math kernel: the fused CPU and flash kernels of
+    ``scaled_dot_product_attention`` (a ViT's attention) have no derivative of their backward pass."""
+    if not second_order:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _detach_tree(state: Any) -> Any:
