@@ -16,8 +16,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# the demo's self-supervised stage uses lightly (the ssl extra)
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(TORCH) -e .
+	$(BIN)/pip install -q $(TORCH) -e ".[ssl]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
