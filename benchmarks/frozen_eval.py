@@ -52,7 +52,8 @@ def main() -> None:
         source = f"synthetic (no {args.dataset} under MEDMETA_DATA)"
     norm = default_normalization(3)
     torch.manual_seed(0)
-    model = ModelConfig(backbone=args.backbone, pretrained=False)
+    # the network runs at the images' side (not its weights' 224): input_size moves its preprocessing there
+    model = ModelConfig(backbone=args.backbone, pretrained=False, input_size=args.size)
     backbone = make_backbone(model, in_channels=3, spatial_dims=2, image_size=args.size, normalization=norm)
     method = ProtoNet(backbone).eval()
     sampler = EpisodeSampler(data, 5, 5, 15, seed=2, n_episodes=args.episodes)
