@@ -94,6 +94,46 @@ def adapt(
     say(f"wrote {path}")
 
 
+def score(
+    model: Path = typer.Option(..., "--model", help="Adapted checkpoint (from `medmeta adapt`)."),
+    images: Path = typer.Option(
+        ..., "--images", help="Labelled folder: IMAGES/CLASS/* with the model's classes."
+    ),
+    out: Path = typer.Option(
+        Path("scores.csv"), "--out", help="CSV: file, true and predicted class, p_CLASS..."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at an unreadable image instead of skipping it."
+    ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+) -> None:
+    """Score an adapted model on a labelled folder: accuracy, balanced accuracy, macro-F1, AUC, ECE and
+    recall per class; images that are the model's own support images are left out and named."""
+    from medmeta.deploy.adapted import load_adapted
+    from medmeta.deploy.score import score_folder
+
+    claim_output_file(out, overwrite=overwrite)
+    adapted = load_adapted(model)
+    result = score_folder(adapted, images, skip_bad=not strict, max_pixels=max_pixels)
+    result.write_csv(out)
+    for path in result.left_out:
+        err_console.print(
+            f"left out {path}: it is one of the model's support images", markup=False, highlight=False
+        )
+    for path, reason in result.predictions.skipped:
+        err_console.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    m = result.metrics
+    say(
+        f"scored {len(result.predictions)} image(s) of {images}: accuracy {100 * m['accuracy']:.1f}%, balanced "
+        f"accuracy {100 * m['balanced_accuracy']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%, AUC "
+        f"{100 * m['auc']:.1f}%, ECE {100 * m['ece']:.1f}% -> {out}"
+    )
+    say("recall per class: " + ", ".join(f"{c} {100 * r:.1f}%" for c, r in result.recall.items()))
+    if result.left_out:
+        say(f"left out {len(result.left_out)} support image(s), listed above")
+
+
 def predict(
     model: Path = typer.Option(..., "--model", help="Adapted checkpoint (from `medmeta adapt`)."),
     images: list[Path] = typer.Option(..., "--images", help="Image file or folder (repeatable)."),
@@ -190,5 +230,5 @@ def serve(
 
 def register(app: typer.Typer) -> None:
     """Add the practitioner's commands to the ``medmeta`` app."""
-    for fn in (adapt, predict, export, serve):
+    for fn in (adapt, predict, score, export, serve):
         app.command()(fn)

@@ -1,0 +1,68 @@
+"""``medmeta score``: an adapted model on a labelled folder of real brain MRI, its metrics against the
+predictions, support images left out, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests._helpers.cli import assert_one_line_error, run
+
+CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
+
+
+@pytest.mark.data
+def test_score_matches_the_predictions_and_leaves_support_images_out(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    brain = data_dir / "classification" / "brain_tumor_mri"
+    support, labelled = tmp_path / "support", tmp_path / "labelled"
+    for cls in CLASSES:
+        (support / cls).mkdir(parents=True)
+        (labelled / cls).mkdir(parents=True)
+        train = sorted((brain / "train" / cls).glob("*.jpg"))
+        for f in train[:5]:
+            shutil.copy(f, support / cls / f.name)
+        for f in sorted((brain / "test" / cls).glob("*.jpg"))[:6]:
+            shutil.copy(f, labelled / cls / f.name)
+    shutil.copy(sorted((brain / "train" / "no_tumor").glob("*.jpg"))[0], labelled / "no_tumor" / "copy.jpg")
+    code, _, err = run(
+        capsys, "adapt", "--backbone", "pixels", "--image-size", "32", "--channels", "1",
+        "--support", str(support), "--out", str(tmp_path / "model"),
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(
+        capsys, "score", "--model", str(tmp_path / "model.json"), "--images", str(labelled),
+        "--out", str(tmp_path / "scores.csv"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "left out" in err and "copy.jpg" in err and "support images" in err
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert len(rows) == 4 * 6 and not any(r["file"].endswith("copy.jpg") for r in rows)
+    correct = np.array([int(r["correct"]) for r in rows])
+    assert all((r["true_class"] == r["predicted_class"]) == bool(int(r["correct"])) for r in rows)
+    assert f"scored 24 image(s) of {labelled}: accuracy {100 * correct.mean():.1f}%" in out
+    recalls = {c: np.mean([int(r["correct"]) for r in rows if r["true_class"] == c]) for c in CLASSES}
+    assert f"balanced accuracy {100 * np.mean(list(recalls.values())):.1f}%" in out
+    for c in CLASSES:
+        assert f"{c} {100 * recalls[c]:.1f}%" in out
+    probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+    (labelled / "unknown_class").mkdir()
+    shutil.copy(sorted((brain / "test" / "no_tumor").glob("*.jpg"))[0], labelled / "unknown_class" / "a.jpg")
+    code, _, err = run(
+        capsys, "score", "--model", str(tmp_path / "model.json"), "--images", str(labelled),
+        "--out", str(tmp_path / "s2.csv"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "unknown_class", "does not know", "glioma_tumor")
+    assert not (tmp_path / "s2.csv").exists()
+    code, _, err = run(
+        capsys, "score", "--model", str(tmp_path / "model.json"), "--images", str(support),
+        "--out", str(tmp_path / "scores.csv"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "already exists", "--overwrite")
