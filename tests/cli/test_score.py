@@ -66,3 +66,30 @@ def test_score_matches_the_predictions_and_leaves_support_images_out(
         "--out", str(tmp_path / "scores.csv"),
     )  # fmt: skip
     assert_one_line_error(code, err, "already exists", "--overwrite")
+
+
+@pytest.mark.data
+def test_predict_names_support_images_and_evaluate_refuses_an_adapted_model(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    brain = data_dir / "classification" / "brain_tumor_mri"
+    support = tmp_path / "support"
+    for cls in CLASSES[:2]:
+        (support / cls).mkdir(parents=True)
+        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:3]:
+            shutil.copy(f, support / cls / f.name)
+    code, _, err = run(
+        capsys, "adapt", "--backbone", "pixels", "--image-size", "32", "--support", str(support),
+        "--out", str(tmp_path / "model"),
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(
+        capsys, "predict", "--model", str(tmp_path / "model.json"), "--images", str(support / CLASSES[0]),
+        "--out", str(tmp_path / "p.csv"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert err.count("is one of the model's support images") == 3
+    code, _, err = run(
+        capsys, "evaluate", "--model", str(tmp_path / "model.json"), "--test", "brain_tumor_mri"
+    )
+    assert_one_line_error(code, err, "adapted to its own support set", "medmeta score")

@@ -153,6 +153,7 @@ def predict(
     """Predict new images with an adapted model; unreadable files are skipped and listed."""
     from medmeta.deploy.adapted import load_adapted
     from medmeta.deploy.predict import predict_files
+    from medmeta.deploy.score import support_copies
 
     claim_output_file(out, overwrite=overwrite)
     if explain is not None:
@@ -163,6 +164,14 @@ def predict(
     result.write_csv(out)
     for path, reason in result.skipped:
         err_console.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    copies = [f for f, c in zip(result.files, support_copies(adapted, result.images), strict=True) if c]
+    for path in copies:
+        err_console.print(
+            f"note: {path} is one of the model's support images (its prediction says nothing about accuracy)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     per_image = 1000 * result.seconds / max(len(result), 1)
     say(f"predicted {len(result)} image(s) in {result.seconds:.2f} s ({per_image:.1f} ms per image) -> {out}")
     if result.skipped:

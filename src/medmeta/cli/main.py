@@ -214,6 +214,13 @@ def evaluate(
     if out is not None:
         claim_output_file(out, overwrite=overwrite)
     method_obj, cfg, meta = load_method(model)
+    if meta.get("kind") == "adapted":
+        source = meta.get("source_checkpoint", {}).get("file") or "the checkpoint it was adapted from"
+        raise MedmetaError(
+            f"{model} is adapted to its own support set, which `evaluate` would ignore (it samples new support "
+            f"sets): score it on a labelled folder with `medmeta score --model {model} --images FOLDER`, or "
+            f"evaluate {source}"
+        )
     ov = collect(
         {
             "data.test": test_data,

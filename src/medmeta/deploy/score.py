@@ -77,6 +77,15 @@ class Score:
         return path
 
 
+def support_copies(model: AdaptedModel, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``(n,)`` bool: which of `images` (uint8 ``(n, C, H, W)`` at the model's input size) are identical to
+    one of the model's support images."""
+    seen = {row.tobytes() for row in model.support_images.numpy().reshape(len(model.support_images), -1)}
+    array = images.numpy() if isinstance(images, torch.Tensor) else images
+    flat = np.ascontiguousarray(array).reshape(len(array), -1)
+    return np.array([row.tobytes() in seen for row in flat], dtype=bool)
+
+
 def score_folder(
     model: AdaptedModel,
     folder: str | Path,
@@ -105,10 +114,7 @@ def score_folder(
         )
     to_model = np.array([names.index(c) for c in labelled.class_names], dtype=np.int64)
     files = [str(Path(folder) / str(f)) for f in (labelled.files if labelled.files is not None else [])]
-    support = model.support_images.numpy().reshape(len(model.support_images), -1)
-    seen = {row.tobytes() for row in support}
-    flat = labelled.images.reshape(len(labelled.images), -1)
-    keep = np.array([row.tobytes() not in seen for row in flat], dtype=bool)
+    keep = ~support_copies(model, labelled.images)
     left_out = [f for f, k in zip(files, keep, strict=True) if not k]
     if not keep.any():
         raise DataError(
