@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests._helpers.cli import assert_one_line_error, run
 
@@ -93,3 +94,37 @@ def test_predict_names_support_images_and_evaluate_refuses_an_adapted_model(
         capsys, "evaluate", "--model", str(tmp_path / "model.json"), "--test", "brain_tumor_mri"
     )
     assert_one_line_error(code, err, "adapted to its own support set", "medmeta score")
+
+
+@pytest.mark.data
+def test_adapt_loo_predicts_each_support_image_from_the_others(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The leave-one-out count equals nearest class means computed by hand without each image."""
+    from medmeta.deploy.adapted import load_adapted
+    from medmeta.deploy.stability import leave_one_out
+
+    brain = data_dir / "classification" / "brain_tumor_mri"
+    support = tmp_path / "support"
+    for cls in CLASSES:
+        (support / cls).mkdir(parents=True)
+        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:4]:
+            shutil.copy(f, support / cls / f.name)
+    code, out, err = run(
+        capsys, "adapt", "--backbone", "pixels:4", "--image-size", "32", "--support", str(support),
+        "--out", str(tmp_path / "model"), "--loo",
+    )  # fmt: skip
+    assert code == 0, err
+    model = load_adapted(tmp_path / "model.json")
+    x = model.base.normalization(model.support_images).reshape(16, 3, 4, 8, 4, 8).mean(dim=(3, 5)).flatten(1)
+    y = model.support_labels
+    hand = 0
+    for i in range(16):
+        keep = torch.arange(16) != i
+        means = torch.stack([x[keep & (y == c)].mean(0) for c in range(4)])
+        hand += int(torch.cdist(x[i : i + 1], means).argmin() == y[i])
+    loo = leave_one_out(model)
+    assert loo.held_out == 16 and loo.correct == hand
+    low, high = loo.interval()
+    assert low <= loo.accuracy <= high
+    assert f"leave-one-out on the support: {hand}/16 correct" in out

@@ -49,6 +49,12 @@ def adapt(
     channels: int = typer.Option(3, "--channels", min=1, max=3, help="With --backbone: 1 (grey) or 3."),
     support: Path = typer.Option(..., "--support", help="Folder of labelled images: SUPPORT/CLASS/*."),
     out: Path = typer.Option(..., "--out", help="Adapted checkpoint to write (OUT.json + weights)."),
+    loo: bool = typer.Option(
+        False,
+        "--loo",
+        help="Also predict each support image with the model adapted on the others: accuracy from the "
+        "support alone, with a 95% CI (one adaptation per image).",
+    ),
     min_shots: int = typer.Option(1, "--min-shots", min=1, help="Fewest images a class may have."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable support images."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help=_MAX_PIXELS_HELP),
@@ -92,6 +98,17 @@ def adapt(
     say(f"adapted {base.meta.get('method')} to {adapted.n_way} classes: {counts}")
     say(f"images read as {base.channels}x{base.image_size}x{base.image_size} (centre crop, bilinear resize)")
     say(f"wrote {path}")
+    if loo:
+        from medmeta.deploy.stability import leave_one_out
+
+        result = leave_one_out(adapted)
+        low, high = result.interval()
+        say(
+            f"leave-one-out on the support: {result.correct}/{result.held_out} correct = "
+            f"{100 * result.accuracy:.1f}% (95% CI {100 * low:.0f}-{100 * high:.0f}%): each support image predicted "
+            "by the model adapted on the others; expect accuracy on new images in about that range"
+        )
+        say("recall per class: " + ", ".join(f"{c} {100 * r:.0f}%" for c, r in result.recall().items()))
 
 
 def score(
