@@ -68,7 +68,7 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], seg_root: P
     code, _, err = run(capsys, "seg", "train", "--method", "unet", "--out", str(tmp_path / "x"))
     assert_one_line_error(code, err, "unknown segmentation method 'unet'")
     code, _, err = run(capsys, "seg", "evaluate", "--model", "otsu")
-    assert_one_line_error(code, err, "pass --config")
+    assert_one_line_error(code, err, "pass --test or --config")
     code, _, err = run(capsys, "seg", "evaluate", "--model", str(tmp_path / "none.json"))
     assert_one_line_error(code, err, "not found")
     img = seg_root / "segmentation" / "isbi2012_em" / "train" / "image" / "0.png"

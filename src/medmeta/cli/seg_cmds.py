@@ -63,6 +63,12 @@ def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
     return check_segmenter_config(make_seg_config(apply_overrides({}, overrides), source="options"))
 
 
+_SPEC_HELP = (
+    "structure spec (repeatable): SOURCE[:NAME,...] with SOURCE one of drive, em, ct, mr, or a folder of "
+    "images with masks (images/ + masks/, STEM_mask.png, or manifest.csv)."
+)
+
+
 @app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder: best.json checkpoint, history, results."),
@@ -82,6 +88,8 @@ def train_cmd(
     ),
     method: str | None = typer.Option(None, "--method", help="panet, alpnet, ssl_alpnet, maml or finetune."),
     option: list[str] | None = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
+    train: list[str] | None = typer.Option(None, "--train", help="Training " + _SPEC_HELP),
+    test: list[str] | None = typer.Option(None, "--test", help="Test " + _SPEC_HELP),
     epochs: int | None = typer.Option(None, "--epochs"),
     episodes_per_epoch: int | None = typer.Option(None, "--episodes-per-epoch"),
     lr: float | None = typer.Option(None, "--lr"),
@@ -104,6 +112,8 @@ def train_cmd(
     ov = collect(
         {
             "method.name": method,
+            "data.train": train,
+            "data.test": test,
             "train.epochs": epochs,
             "train.episodes_per_epoch": episodes_per_epoch,
             "train.lr": lr,
@@ -154,6 +164,7 @@ def evaluate_cmd(
         None, "--shots", help="Support sizes (repeatable; default the config's)."
     ),
     episodes: int | None = typer.Option(None, "--episodes", help="Episodes per structure and shot."),
+    test: list[str] | None = typer.Option(None, "--test", help="Test " + _SPEC_HELP),
     seed: int | None = typer.Option(None, "--seed"),
     baselines: bool = typer.Option(
         True, "--baselines/--no-baselines", help="Also evaluate otsu and support_mean."
@@ -177,6 +188,7 @@ def evaluate_cmd(
         {
             "eval.shots": shots,
             "eval.episodes": episodes,
+            "data.test": test,
             "eval.seed": seed,
             "data.data_dir": None if data_dir is None else str(data_dir),
         }

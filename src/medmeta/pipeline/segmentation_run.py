@@ -134,8 +134,10 @@ def evaluation_config(
     """
     if config is not None:
         return check_segmenter_config(load_seg_config(config, overrides), source=str(config))
+    if checkpoint_cfg is None and "data.test" in overrides:
+        return check_segmenter_config(make_seg_config(apply_overrides({}, overrides)))
     if checkpoint_cfg is None:
-        raise MedmetaError("only baselines given: pass --config to say which structures to test on")
+        raise MedmetaError("only baselines given: pass --test or --config to say which structures to test on")
     merged = apply_overrides(checkpoint_cfg.model_dump(mode="json"), overrides)
     return check_segmenter_config(make_seg_config(merged))
 

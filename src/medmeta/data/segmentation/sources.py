@@ -220,10 +220,49 @@ def load_volume_source(root: Path, modality: str, size: int, min_pixels: int = 2
     return _build(modality, pool, groups, masks)
 
 
+def load_folder_source(folder: Path, size: int, tile: int | None = None, min_pixels: int = 20) -> SegSource:
+    """A user's folder of images with masks (`medmeta.data.segmentation.folder`): every 2-D plane (an image,
+    or a slice of a volume), whole (zero-padded to a square) or cut into overlapping tiles of `tile` native
+    pixels, resized to `size`."""
+    from medmeta.data.segmentation.folder import find_pairs, label_names, read_pairs, structure_masks
+
+    planes = read_pairs(folder, find_pairs(folder))
+    per_structure = structure_masks(planes, label_names(folder))
+    if not per_structure:
+        raise DataError(f"every mask in {folder} is empty (all 0): label the structures (non-zero values)")
+    name = str(folder)
+    pool: list[np.ndarray] = []
+    groups: list[str] = []
+    masks: dict[str, list[np.ndarray | None]] = {k: [] for k in per_structure}
+    for p, (group, image, _) in enumerate(planes):
+        side = tile if tile is not None else max(image.shape)
+        if tile is None:  # the whole plane, zero-padded to a square
+            cuts = {
+                k: [(to_square(image, size)[0], to_square(m[p], size, is_mask=True)[0])]
+                for k, m in per_structure.items()
+            }
+        else:
+            cuts = {k: _tiles(image, m[p], side, size) for k, m in per_structure.items()}
+        for t in range(len(next(iter(cuts.values())))):
+            pool.append(next(iter(cuts.values()))[t][0])
+            groups.append(f"{name}/{group}")
+            for k, pieces in cuts.items():
+                msk = pieces[t][1]
+                masks[k].append(msk if msk.sum() >= min_pixels * (size / side) ** 2 else None)
+    return _build(name, pool, groups, masks)
+
+
+def is_folder_spec(source: str) -> bool:
+    """True when a spec's source part names a folder (a user's own set) rather than a built-in source."""
+    return source not in SOURCES and ("/" in source or source.startswith(".") or Path(source).is_dir())
+
+
 def load_source(
     name: str, root: Path, size: int, *, min_pixels: int = 20, tiles: dict[str, int] | None = None
 ) -> SegSource:
-    """Load one source by name (see `SOURCES`)."""
+    """Load one source by name (see `SOURCES`) or a user's folder of images with masks (its path)."""
+    if is_folder_spec(name):
+        return load_folder_source(Path(name), size, (tiles or {}).get(name), min_pixels)
     tiles = {**DEFAULT_TILES, **(tiles or {})}
     if name == "drive":
         return load_drive(root, size, tiles["drive"], min_pixels)
@@ -231,17 +270,31 @@ def load_source(
         return load_em(root, size, tiles["em"], min_pixels)
     if name in _VOLUMES:
         return load_volume_source(root, name, size, min_pixels)
-    raise DataError(f"unknown segmentation source '{name}': choose one of {', '.join(SOURCES)}")
+    raise DataError(
+        f"unknown segmentation source '{name}': choose one of {', '.join(SOURCES)} or a folder of images with masks"
+    )
 
 
 def parse_spec(spec: str) -> tuple[str, list[str] | None]:
-    """``"ct:liver,spleen"`` -> ``("ct", ["liver", "spleen"])``; ``"ct"`` -> ``("ct", None)`` (all)."""
-    source, _, rest = spec.partition(":")
+    """``"ct:liver,spleen"`` -> ``("ct", ["liver", "spleen"])``; ``"ct"`` -> ``("ct", None)`` (all).
+
+    A folder path is a source too: ``"my/set"`` (every structure) or ``"my/set:foreground"``.
+    """
+    if Path(spec).is_dir():
+        return spec, None
+    source, _, rest = (
+        spec.rpartition(":")
+        if ":" in spec and Path(spec.rpartition(":")[0]).is_dir()
+        else spec.partition(":")
+    )
     source = source.strip()
-    if source not in SOURCES:
+    if source not in SOURCES and not is_folder_spec(source):
         raise DataError(
-            f"structure spec '{spec}': unknown source '{source}'; choose one of {', '.join(SOURCES)}"
+            f"structure spec '{spec}': unknown source '{source}'; choose one of {', '.join(SOURCES)} or give a "
+            "folder of images with masks"
         )
+    if is_folder_spec(source) and not Path(source).is_dir():
+        raise DataError(f"structure spec '{spec}': folder {source} not found: check the path")
     names = [n.strip() for n in rest.split(",") if n.strip()] if rest else None
     return source, names
 
