@@ -119,3 +119,33 @@ def test_seg_train_and_evaluate_on_a_users_folder(
         str(data_dir),
     )
     assert_one_line_error(code, err, "missing", "not found")
+
+
+@pytest.mark.data
+def test_segment_takes_a_support_folder_and_a_folder_of_images(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    support = drive_folder(data_dir, tmp_path / "support", n=2)
+    todo = tmp_path / "todo"
+    todo.mkdir()
+    for image, _ in _drive_pairs(data_dir, 4)[2:]:
+        shutil.copy(image, todo / image.name)
+    code, _, err = run(
+        capsys, "segment", "--model", "support_mean", "--support", str(support), "--images", str(todo),
+        "--out", str(tmp_path / "masks"),
+    )  # fmt: skip
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert [n for n in written if n.endswith("_mask.png")] == ["23_training_mask.png", "24_training_mask.png"]
+    code, _, err = run(
+        capsys, "segment", "--model", "otsu", "--images", str(todo), "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "--support FOLDER", "--support-images")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(
+        capsys, "segment", "--model", "otsu", "--support", str(support), "--images", str(empty),
+        "--out", str(tmp_path / "y"),
+    )  # fmt: skip
+    assert_one_line_error(code, err, "holds no image file")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

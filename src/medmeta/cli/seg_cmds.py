@@ -12,6 +12,7 @@ import yaml
 
 from medmeta.cli.overrides import collect, parse_options
 from medmeta.cli.ui import RichProgress, say
+from medmeta.errors import MedmetaError
 from medmeta.outputs import (
     RunFolder,
     check_output_file,
@@ -61,6 +62,30 @@ def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
     if config is not None:
         return check_segmenter_config(load_seg_config(config, overrides), source=str(config))
     return check_segmenter_config(make_seg_config(apply_overrides({}, overrides), source="options"))
+
+
+def expand_image_folders(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder becomes its image files (sorted, hidden files left out).
+
+    Raises:
+        MedmetaError: a folder holding no image.
+    """
+    from medmeta.data.readers import is_image_file
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(
+                f for f in p.iterdir() if f.is_file() and is_image_file(f) and not f.name.startswith(".")
+            )
+            if not found:
+                raise MedmetaError(
+                    f"--images folder {p} holds no image file: give image files or another folder"
+                )
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
 
 
 _SPEC_HELP = (
@@ -201,14 +226,19 @@ def evaluate_cmd(
 
 def segment(
     model: str = typer.Option(..., "--model", help="Checkpoint (RUN/best.json), or otsu / support_mean."),
-    support_images: list[Path] = typer.Option(
-        ..., "--support-images", help="Annotated image (repeatable): 2D file or NIfTI."
+    support: Path | None = typer.Option(
+        None,
+        "--support",
+        help="Folder of annotated images with masks (images/ + masks/, STEM_mask files, or manifest.csv).",
     ),
-    support_masks: list[Path] = typer.Option(
-        ..., "--support-masks", help="Its mask (repeatable, same order)."
+    support_images: list[Path] | None = typer.Option(
+        None, "--support-images", help="Instead of --support: annotated image (repeatable): 2D file or NIfTI."
+    ),
+    support_masks: list[Path] | None = typer.Option(
+        None, "--support-masks", help="Its mask (repeatable, same order)."
     ),
     images: list[Path] = typer.Option(
-        ..., "--images", help="Image to segment (repeatable): 2D file or NIfTI."
+        ..., "--images", help="Image to segment, or a folder of them (repeatable): 2D file or NIfTI."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder for masks and overlays."),
     label: int | None = typer.Option(
@@ -236,6 +266,21 @@ def segment(
     from medmeta.deploy.segment import segment_files
     from medmeta.pipeline.segmentation_run import segmenter_or_baseline
 
+    if (support is None) == (support_images is None):
+        raise MedmetaError(
+            "give the annotated examples either as --support FOLDER or as --support-images with --support-masks"
+        )
+    if support is not None:
+        from medmeta.data.segmentation.folder import find_pairs
+
+        pairs = find_pairs(support)
+        support_images, support_masks = [p[1] for p in pairs], [p[2] for p in pairs]
+    elif not support_masks:
+        raise MedmetaError(
+            "--support-images needs its masks: pass --support-masks once per image, same order"
+        )
+    assert support_images is not None and support_masks is not None
+    images = expand_image_folders(images)
     segmenter, cfg, _ = segmenter_or_baseline(model)  # a bad --model leaves --out untouched
     claim_output_folder(out, overwrite=overwrite)
     work = size or (cfg.data.image_size if cfg is not None else 64)
