@@ -256,6 +256,14 @@ def segment(
     max_slices: int = typer.Option(
         5, "--max-slices", help="Support slices taken from a NIfTI support volume."
     ),
+    patch: int | None = typer.Option(
+        None,
+        "--patch",
+        min=8,
+        help="2-D images at full resolution: adapt on support patches and predict windows of this many "
+        "native pixels (blended; e.g. the training tile), instead of resizing whole images to --size.",
+    ),
+    overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.9, help="With --patch: window overlap."),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -295,6 +303,8 @@ def segment(
         window=window,
         label=label,
         max_slices=max_slices,
+        patch=patch,
+        overlap=overlap,
     )
     for p in written:
         say(str(p))

@@ -19,12 +19,14 @@ from medmeta.data.segmentation.io import (
     output_stem,
     overlay,
     predict_planes,
+    read_mask_plane,
     read_plane,
     read_volume,
     support_pairs,
     write_nifti_mask,
     write_png_mask,
 )
+from medmeta.deploy.sliding import sliding_probability, support_patches
 from medmeta.errors import DataError
 from medmeta.methods.segmentation.base import FewShotSegmenter
 from medmeta.tasks.segmentation import MaskSupport
@@ -42,8 +44,14 @@ def segment_files(
     window: Window = "ct",
     label: int | None = None,
     max_slices: int = 5,
+    patch: int | None = None,
+    overlap: float = 0.25,
 ) -> list[Path]:
     """Adapt `model` on the support files and write a mask and an overlay for every query file.
+
+    With `patch`, 2-D images are handled at their own resolution (`medmeta.deploy.sliding`): the model adapts
+    on support patches of `patch` native pixels and predicts each query window by window, blended with
+    `overlap`; without it, every image is resized whole to `size`.
 
     Returns:
         The written files, in order.
@@ -56,15 +64,35 @@ def segment_files(
         raise DataError(f"file(s) not found: {', '.join(missing)}")
     if not images:
         raise DataError("no image to segment: pass --images")
-    xs, ys = support_pairs(
-        support_images,
-        support_masks,
-        size=size,
-        channel=channel,
-        window=window,
-        label=label,
-        max_slices=max_slices,
-    )
+    flat = patch is not None and not any(is_nifti(p) for p in [*support_images, *images])
+    if patch is not None and not flat:
+        raise DataError(
+            "--patch works on 2-D images; NIfTI volumes are segmented slice by slice: drop --patch"
+        )
+    if flat:
+        assert patch is not None
+        if len(support_images) != len(support_masks):
+            raise DataError(
+                f"got {len(support_images)} support images but {len(support_masks)} support masks: give one "
+                "mask per image"
+            )
+        native: list[tuple[np.ndarray, np.ndarray]] = []
+        for ip, mp in zip(support_images, support_masks, strict=True):
+            img, msk = read_plane(ip, channel), read_mask_plane(mp, label)
+            if img.shape != msk.shape:
+                raise DataError(f"support image {ip} is {img.shape} but its mask {mp} is {msk.shape}")
+            native.append((img, msk))
+        xs, ys = support_patches(native, patch=patch, size=size, overlap=overlap)
+    else:
+        xs, ys = support_pairs(
+            support_images,
+            support_masks,
+            size=size,
+            channel=channel,
+            window=window,
+            label=label,
+            max_slices=max_slices,
+        )
     model.eval()
     with torch.no_grad():
         predictor = model.adapt(MaskSupport(xs, ys))
@@ -82,7 +110,12 @@ def segment_files(
             written.append(overlay(vol.data[:, :, k], mask[:, :, k], out_dir / f"{stem}_overlay.png"))
         else:
             plane = read_plane(path, channel)
-            (mask2d,) = predict_planes(predictor, [plane], size)
+            if flat:
+                assert patch is not None
+                prob = sliding_probability(predictor, plane, patch=patch, size=size, overlap=overlap)
+                mask2d = prob >= 0.5
+            else:
+                (mask2d,) = predict_planes(predictor, [plane], size)
             written.append(write_png_mask(mask2d, out_dir / f"{stem}_mask.png"))
             written.append(overlay(plane, mask2d, out_dir / f"{stem}_overlay.png"))
     return written
