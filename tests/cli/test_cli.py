@@ -250,7 +250,7 @@ def test_the_demo_trains_and_tests_on_the_real_data(
     assert results[0]["n_way"] == 3 and results[1]["n_way"] == 4
     assert results[0]["metrics"]["accuracy"]["mean"] > 0.5  # 3-way: chance is 1/3
     reps = json.loads((tmp_path / "representations.json").read_text())
-    assert [r["representation"].split(" ")[0] for r in reps] == ["raw", "ProtoNet", "SimCLR"]
+    assert [r["representation"].split(" ")[0] for r in reps] == ["raw", "ProtoNet", "SimCLR", "SimCLR"]
     assert reps[1]["metrics"] == results[1]["metrics"]  # the same brain MRI episodes
     assert {r["episodes"] for r in reps} == {20} and {r["n_way"] for r in reps} == {4}
     assert json.loads((tmp_path / "ssl" / "best.json").read_text())["kind"] == "pretrain"

@@ -128,3 +128,48 @@ def test_adapt_loo_predicts_each_support_image_from_the_others(
     low, high = loo.interval()
     assert low <= loo.accuracy <= high
     assert f"leave-one-out on the support: {hand}/16 correct" in out
+
+
+def test_temperature_scaling_finds_the_temperature_that_generated_the_labels() -> None:
+    """Labels drawn from softmax(z / 2.5): the fitted T is close to 2.5, and NLL is lowest there."""
+    from medmeta.eval.calibration import fit_temperature, nll
+
+    g = torch.Generator().manual_seed(0)
+    z = 4 * torch.randn(4000, 5, generator=g)
+    y = torch.multinomial(torch.softmax(z / 2.5, -1), 1, generator=g)[:, 0]
+    t = fit_temperature(z, y)
+    assert abs(t - 2.5) < 0.2
+    assert nll(z, y, t) <= min(nll(z, y, 1.0), nll(z, y, 2.0), nll(z, y, 3.0))
+    with pytest.raises(ValueError, match="n >= 2"):
+        fit_temperature(z[:1], y[:1])
+
+
+@pytest.mark.data
+def test_adapt_calibrates_on_leave_one_out_predictions_and_predict_uses_it(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medmeta.deploy.adapted import load_adapted
+    from medmeta.deploy.stability import leave_one_out
+    from medmeta.eval.calibration import fit_temperature
+
+    brain = data_dir / "classification" / "brain_tumor_mri"
+    support = tmp_path / "support"
+    for cls in CLASSES:
+        (support / cls).mkdir(parents=True)
+        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:5]:
+            shutil.copy(f, support / cls / f.name)
+    args = ["adapt", "--backbone", "pixels", "--image-size", "32", "--support", str(support)]
+    code, out, err = run(capsys, *args, "--out", str(tmp_path / "cal"))
+    assert code == 0, err
+    assert "probabilities calibrated: temperature" in out
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "raw"), "--no-calibrate")
+    assert code == 0, err
+    cal, raw = load_adapted(tmp_path / "cal.json"), load_adapted(tmp_path / "raw.json")
+    assert raw.temperature == 1.0
+    loo = leave_one_out(raw)
+    assert cal.temperature == pytest.approx(fit_temperature(loo.logits, torch.from_numpy(loo.true)))
+    queries = torch.from_numpy(np.stack([cal.support_images[0].numpy()]))
+    torch.testing.assert_close(cal.logits(queries), raw.logits(queries))  # same model, same argmax
+    torch.testing.assert_close(
+        cal.probabilities(queries), torch.softmax(raw.logits(queries) / cal.temperature, -1)
+    )

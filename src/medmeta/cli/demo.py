@@ -176,14 +176,15 @@ def _representation_stage(
     _, ssl_result, _ = pretrain(ssl_cfg, out_dir=out / "ssl", progress=progress, overwrite=True)
     norm = default_normalization(3)
     rows = []
-    for label, model in (
-        ("raw pixels (8x8), nearest class mean", {"backbone": "pixels"}),
-        (
-            "SimCLR on unlabelled brain MRI, frozen",
-            {"backbone": "conv4", "weights": str(out / "ssl" / "best.json")},
-        ),
+    ssl = {"backbone": "conv4", "weights": str(out / "ssl" / "best.json")}
+    for label, model, name in (
+        ("raw pixels (8x8), nearest class mean", {"backbone": "pixels"}, "protonet"),
+        ("SimCLR on unlabelled brain MRI, frozen, prototypes", ssl, "protonet"),
+        ("SimCLR on unlabelled brain MRI, frozen, logistic regression", ssl, "linear_probe"),
     ):
-        frozen_cfg = cfg.model_copy(update={"model": ModelConfig(**model)})
+        frozen_cfg = cfg.model_copy(
+            update={"model": ModelConfig(**model), "method": cfg.method.model_copy(update={"name": name})}
+        )
         method = build_method_from_config(
             frozen_cfg, channels=3, spatial_dims=2, start=read_pretrained_start(frozen_cfg.model.weights)
         ).eval()

@@ -49,6 +49,12 @@ def adapt(
     channels: int = typer.Option(3, "--channels", min=1, max=3, help="With --backbone: 1 (grey) or 3."),
     support: Path = typer.Option(..., "--support", help="Folder of labelled images: SUPPORT/CLASS/*."),
     out: Path = typer.Option(..., "--out", help="Adapted checkpoint to write (OUT.json + weights)."),
+    calibrate: bool = typer.Option(
+        True,
+        "--calibrate/--no-calibrate",
+        help="Fit a temperature on leave-one-out predictions of the support so probabilities are not "
+        "overconfident (argmax unchanged; needs 2 images per class).",
+    ),
     loo: bool = typer.Option(
         False,
         "--loo",
@@ -91,24 +97,35 @@ def adapt(
             raise MedmetaError(f"--backbone: {describe_validation_error(exc)}") from None
         base = pretrained_model(spec, method=method, image_size=image_size, channels=channels)
     adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad, max_pixels=max_pixels)
-    path = save_adapted(adapted, out)
     counts = ", ".join(
         f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
     )
     say(f"adapted {base.meta.get('method')} to {adapted.n_way} classes: {counts}")
     say(f"images read as {base.channels}x{base.image_size}x{base.image_size} (centre crop, bilinear resize)")
-    say(f"wrote {path}")
-    if loo:
+    smallest = int(adapted.support_labels.bincount().min())
+    if (loo or calibrate) and smallest < 2:
+        say("leave-one-out and calibration need 2 images per class: probabilities left uncalibrated")
+    elif loo or calibrate:
+        from medmeta.deploy.stability import calibrate as fit_calibration
         from medmeta.deploy.stability import leave_one_out
 
         result = leave_one_out(adapted)
-        low, high = result.interval()
-        say(
-            f"leave-one-out on the support: {result.correct}/{result.held_out} correct = "
-            f"{100 * result.accuracy:.1f}% (95% CI {100 * low:.0f}-{100 * high:.0f}%): each support image predicted "
-            "by the model adapted on the others; expect accuracy on new images in about that range"
-        )
-        say("recall per class: " + ", ".join(f"{c} {100 * r:.0f}%" for c, r in result.recall().items()))
+        if loo:
+            low, high = result.interval()
+            say(
+                f"leave-one-out on the support: {result.correct}/{result.held_out} correct = "
+                f"{100 * result.accuracy:.1f}% (95% CI {100 * low:.0f}-{100 * high:.0f}%): each support image "
+                "predicted by the model adapted on the others; expect accuracy on new images in about that range"
+            )
+            say("recall per class: " + ", ".join(f"{c} {100 * r:.0f}%" for c, r in result.recall().items()))
+        if calibrate:
+            t, before, after = fit_calibration(adapted, result)
+            say(
+                f"probabilities calibrated: temperature {t:.2f} fitted on the leave-one-out predictions of the "
+                f"support (their calibration error {100 * before:.1f}% -> {100 * after:.1f}%)"
+            )
+    path = save_adapted(adapted, out)
+    say(f"wrote {path}")
 
 
 def score(

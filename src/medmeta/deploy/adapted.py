@@ -130,6 +130,8 @@ class AdaptedModel:
         support_images: uint8 ``(n_support, C, H, W)`` at the model's input size.
         support_labels: int64 ``(n_support,)``.
         support_files: ``CLASS/file name`` of each support image (no folder above the class).
+        temperature: probabilities are ``softmax(logits / temperature)`` (`medmeta.eval.calibration`; 1.0
+            until `medmeta.deploy.stability.calibrate` fits it); logits and the argmax are unchanged.
 
     Example:
         >>> # model = adapt_support(load_trained("runs/brain_cross/best.json"), load_support("support/", ...))
@@ -142,6 +144,7 @@ class AdaptedModel:
     support_images: Tensor
     support_labels: Tensor
     support_files: tuple[str, ...]
+    temperature: float = 1.0
 
     @property
     def method(self) -> FewShotMethod:
@@ -182,8 +185,8 @@ class AdaptedModel:
         return torch.cat(parts)
 
     def probabilities(self, images: Tensor) -> Tensor:
-        """uint8 ``(N, C, H, W)`` -> class probabilities ``(N, n_way)``."""
-        return torch.softmax(self.logits(images), dim=-1)
+        """uint8 ``(N, C, H, W)`` -> class probabilities ``(N, n_way)`` (calibrated by `temperature`)."""
+        return torch.softmax(self.logits(images) / self.temperature, dim=-1)
 
     def embed(self, images: Tensor) -> Tensor:
         """uint8 ``(N, C, H, W)`` -> backbone features ``(N, d)`` (the space metric methods compare in)."""
@@ -261,6 +264,7 @@ def save_adapted(model: AdaptedModel, path: str | Path) -> Path:
         },
         source_checkpoint=model.base.source,
         written_by=f"medmeta {__version__}",
+        temperature=model.temperature,
     )
     return save_checkpoint(path, state, meta)
 
@@ -312,7 +316,10 @@ def _adapted_from(state: dict[str, Tensor], meta: dict[str, Any], json_path: Pat
     if not consistent:
         raise CheckpointError(f"adapted checkpoint {json_path} has an inconsistent support set: adapt again")
     predictor = _adapt_predictor(base.method, Support(base.normalization(images), labels.long(), len(names)))
-    model = AdaptedModel(base, predictor, names, images, labels.long(), files)
+    temperature = meta.get("temperature", 1.0)
+    if not isinstance(temperature, int | float) or not 0.0 < float(temperature) < float("inf"):
+        raise CheckpointError(f"adapted checkpoint {json_path} has an invalid temperature: adapt again")
+    model = AdaptedModel(base, predictor, names, images, labels.long(), files, float(temperature))
     rebuilt = model.logits(images)
     if rebuilt.shape != stored.shape or not torch.allclose(rebuilt, stored, rtol=_RTOL, atol=_ATOL):
         raise CheckpointError(

@@ -33,12 +33,14 @@ class LeaveOneOut:
         true: ``(n,)`` class of each support image.
         predicted: ``(n,)`` class predicted when it was held out; -1 when it was not held out (the only image
             of its class).
+        logits: ``(n, n_way)`` logits of each held-out image (rows of images not held out are NaN).
     """
 
     class_names: tuple[str, ...]
     files: tuple[str, ...]
     true: np.ndarray
     predicted: np.ndarray
+    logits: torch.Tensor
 
     @property
     def held_out(self) -> int:
@@ -76,6 +78,7 @@ def leave_one_out(model: AdaptedModel) -> LeaveOneOut:
     labels = model.support_labels.numpy()  # (n,)
     counts = np.bincount(labels, minlength=model.n_way)
     predicted = np.full(len(labels), -1, dtype=np.int64)
+    logits = torch.full((len(labels), model.n_way), float("nan"))
     for i in range(len(labels)):
         if counts[labels[i]] < 2:
             continue
@@ -86,6 +89,31 @@ def leave_one_out(model: AdaptedModel) -> LeaveOneOut:
         without = adapt_support(
             model.base, rest, files=tuple(f for f, k in zip(model.support_files, keep, strict=True) if k)
         )
-        with torch.no_grad():
-            predicted[i] = int(without.probabilities(model.support_images[i : i + 1]).argmax(-1))
-    return LeaveOneOut(model.class_names, model.support_files, labels.astype(np.int64), predicted)
+        logits[i] = without.logits(model.support_images[i : i + 1])[0].float()
+        predicted[i] = int(logits[i].argmax())
+    return LeaveOneOut(model.class_names, model.support_files, labels.astype(np.int64), predicted, logits)
+
+
+def calibrate(model: AdaptedModel, loo: LeaveOneOut) -> tuple[float, float, float]:
+    """Fit `model`'s temperature on the leave-one-out logits and set it (`AdaptedModel.temperature`).
+
+    Returns:
+        ``(temperature, ece_before, ece_after)`` on those held-out support predictions (15 bins).
+
+    Raises:
+        ValueError: fewer than 2 held-out images (each class needs at least 2 support images).
+    """
+    from medmeta.eval.calibration import fit_temperature
+    from medmeta.eval.metrics import calibration_bins, ece_from_bins
+
+    rows = loo.predicted >= 0
+    z, y = loo.logits[rows], torch.from_numpy(loo.true[rows])
+    t = fit_temperature(z, y)
+
+    def ece(temperature: float) -> float:
+        probs = torch.softmax(z.double() / temperature, dim=-1)[None]
+        return float(ece_from_bins(calibration_bins(probs, y[None]))[0])
+
+    before = ece(model.temperature)
+    model.temperature = t
+    return t, before, ece(t)
