@@ -25,16 +25,27 @@ def adapt(
     skip_bad: bool = False,
     max_pixels: int | None = None,
     overwrite: bool = False,
+    calibrate: bool = True,
 ) -> AdaptedModel:
     """Adapt a meta-trained checkpoint to ``support/CLASS/*`` images (see `medmeta.deploy.api.adapt`).
 
     `max_pixels` (default 50 MP) caps the pixels an image may declare; it is checked before decoding.
-    An existing `out` is replaced only with `overwrite`.
+    An existing `out` is replaced only with `overwrite`. `calibrate` fits the probabilities' temperature on
+    leave-one-out predictions of the support.
     """
+    from medmeta.data.readers import DEFAULT_MAX_PIXELS
     from medmeta.deploy.api import adapt as _adapt
 
-    cap = {} if max_pixels is None else {"max_pixels": max_pixels}
-    return _adapt(model, support, out=out, min_shots=min_shots, skip_bad=skip_bad, overwrite=overwrite, **cap)
+    return _adapt(
+        model,
+        support,
+        out=out,
+        min_shots=min_shots,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+        calibrate=calibrate,
+    )
 
 
 def predict(

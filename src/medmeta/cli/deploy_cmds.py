@@ -96,7 +96,9 @@ def adapt(
 
             raise MedmetaError(f"--backbone: {describe_validation_error(exc)}") from None
         base = pretrained_model(spec, method=method, image_size=image_size, channels=channels)
-    adapted = adapt_model(base, support, min_shots=min_shots, skip_bad=skip_bad, max_pixels=max_pixels)
+    adapted = adapt_model(
+        base, support, min_shots=min_shots, skip_bad=skip_bad, max_pixels=max_pixels, calibrate=False
+    )
     counts = ", ".join(
         f"{c} ({int((adapted.support_labels == i).sum())})" for i, c in enumerate(adapted.class_names)
     )

@@ -16,6 +16,7 @@ from medmeta.deploy.adapted import (
 )
 from medmeta.deploy.inputs import load_support
 from medmeta.deploy.predict import Predictions, predict_files
+from medmeta.deploy.stability import calibrate_when_possible
 from medmeta.errors import OutputError
 from medmeta.outputs import claim_output_file, claim_output_folder
 from medmeta.train.checkpoint import checkpoint_json
@@ -30,6 +31,7 @@ def adapt(
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
+    calibrate: bool = True,
 ) -> AdaptedModel:
     """Adapt a meta-trained checkpoint to the labelled images in ``support/CLASS/*``.
 
@@ -41,6 +43,8 @@ def adapt(
         skip_bad: skip unreadable support images instead of stopping.
         max_pixels: most pixels (width x height) an image may declare; checked before decoding.
         overwrite: replace an existing adapted checkpoint at `out` (never `model` itself).
+        calibrate: fit the probabilities' temperature on leave-one-out predictions of the support
+            (`medmeta.deploy.stability`; skipped when a class has a single image).
 
     Raises:
         OutputError: `out` exists (without `overwrite`), is `model`, or is a link or special file.
@@ -65,6 +69,8 @@ def adapt(
         max_pixels=max_pixels,
     )
     adapted = adapt_support(base, ds)
+    if calibrate:
+        calibrate_when_possible(adapted)
     if out is not None:
         save_adapted(adapted, out)
     return adapted

@@ -117,3 +117,11 @@ def calibrate(model: AdaptedModel, loo: LeaveOneOut) -> tuple[float, float, floa
     before = ece(model.temperature)
     model.temperature = t
     return t, before, ece(t)
+
+
+def calibrate_when_possible(model: AdaptedModel) -> tuple[float, float, float] | None:
+    """`calibrate` on a fresh `leave_one_out` when every class has 2 support images; None (left at
+    temperature 1) when one has fewer."""
+    if int(model.support_labels.bincount(minlength=model.n_way).min()) < 2:
+        return None
+    return calibrate(model, leave_one_out(model))

@@ -33,6 +33,7 @@ from medmeta.data.readers import IMAGE_SUFFIXES, ImageTooLargeError, UnreadableI
 from medmeta.deploy.adapted import AdaptedModel, TrainedModel, adapt_support, load_model
 from medmeta.deploy.inputs import QueryImages, read_model_image
 from medmeta.deploy.predict import predict_images
+from medmeta.deploy.stability import calibrate_when_possible
 from medmeta.errors import MedmetaError
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import safe_stem
@@ -173,7 +174,9 @@ class Workspace:
             class_names=tuple(names),
             domain="support",
         )
-        return adapt_support(self.base, support, tuple(files))
+        adapted = adapt_support(self.base, support, tuple(files))
+        calibrate_when_possible(adapted)  # the page shows probabilities: calibrated as `medmeta adapt` does
+        return adapted
 
     def _queries(self, form: Form, run: Path) -> QueryImages:
         """The query uploads read for the model, named by their upload names (unreadable ones skipped)."""
