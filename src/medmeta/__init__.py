@@ -33,9 +33,9 @@ def adapt(
     An existing `out` is replaced only with `overwrite`. `calibrate` fits the probabilities' temperature on
     leave-one-out predictions of the support.
     """
-    from medmeta.data.readers import DEFAULT_MAX_PIXELS
     from medmeta.deploy.api import adapt as _adapt
 
+    cap: dict[str, int] = {} if max_pixels is None else {"max_pixels": max_pixels}
     return _adapt(
         model,
         support,
@@ -43,8 +43,8 @@ def adapt(
         min_shots=min_shots,
         skip_bad=skip_bad,
         overwrite=overwrite,
-        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
         calibrate=calibrate,
+        **cap,
     )
 
 
