@@ -401,3 +401,30 @@ def test_the_demo_removes_only_its_own_earlier_self_supervised_stage(tmp_path: P
     (out / "ssl" / "notes.txt").unlink()
     _clear_representation_stage(out)
     assert not (out / "ssl").exists() and not (out / "representations.json").exists()
+
+
+def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose stderr is a log file still says what it is doing; --quiet silences only the progress."""
+    args = [
+        "train",
+        "--train",
+        "synthetic",
+        "--image-size",
+        "16",
+        "--n-way",
+        "3",
+        "--n-shot",
+        "1",
+        "--n-query",
+        "2",
+    ]
+    args += ["--epochs", "2", "--episodes-per-epoch", "2", "--eval-episodes", "2", "--device", "cpu"]
+    code, out, err = run(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert any(ln.startswith("epoch 1/2: 2/2") for ln in lines), lines
+    assert "epoch" not in out  # results and progress are separate streams
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "b"), "--quiet")
+    assert code == 0 and "epoch" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -44,15 +45,32 @@ def interrupt_reported() -> bool:
 
 
 class RichProgress:
-    """`medmeta.train.loop.ProgressHook` on a rich progress bar (one bar per phase)."""
+    """`medmeta.train.loop.ProgressHook` on stderr: a rich progress bar per phase on a terminal; on a pipe or
+    a log file (no terminal), one plain line per phase at most every `LINE_SECONDS` and when it ends, so a
+    long run written to a log still says what it is doing."""
+
+    #: seconds between plain progress lines when stderr is not a terminal
+    LINE_SECONDS = 30.0
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._plain: dict[str, Any] | None = None
 
     def start(self, description: str, total: int) -> None:
         if not self.enabled:
+            return
+        if not err_console.is_terminal:
+            now = time.monotonic()
+            self._plain = {
+                "what": description,
+                "total": total,
+                "done": 0,
+                "start": now,
+                "last": now,
+                "info": "",
+            }
             return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -68,12 +86,34 @@ class RichProgress:
         self._task = self._progress.add_task(description, total=total, info="")
 
     def advance(self, n: int = 1, **info: Any) -> None:
+        text = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        if self._plain is not None:
+            p = self._plain
+            p["done"] += n
+            p["info"] = text or p["info"]
+            if time.monotonic() - p["last"] >= self.LINE_SECONDS:
+                p["last"] = time.monotonic()
+                self._line()
+            return
         if self._progress is None or self._task is None:
             return
-        text = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
         self._progress.update(self._task, advance=n, info=text)
 
+    def _line(self) -> None:
+        p = self._plain
+        assert p is not None
+        elapsed = time.monotonic() - p["start"]
+        err_console.print(
+            f"{p['what']}: {p['done']}/{p['total']} {p['info']} ({elapsed:.0f} s)".replace("  ", " "),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
     def stop(self) -> None:
+        if self._plain is not None:
+            self._line()
+            self._plain = None
         if self._progress is not None:
             self._progress.stop()
         self._progress, self._task = None, None
