@@ -37,7 +37,7 @@ def tiny_raw(domains: list[str], **changes: Any) -> dict[str, Any]:
         "methods": ["protonet", {"name": "simpleshot", "options": {"batch_size": 16}}],
         "episodes": {"n_way": None, "n_shot": 2, "n_query": 4},
         "train": {"epochs": 2, "episodes_per_epoch": 4, "val_episodes": 4, "threads": 1},
-        "eval": {"shots": [1, 3], "n_query": 5, "episodes": 12, "seed": 7},
+        "eval": {"shots": [1, 3], "n_query": 5, "episodes": 12, "seed": 7, "calibration_episodes": 8},
         "seeds": [0],
         "reference": {"epochs": 1, "steps_per_epoch": 4, "batch_size": 16},
         "raw_pixels": {"enabled": False},  # the raw-pixel baseline has its own tests

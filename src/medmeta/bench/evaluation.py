@@ -18,7 +18,7 @@ from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confus
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.sampler import EpisodeSampler
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "ece_calibrated")
 
 
 def class_confusion(
@@ -62,8 +62,13 @@ def evaluate_cell(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate on `episodes` all-class `n_shot`-shot episodes of `test` (seeded: same for every method).
+
+    With `temperature` (fitted away from the test domain, `medmeta.bench.calibration`), ``ece_calibrated`` is
+    the ECE of ``softmax(logits / temperature)``; the argmax, hence every other metric, is unchanged. Without
+    it, ``ece_calibrated`` is NaN.
 
     Returns:
         JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and
@@ -86,6 +91,10 @@ def evaluate_cell(
     )
     logits, target = captured["logits"], captured["target"]
     values = {k: v.numpy() for k, v in batch_episode_metrics(logits, target).items()}
+    if temperature is None:
+        values["ece_calibrated"] = np.full(len(values["ece"]), np.nan)
+    else:
+        values["ece_calibrated"] = batch_episode_metrics(logits / temperature, target)["ece"].numpy()
     probs = torch.softmax(logits.double(), dim=-1)  # (T, n_query_total, n_way)
     classes = np.stack([sampler.indices(i)[2] for i in range(episodes)])  # (T, n_way)
     return {
@@ -93,6 +102,7 @@ def evaluate_cell(
         "n_query": n_query,
         "episodes": episodes,
         "eval_seed": seed,
+        "temperature": temperature,
         "metrics": metric_summary(values),
         "per_episode": {k: values[k].tolist() for k in METRICS},
         "pooled_ece": result.pooled["ece"],

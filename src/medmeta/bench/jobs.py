@@ -22,6 +22,7 @@ from typing import Protocol as TypingProtocol
 
 import torch
 
+from medmeta.bench.calibration import validation_temperature
 from medmeta.bench.cells import (
     Job,
     PretrainJob,
@@ -249,6 +250,17 @@ def _run_train_job(
             progress.start(f"test {cell.method} on {cell.domain} {cell.shots}-shot", protocol.eval.episodes)
         torch.manual_seed(_rng_seed(cell.key))
         t0 = time.perf_counter()
+        temperature = validation_temperature(
+            method,
+            [domains[d].val for d in protocol.training_domains(job.domain)],
+            n_shot=cell.shots,
+            n_query=protocol.eval.n_query,
+            episodes=protocol.eval.calibration_episodes,
+            seed=eval_seed(protocol, cell.seed) + 1_000_003,
+            prepare=prepare,
+            device=device,
+        )
+        torch.manual_seed(_rng_seed(cell.key))
         try:
             fields = evaluate_cell(
                 method,
@@ -260,6 +272,7 @@ def _run_train_job(
                 prepare=prepare,
                 device=device,
                 progress=None if progress is None else (lambda _d, _t: progress.advance(1)),
+                temperature=temperature,
             )
         finally:
             if progress is not None:

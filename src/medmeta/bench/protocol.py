@@ -235,12 +235,15 @@ class EvalSection(_Frozen):
             the report says so).
         episodes: test episodes per (method, domain, shots, seed).
         seed: base seed of the test episodes (training seed ``s`` uses ``seed + s``).
+        calibration_episodes: episodes of the training domains' validation images on which each cell's
+            temperature is fitted (`medmeta.bench.calibration`; the report's ``ECE cal.``); 0: none.
     """
 
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     n_query: int = Field(15, ge=1)
     episodes: int = Field(600, ge=2)
     seed: int = Field(12345, ge=0)
+    calibration_episodes: int = Field(100, ge=0)
 
     @field_validator("shots")
     @classmethod
@@ -405,7 +408,10 @@ class Protocol(_Frozen):
 
 
 #: ``(section, field, default)`` of protocol fields added after benchmark runs existed.
-_ADDED_LATER: tuple[tuple[str, str, Any], ...] = (("data", "dedupe", False),)
+_ADDED_LATER: tuple[tuple[str, str, Any], ...] = (
+    ("data", "dedupe", False),
+    ("eval", "calibration_episodes", 100),
+)
 #: top-level protocol fields added after benchmark runs existed, with their defaults
 _ADDED_LATER_TOP: tuple[tuple[str, Any], ...] = (
     ("representations", []),

@@ -29,6 +29,7 @@ _NAMES = {
     "macro_f1": "macro-F1 %",
     "auc": "AUC %",
     "ece": "ECE %",
+    "ece_calibrated": "ECE cal. %",
 }
 _PACKAGES = ("medmeta", "torch", "numpy", "pydantic", "matplotlib", "scikit-learn", "safetensors", "pillow")
 

@@ -27,7 +27,7 @@ from medmeta.bench.evaluation import METRICS
 from medmeta.bench.protocol import Protocol
 from medmeta.eval.metrics import mean_ci
 
-LOWER_IS_BETTER = frozenset({"ece"})
+LOWER_IS_BETTER = frozenset({"ece", "ece_calibrated"})
 REFERENCE = "supervised reference"
 
 
@@ -59,9 +59,15 @@ class Row:
 
 def _pooled(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     out = {}
-    for m in METRICS:
-        v = np.concatenate([np.asarray(r["per_episode"][m], dtype=np.float64) for r in records])
-        out[m] = mean_ci(v[np.isfinite(v)])
+    for m in METRICS:  # a metric added after a record was written counts as missing (NaN) there
+        v = np.concatenate(
+            [
+                np.asarray(r["per_episode"].get(m, [math.nan] * int(r["episodes"])), dtype=np.float64)
+                for r in records
+            ]
+        )
+        finite = v[np.isfinite(v)]
+        out[m] = mean_ci(finite) if len(finite) else (math.nan, math.nan)
     return out
 
 
@@ -73,7 +79,10 @@ def _seed_mean(record: dict[str, Any]) -> float:
 def reference_row(domain: str, records: list[dict[str, Any]]) -> Row:
     """The reference of one domain over seeds: accuracy CI over all test predictions, others averaged."""
     correct = np.concatenate([np.asarray(r["per_image_correct"], dtype=np.float64) for r in records])
-    metrics = {m: (float(np.mean([r["metrics"][m]["mean"] for r in records])), math.nan) for m in METRICS}
+    metrics = {
+        m: (float(np.mean([r["metrics"].get(m, {"mean": math.nan})["mean"] for r in records])), math.nan)
+        for m in METRICS
+    }
     metrics["accuracy"] = mean_ci(correct)
     per_seed = {int(r["seed"]): float(np.mean(r["per_image_correct"])) for r in records}
     return Row(

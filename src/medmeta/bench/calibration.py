@@ -1,0 +1,66 @@
+"""Calibrating a benchmark cell without touching its test episodes: one temperature per (trained model, shots),
+fitted on episodes drawn from the *training* domains' validation images (`medmeta.eval.calibration`).
+
+The held-out domain's images are never used, so the calibrated ECE of a cell is an honest estimate of what a
+user gets: a temperature learned where labels exist, applied to a domain where they do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from medmeta.data.datasets import ImageDataset
+from medmeta.eval.calibration import fit_temperature
+from medmeta.eval.evaluate import evaluate
+from medmeta.methods.base import FewShotMethod
+from medmeta.tasks.sampler import EpisodeSampler
+
+
+def validation_temperature(
+    method: FewShotMethod,
+    val_sets: Sequence[ImageDataset],
+    *,
+    n_shot: int,
+    n_query: int,
+    episodes: int,
+    seed: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+) -> float | None:
+    """The temperature minimising the NLL of `episodes` all-class `n_shot`-shot episodes, shared out over the
+    validation sets whose every class can fill them (None when none can)."""
+    usable = [v for v in val_sets if v.n_classes >= 2 and min(v.class_counts().values()) > n_shot]
+    if not usable or episodes < 1:
+        return None
+    logits, targets = [], []
+    for i, ds in enumerate(usable):
+        count = episodes // len(usable) + (1 if i < episodes % len(usable) else 0)
+        if count < 1:
+            continue
+        queries = min(n_query, min(ds.class_counts().values()) - n_shot)
+        sampler = EpisodeSampler(ds, None, n_shot, queries, seed=seed + i, n_episodes=count)
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(z: torch.Tensor, y: torch.Tensor, captured: dict[str, torch.Tensor] = captured) -> None:
+            captured["z"], captured["y"] = z, y
+
+        evaluate(method, sampler, prepare=prepare, device=device, on_logits=keep)
+        logits.append(captured["z"].reshape(-1, captured["z"].shape[-1]).cpu())  # (T * q, n_way)
+        targets.append(captured["y"].reshape(-1).cpu())
+    if not logits:
+        return None
+    ways = {z.shape[-1] for z in logits}
+    if len(ways) > 1:  # domains with different class counts: fit on the pooled per-query NLL
+        return _pooled_temperature(logits, targets)
+    return fit_temperature(torch.cat(logits), torch.cat(targets))
+
+
+def _pooled_temperature(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+    """Fit one T over groups of different widths: pad every group's logits with -inf columns."""
+    width = max(z.shape[-1] for z in logits)
+    padded = [
+        torch.cat([z, torch.full((z.shape[0], width - z.shape[-1]), -torch.inf)], dim=-1) for z in logits
+    ]
+    return fit_temperature(torch.cat(padded), torch.cat(targets))
