@@ -241,6 +241,8 @@ def test_the_demo_trains_and_tests_on_the_real_data(
         "20",
         "--ssl-epochs",
         "1",
+        "--ssl-images",
+        "256",
         "--quiet",
     )
     assert code == 0, err

@@ -73,7 +73,13 @@ def demo_config(real: bool, data_dir: Path | None, episodes: int, eval_episodes:
 
 
 def run_demo(
-    out: Path, data_dir: Path | None, episodes: int, eval_episodes: int, quiet: bool, ssl_epochs: int = 0
+    out: Path,
+    data_dir: Path | None,
+    episodes: int,
+    eval_episodes: int,
+    quiet: bool,
+    ssl_epochs: int = 0,
+    ssl_images: int | None = None,
 ) -> None:
     from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
 
@@ -109,7 +115,9 @@ def run_demo(
     (out / "results.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
     say(f"results: {out / 'results.json'}; total training time {fit_result.seconds:.0f} s")
     if real and ssl_epochs > 0:
-        _representation_stage(cfg, data.test[-1], results[-1], out, data_dir, ssl_epochs, progress)
+        _representation_stage(
+            cfg, data.test[-1], results[-1], out, data_dir, ssl_epochs, ssl_images, progress
+        )
 
 
 def _clear_representation_stage(out: Path) -> None:
@@ -140,6 +148,7 @@ def _representation_stage(
     out: Path,
     data_dir: Path | None,
     epochs: int,
+    max_images: int | None,
     progress: RichProgress,
 ) -> None:
     """Brain MRI again, from a representation learned without a single brain label: SimCLR on the unlabelled
@@ -157,11 +166,12 @@ def _representation_stage(
     size = cfg.data.image_size
     say(
         f"self-supervised stage: SimCLR on the unlabelled brain MRI training images (no label is read) for "
-        f"{epochs} epochs, then frozen ProtoNet on the same brain MRI test episodes"
+        f"{epochs} epochs, then its frozen features on the same brain MRI test episodes"
     )
     ssl_cfg = make_pretrain_config(
         {
             "data": {
+                "max_images": max_images,
                 "domains": ["brain_tumor_mri@train"],
                 "image_size": size,
                 "channels": 3,

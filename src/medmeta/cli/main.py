@@ -267,6 +267,9 @@ def demo(
         min=0,
         help="Epochs of the self-supervised stage on unlabelled brain MRI (0: skip it; needs medmeta[ssl]).",
     ),
+    ssl_images: int | None = typer.Option(
+        None, "--ssl-images", min=2, help="At most this many unlabelled images in the self-supervised stage."
+    ),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """The main job: meta-train ProtoNet and test it on unseen classes and an unseen domain, then learn a
@@ -280,6 +283,7 @@ def demo(
         eval_episodes=eval_episodes,
         quiet=quiet,
         ssl_epochs=ssl_epochs,
+        ssl_images=ssl_images,
     )
 
 
