@@ -134,3 +134,15 @@ def test_seed_table_counts_the_seeds_where_the_pooled_best_is_best_alone() -> No
     assert body[1] == ["simpleshot", "sd 0.00: 65.0 / 65.0 / 65.0", "—"]
     assert body[-1] == ["▲ also best in its seeds", "protonet: 1 of 3", "—"]
     assert seed_table(p, summarize(p, records[:1])) is None  # one seed: no spread to show
+
+
+def test_the_spread_over_support_draws_is_the_per_episode_accuracy_spread() -> None:
+    p = tiny_protocol(["a", "b"], seeds=[0, 1], data={"domains": ["a", "b"], "held_out": ["a"]})
+    s0, s1 = [0.5, 0.6, 0.7, 0.2], [0.9, 0.8, 1.0, 0.4]
+    (r,) = summarize(p, [cell("protonet", "a", 1, 0, s0), cell("protonet", "a", 1, 1, s1)])
+    values = np.array(s0 + s1)
+    sd, p10, p90 = r.episode_spread
+    assert sd == pytest.approx(np.std(values, ddof=1))
+    assert (p10, p90) == pytest.approx((np.percentile(values, 10), np.percentile(values, 90)))
+    header = summary_csv([r]).splitlines()[0]
+    assert header.endswith("accuracy_seed_sd,accuracy_episode_sd,accuracy_p10,accuracy_p90")

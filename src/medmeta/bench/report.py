@@ -120,6 +120,22 @@ def seed_table(protocol: Protocol, rows: list[Row]) -> tuple[list[str], list[lis
     return header, lines
 
 
+def draw_table(protocol: Protocol, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the support-draw table: per cell, the standard deviation of the per-episode
+    accuracy and its 10th-90th percentile range (points)."""
+    header, body = accuracy_table(protocol, rows)
+    lines = []
+    for line in body:
+        cells = []
+        for r, _ in line[1:]:
+            sd, p10, p90 = (math.nan,) * 3 if r is None else r.episode_spread
+            cells.append(
+                "—" if not math.isfinite(sd) else f"sd {100 * sd:.1f} ({100 * p10:.0f}–{100 * p90:.0f})"
+            )
+        lines.append([line[0][1], *cells])
+    return header, lines
+
+
 def _spread_text(r: Row) -> str:
     seeds = " / ".join(f"{100 * a:.1f}" for a in r.seed_accuracy.values())
     sd = r.seed_sd
@@ -179,7 +195,10 @@ def notes(protocol: Protocol, rows: list[Row], test_sources: dict[str, str]) -> 
         "other metrics are single values over the whole test set, averaged over seeds. The gap is the reference's "
         "accuracy minus the best few-shot accuracy.",
         "ECE is the mean per-episode expected calibration error (15 bins); an episode has few queries, so it reads "
-        "higher than an ECE pooled over all queries. The reliability diagrams pool every query of every episode.",
+        "higher than an ECE pooled over all queries. The reliability diagrams pool every query of every episode. "
+        "'ECE cal.' is the ECE after temperature scaling fitted on the training domains' validation episodes.",
+        "Each episode draws a new support set: 'Spread over support draws' shows how far one user's result (one "
+        "handful of labelled images) can fall from the mean, which the CI of the mean does not.",
     ]
     for d in protocol.held_out_domains:
         out.append(f"{d}: test images are {test_sources.get(d, 'its test split')}.")
@@ -289,6 +308,9 @@ class _Parts:
         if spread is not None:
             out += ["", _SPREAD_TITLE_MD, "", _md_row(spread[0]), _md_row(["---"] * len(spread[0]))]
             out += [_md_row(line) for line in spread[1]]
+        draws = draw_table(p, self.rows)
+        out += ["", _DRAW_TITLE_MD, "", _md_row(draws[0]), _md_row(["---"] * len(draws[0]))]
+        out += [_md_row(line) for line in draws[1]]
         header, detail = self._detail()
         out += ["", "## All metrics", "", _md_row(header), _md_row(["---"] * len(header))]
         for cells in detail:
@@ -329,6 +351,9 @@ class _Parts:
         if spread is not None:
             out.append(f"<h2>{esc(_SPREAD_TITLE_MD[3:])}</h2>")
             out.append(_html_table(spread[0], [[esc(x) for x in line] for line in spread[1]]))
+        draws = draw_table(p, self.rows)
+        out.append(f"<h2>{esc(_DRAW_TITLE_MD[3:])}</h2>")
+        out.append(_html_table(draws[0], [[esc(x) for x in line] for line in draws[1]]))
         header, detail = self._detail()
         lines = []
         for cells in detail:
@@ -356,6 +381,7 @@ class _Parts:
 
 
 _SPREAD_TITLE_MD = "## Spread over training seeds (accuracy %: sd over seeds, then each seed's mean)"
+_DRAW_TITLE_MD = "## Spread over support draws (accuracy % of single episodes: sd, and 10th-90th percentile)"
 _GAP_HEADER = [
     "held-out domain",
     "shots",

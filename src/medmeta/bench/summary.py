@@ -35,7 +35,9 @@ REFERENCE = "supervised reference"
 class Row:
     """One line of the summary: ``metrics[name] = (mean, ci95)`` and ``marks[name]`` in best/tie/''.
 
-    ``seed_accuracy`` maps each seed to its own mean accuracy (seed order).
+    ``seed_accuracy`` maps each seed to its own mean accuracy (seed order). ``episode_spread`` is the
+    standard deviation, 10th and 90th percentile of the per-episode accuracies (every episode draws a new
+    support set: how much the answer moves with the handful of labelled images).
     """
 
     method: str
@@ -48,6 +50,7 @@ class Row:
     metrics: dict[str, tuple[float, float]]
     marks: dict[str, str] = field(default_factory=dict)
     seed_accuracy: dict[int, float] = field(default_factory=dict)
+    episode_spread: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
     @property
     def seed_sd(self) -> float:
@@ -74,6 +77,13 @@ def _pooled(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
 def _seed_mean(record: dict[str, Any]) -> float:
     v = np.asarray(record["per_episode"]["accuracy"], dtype=np.float64)
     return float(np.mean(v))
+
+
+def _episode_spread(records: list[dict[str, Any]]) -> tuple[float, float, float]:
+    v = np.concatenate([np.asarray(r["per_episode"]["accuracy"], dtype=np.float64) for r in records])
+    if len(v) < 2:
+        return math.nan, math.nan, math.nan
+    return float(np.std(v, ddof=1)), float(np.percentile(v, 10)), float(np.percentile(v, 90))
 
 
 def reference_row(domain: str, records: list[dict[str, Any]]) -> Row:
@@ -145,6 +155,7 @@ def summarize(protocol: Protocol, records: list[dict[str, Any]]) -> list[Row]:
                         episodes=sum(int(r["episodes"]) for r in found),
                         metrics=_pooled(found),
                         seed_accuracy={int(r["seed"]): _seed_mean(r) for r in found},
+                        episode_spread=_episode_spread(found),
                     )
                 )
             for metric in METRICS:
@@ -162,19 +173,20 @@ def _num(x: float) -> str:
 
 def summary_csv(rows: list[Row]) -> str:
     """The rows as CSV text: identity columns, then ``METRIC``, ``METRIC_ci95``, ``METRIC_mark``, then
-    ``accuracy_seed_sd`` (empty with one seed)."""
+    ``accuracy_seed_sd`` (empty with one seed) and the spread over support draws (per-episode accuracy:
+    ``accuracy_episode_sd``, ``accuracy_p10``, ``accuracy_p90``)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["method", "domain", "shots", "n_way", "n_query", "seeds", "episodes"]
     for m in METRICS:
         header += [m, f"{m}_ci95", f"{m}_mark"]
-    writer.writerow([*header, "accuracy_seed_sd"])
+    writer.writerow([*header, "accuracy_seed_sd", "accuracy_episode_sd", "accuracy_p10", "accuracy_p90"])
     for r in rows:
         line: list[Any] = [r.method, r.domain, r.shots, r.n_way, r.n_query, r.seeds, r.episodes]
         for m in METRICS:
             mean, ci = r.metrics[m]
             line += [_num(mean), _num(ci), r.marks.get(m, "")]
-        writer.writerow([*line, _num(r.seed_sd)])
+        writer.writerow([*line, _num(r.seed_sd), *(_num(x) for x in r.episode_spread)])
     return buf.getvalue()
 
 
