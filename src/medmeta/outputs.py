@@ -246,3 +246,13 @@ def check_run_folder(path: Path, *, overwrite: bool = False, resume: bool = Fals
             f"{_few(foreign)}: move them away or choose another --out"
         )
     return RunFolder(path, replace=tuple(ours))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file beside it, renamed over it (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

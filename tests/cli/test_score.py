@@ -16,6 +16,16 @@ from tests._helpers.cli import assert_one_line_error, run
 CLASSES = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
 
 
+def brain_support(data_dir: Path, root: Path, per_class: int, classes: tuple[str, ...] = CLASSES) -> Path:
+    """The first `per_class` brain MRI training images of each class as ``root/CLASS/*``."""
+    brain = data_dir / "classification" / "brain_tumor_mri"
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:per_class]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
 @pytest.mark.data
 def test_score_matches_the_predictions_and_leaves_support_images_out(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -73,12 +83,7 @@ def test_score_matches_the_predictions_and_leaves_support_images_out(
 def test_predict_names_support_images_and_evaluate_refuses_an_adapted_model(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    brain = data_dir / "classification" / "brain_tumor_mri"
-    support = tmp_path / "support"
-    for cls in CLASSES[:2]:
-        (support / cls).mkdir(parents=True)
-        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:3]:
-            shutil.copy(f, support / cls / f.name)
+    support = brain_support(data_dir, tmp_path / "support", 3, CLASSES[:2])
     code, _, err = run(
         capsys, "adapt", "--backbone", "pixels", "--image-size", "32", "--support", str(support),
         "--out", str(tmp_path / "model"),
@@ -104,12 +109,7 @@ def test_adapt_loo_predicts_each_support_image_from_the_others(
     from medmeta.deploy.adapted import load_adapted
     from medmeta.deploy.stability import leave_one_out
 
-    brain = data_dir / "classification" / "brain_tumor_mri"
-    support = tmp_path / "support"
-    for cls in CLASSES:
-        (support / cls).mkdir(parents=True)
-        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:4]:
-            shutil.copy(f, support / cls / f.name)
+    support = brain_support(data_dir, tmp_path / "support", 4)
     code, out, err = run(
         capsys, "adapt", "--backbone", "pixels:4", "--image-size", "32", "--support", str(support),
         "--out", str(tmp_path / "model"), "--loo",
@@ -152,12 +152,7 @@ def test_adapt_calibrates_on_leave_one_out_predictions_and_predict_uses_it(
     from medmeta.deploy.stability import leave_one_out
     from medmeta.eval.calibration import fit_temperature
 
-    brain = data_dir / "classification" / "brain_tumor_mri"
-    support = tmp_path / "support"
-    for cls in CLASSES:
-        (support / cls).mkdir(parents=True)
-        for f in sorted((brain / "train" / cls).glob("*.jpg"))[:5]:
-            shutil.copy(f, support / cls / f.name)
+    support = brain_support(data_dir, tmp_path / "support", 5)
     args = ["adapt", "--backbone", "pixels", "--image-size", "32", "--support", str(support)]
     code, out, err = run(capsys, *args, "--out", str(tmp_path / "cal"))
     assert code == 0, err

@@ -311,6 +311,16 @@ def test_only_the_inner_loop_methods_ask_deployment_to_predict_one_image_at_a_ti
     assert {"maml", "fomaml", "maml_pp", "meta_sgd", "anil", "reptile"} == per_image
 
 
+def _batchnorm_parameter_ids(module: torch.nn.Module) -> set[int]:
+    """ids of the batch-norm parameters of `module` (MAML++ replaces them with its own per-step ones)."""
+    return {
+        id(p)
+        for m in module.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters()
+    }
+
+
 # --- every classification method on a library backbone (timm), where the weights carry the preprocessing ----
 @pytest.fixture(scope="module")
 def timm_backbone_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -338,12 +348,7 @@ def test_every_method_runs_on_a_pretrained_timm_backbone(name: str, timm_backbon
     if METHODS[name].trainer == "episodic":
         method.train().episode_loss(ep).backward()
         network = method.backbone.backbone.network  # type: ignore[union-attr]
-        norms = {
-            id(p)
-            for m in network.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            for p in m.parameters()
-        }
+        norms = _batchnorm_parameter_ids(network)
         # MAML++ normalises with its own per-step batch-norm parameters instead of the network's
         weights = [p for p in network.parameters() if name != "maml_pp" or id(p) not in norms]
         assert weights and all(p.grad is not None for p in weights)
@@ -388,12 +393,7 @@ def test_every_method_runs_on_resnet12_and_a_timm_vit(
     _assert_same_state(before, _state(method))
     if METHODS[name].trainer == "episodic":
         method.train().episode_loss(ep).backward()
-        norms = {
-            id(p)
-            for m in method.backbone.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            for p in m.parameters()
-        }
+        norms = _batchnorm_parameter_ids(method.backbone)
         # MAML++ normalises with its own per-step batch-norm parameters instead of the network's
         checked = [
             (n, p) for n, p in method.backbone.named_parameters() if name != "maml_pp" or id(p) not in norms

@@ -14,6 +14,7 @@ import torch
 from medmeta.data.readers import DEFAULT_MAX_PIXELS
 from medmeta.deploy.adapted import AdaptedModel
 from medmeta.deploy.inputs import QueryImages, load_queries
+from medmeta.outputs import write_text_atomic
 
 
 @dataclass
@@ -65,12 +66,8 @@ class Predictions:
         return buf.getvalue()
 
     def write_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_csv())
-        tmp.replace(path)
-        return path
+        """`to_csv` written atomically."""
+        return write_text_atomic(path, self.to_csv())
 
 
 def predict_images(model: AdaptedModel, queries: QueryImages) -> Predictions:

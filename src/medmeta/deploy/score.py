@@ -25,6 +25,7 @@ from medmeta.deploy.inputs import QueryImages, load_support
 from medmeta.deploy.predict import Predictions, predict_images
 from medmeta.errors import DataError
 from medmeta.eval.metrics import calibration_bins, confusion, ece_from_bins, ovr_auc
+from medmeta.outputs import write_text_atomic
 
 
 @dataclass
@@ -68,13 +69,8 @@ class Score:
         return buf.getvalue()
 
     def write_csv(self, path: str | Path) -> Path:
-        """`to_csv` written atomically (a temporary file beside `path`, then renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_csv())
-        tmp.replace(path)
-        return path
+        """`to_csv` written atomically."""
+        return write_text_atomic(path, self.to_csv())
 
 
 def support_copies(model: AdaptedModel, images: np.ndarray | torch.Tensor) -> np.ndarray:
