@@ -149,3 +149,37 @@ def test_segment_takes_a_support_folder_and_a_folder_of_images(
     )  # fmt: skip
     assert_one_line_error(code, err, "holds no image file")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.data
+def test_seg_score_gives_each_images_dice_at_full_resolution(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    todo = tmp_path / "todo"
+    todo.mkdir()
+    pairs = _drive_pairs(data_dir, 4)
+    for image, mask in pairs[2:]:
+        shutil.copy(image, todo / image.name)
+        with Image.open(mask) as m:
+            m.convert("L").save(truth / f"{image.name[:-4]}.png")
+    support = drive_folder(data_dir, tmp_path / "support", n=2)
+    code, _, err = run(
+        capsys, "segment", "--model", "otsu", "--support", str(support), "--images", str(todo),
+        "--channel", "green", "--patch", "128", "--out", str(tmp_path / "pred"),
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(capsys, "seg", "score", "--pred", str(tmp_path / "pred"), "--truth", str(truth))
+    assert code == 0, err
+    for image, _ in pairs[2:]:
+        stem = image.name[:-4]
+        p = np.asarray(Image.open(tmp_path / "pred" / f"{stem}_mask.png")) > 0
+        t = np.asarray(Image.open(truth / f"{stem}.png")) > 0
+        assert f"{stem}: Dice {2 * (p & t).sum() / (p.sum() + t.sum()):.3f}" in out
+    assert "2 image(s): Dice" in out
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(truth / f"{pairs[2][0].name[:-4]}.png", other / "unrelated.png")
+    code, _, err = run(capsys, "seg", "score", "--pred", str(tmp_path / "pred"), "--truth", str(other))
+    assert_one_line_error(code, err, "no prediction", "same stem")

@@ -177,6 +177,34 @@ def train_cmd(
         say(results_markdown(rows))
 
 
+@app.command("score")
+def score_cmd(
+    predictions: Path = typer.Option(
+        ..., "--pred", help="Predicted masks (a `medmeta segment` --out folder)."
+    ),
+    references: Path = typer.Option(
+        ..., "--truth", help="Reference masks: a segmentation folder or a folder of masks named by stem."
+    ),
+    label: int | None = typer.Option(
+        None, "--label", help="Reference foreground value (default: any non-zero)."
+    ),
+    roi: Path | None = typer.Option(
+        None, "--roi", help="Folder of region masks by stem (e.g. a field of view): score inside them only."
+    ),
+) -> None:
+    """Dice and HD95 (mean ± 95% CI over images) of predicted masks against reference masks, at full resolution."""
+    from medmeta.eval.mask_scoring import score_masks
+
+    result = score_masks(predictions, references, label=label, roi=roi)
+    for name, d, h in zip(result.names, result.dice, result.hd95, strict=True):
+        say(f"{name}: Dice {d:.3f}, HD95 {h:.1f} px")
+    s = result.summary()
+    say(
+        f"{len(result.names)} image(s): Dice {s['dice']['mean']:.3f} ± {s['dice']['ci95']:.3f}, HD95 "
+        f"{s['hd95']['mean']:.1f} ± {s['hd95']['ci95']:.1f} px"
+    )
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: list[str] = typer.Option(
