@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from medmeta.bench.evaluation import evaluate_with_logits
 from medmeta.data.datasets import ImageDataset
 from medmeta.eval.calibration import fit_temperature
-from medmeta.eval.evaluate import evaluate
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.sampler import EpisodeSampler
 
@@ -41,24 +41,15 @@ def validation_temperature(
             continue
         queries = min(n_query, min(ds.class_counts().values()) - n_shot)
         sampler = EpisodeSampler(ds, None, n_shot, queries, seed=seed + i, n_episodes=count)
-        captured: dict[str, torch.Tensor] = {}
-
-        def keep(z: torch.Tensor, y: torch.Tensor, captured: dict[str, torch.Tensor] = captured) -> None:
-            captured["z"], captured["y"] = z, y
-
-        evaluate(method, sampler, prepare=prepare, device=device, on_logits=keep)
-        logits.append(captured["z"].reshape(-1, captured["z"].shape[-1]).cpu())  # (T * q, n_way)
-        targets.append(captured["y"].reshape(-1).cpu())
-    if not logits:
-        return None
-    ways = {z.shape[-1] for z in logits}
-    if len(ways) > 1:  # domains with different class counts: fit on the pooled per-query NLL
-        return _pooled_temperature(logits, targets)
-    return fit_temperature(torch.cat(logits), torch.cat(targets))
+        _, z, y = evaluate_with_logits(method, sampler, prepare=prepare, device=device)
+        logits.append(z.reshape(-1, z.shape[-1]).cpu())  # (T * q, n_way)
+        targets.append(y.reshape(-1).cpu())
+    return _pooled_temperature(logits, targets) if logits else None
 
 
 def _pooled_temperature(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    """Fit one T over groups of different widths: pad every group's logits with -inf columns."""
+    """Fit one T over groups of logits, of different widths too: every group is padded to the widest with -inf
+    columns, which leave its softmax, hence its NLL, unchanged."""
     width = max(z.shape[-1] for z in logits)
     padded = [
         torch.cat([z, torch.full((z.shape[0], width - z.shape[-1]), -torch.inf)], dim=-1) for z in logits

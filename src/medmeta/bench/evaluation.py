@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medmeta.data.datasets import ImageDataset
-from medmeta.eval.evaluate import evaluate
+from medmeta.eval.evaluate import EvalResult, evaluate
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, mean_ci
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.sampler import EpisodeSampler
@@ -51,6 +51,25 @@ def metric_summary(values: dict[str, np.ndarray]) -> dict[str, dict[str, float]]
     return out
 
 
+def evaluate_with_logits(
+    method: FewShotMethod,
+    sampler: EpisodeSampler,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[EvalResult, torch.Tensor, torch.Tensor]:
+    """`evaluate` on every episode of `sampler`, with its logits ``(T, n_query_total, n_way)`` and targets
+    ``(T, n_query_total)``."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(logits: torch.Tensor, target: torch.Tensor) -> None:
+        captured["logits"], captured["target"] = logits, target
+
+    result = evaluate(method, sampler, prepare=prepare, device=device, progress=progress, on_logits=keep)
+    return result, captured["logits"], captured["target"]
+
+
 def evaluate_cell(
     method: FewShotMethod,
     test: ImageDataset,
@@ -76,20 +95,9 @@ def evaluate_cell(
         (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
     """
     sampler = EpisodeSampler(test, None, n_shot, n_query, seed=seed, n_episodes=episodes)
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(logits: torch.Tensor, target: torch.Tensor) -> None:
-        captured["logits"], captured["target"] = logits, target
-
-    result = evaluate(
-        method,
-        sampler,
-        prepare=prepare,
-        device=device,
-        progress=progress,
-        on_logits=keep,
+    result, logits, target = evaluate_with_logits(
+        method, sampler, prepare=prepare, device=device, progress=progress
     )
-    logits, target = captured["logits"], captured["target"]
     values = {k: v.numpy() for k, v in batch_episode_metrics(logits, target).items()}
     if temperature is None:
         values["ece_calibrated"] = np.full(len(values["ece"]), np.nan)

@@ -104,13 +104,12 @@ def adapt(
     )
     say(f"adapted {base.meta.get('method')} to {adapted.n_way} classes: {counts}")
     say(f"images read as {base.channels}x{base.image_size}x{base.image_size} (centre crop, bilinear resize)")
-    smallest = int(adapted.support_labels.bincount().min())
-    if (loo or calibrate) and smallest < 2:
+    from medmeta.deploy.stability import allows_leave_one_out, leave_one_out
+    from medmeta.deploy.stability import calibrate as fit_calibration
+
+    if (loo or calibrate) and not allows_leave_one_out(adapted):
         say("leave-one-out and calibration need 2 images per class: probabilities left uncalibrated")
     elif loo or calibrate:
-        from medmeta.deploy.stability import calibrate as fit_calibration
-        from medmeta.deploy.stability import leave_one_out
-
         result = leave_one_out(adapted)
         if loo:
             low, high = result.interval()

@@ -24,7 +24,7 @@ from medmeta.deploy.adapted import AdaptedModel
 from medmeta.deploy.inputs import QueryImages, load_support
 from medmeta.deploy.predict import Predictions, predict_images
 from medmeta.errors import DataError
-from medmeta.eval.metrics import calibration_bins, confusion, ece_from_bins, ovr_auc
+from medmeta.eval.metrics import confusion, episode_metrics
 from medmeta.outputs import write_text_atomic
 
 
@@ -127,20 +127,9 @@ def score_folder(
 
 
 def _metrics(probs: torch.Tensor, true: np.ndarray, n_way: int) -> tuple[dict[str, float], np.ndarray]:
-    """Pooled metrics of all scored images (balanced accuracy and macro-F1 over the classes present)."""
+    """Metrics of all scored images as one episode (`medmeta.eval.metrics.episode_metrics`: balanced
+    accuracy and macro-F1 over the classes present) and the confusion matrix."""
     target = torch.from_numpy(true)
-    probs = probs.double()
-    cm = confusion(probs.argmax(-1), target, n_way).double()  # (n_way, n_way)
-    tp, support, predicted = cm.diagonal(), cm.sum(1), cm.sum(0)
-    present = support > 0
-    recall = tp / support.clamp_min(1)
-    precision = tp / predicted.clamp_min(1)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    metrics = {
-        "accuracy": float(tp.sum() / cm.sum()),
-        "balanced_accuracy": float(recall[present].mean()),
-        "macro_f1": float(f1[present].mean()),
-        "auc": float(ovr_auc(probs[None], target[None])[0]),
-        "ece": float(ece_from_bins(calibration_bins(probs[None], target[None]))[0]),
-    }
-    return metrics, cm.numpy().astype(np.int64)
+    logits = probs.double().log()  # softmax(log p) = p: the probabilities as logits
+    cm = confusion(logits.argmax(-1), target, n_way)  # (n_way, n_way)
+    return episode_metrics(logits, target), cm.numpy().astype(np.int64)

@@ -119,9 +119,12 @@ def calibrate(model: AdaptedModel, loo: LeaveOneOut) -> tuple[float, float, floa
     return t, before, ece(t)
 
 
+def allows_leave_one_out(model: AdaptedModel) -> bool:
+    """True when every class has 2 support images, so each can be held out (calibration needs it)."""
+    return int(model.support_labels.bincount(minlength=model.n_way).min()) >= 2
+
+
 def calibrate_when_possible(model: AdaptedModel) -> tuple[float, float, float] | None:
-    """`calibrate` on a fresh `leave_one_out` when every class has 2 support images; None (left at
-    temperature 1) when one has fewer."""
-    if int(model.support_labels.bincount(minlength=model.n_way).min()) < 2:
-        return None
-    return calibrate(model, leave_one_out(model))
+    """`calibrate` on a fresh `leave_one_out` when `allows_leave_one_out`; None (left at temperature 1)
+    otherwise."""
+    return calibrate(model, leave_one_out(model)) if allows_leave_one_out(model) else None
