@@ -14,7 +14,8 @@ from medmeta.pipeline.checks import check_method_config
 
 
 # seg_*.yaml are segmentation configs (SegConfig), validated in tests/seg/test_config.py; benchmark
-# protocols (a top-level `methods:` list) are validated in tests/bench/test_protocol.py
+# protocols (a top-level `methods:` list) are validated in tests/bench/test_protocol.py, segmentation
+# benchmark protocols (task: segmentation) in tests/bench/test_seg_benchmark.py
 def _is_run_config(path: Path) -> bool:
     return not path.name.startswith("seg_") and "methods" not in yaml.safe_load(path.read_text())
 
@@ -37,6 +38,7 @@ def test_every_config_is_validated_somewhere() -> None:
         "cross_domain_zero_head.yaml",
         "cross_domain_ssl.yaml",
         "medmnist.yaml",
+        "bench_seg_cross.yaml",
     }
 
 

@@ -14,25 +14,7 @@ from PIL import Image
 from medmeta.data.segmentation.sources import load_source, parse_spec
 from medmeta.errors import DataError
 from tests._helpers.cli import assert_one_line_error, run
-
-
-def _drive_pairs(data_dir: Path, n: int) -> list[tuple[Path, Path]]:
-    base = data_dir / "segmentation" / "drive" / "training"
-    images = sorted((base / "images").glob("*_training.tif"))[:n]
-    return [(p, base / "1st_manual" / f"{p.name.split('_')[0]}_manual1.gif") for p in images]
-
-
-def drive_folder(data_dir: Path, root: Path, n: int = 4) -> Path:
-    """DRIVE training pairs as images/NAME.png + masks/NAME.png (PNG masks of 0/255)."""
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True)
-    for image, mask in _drive_pairs(data_dir, n):
-        stem = image.name.split("_")[0]
-        with Image.open(image) as im:
-            im.convert("RGB").save(root / "images" / f"case{stem}.png")
-        with Image.open(mask) as m:
-            m.convert("L").save(root / "masks" / f"case{stem}.png")
-    return root
+from tests._helpers.segmentation import drive_folder, drive_pairs
 
 
 @pytest.mark.data
@@ -128,7 +110,7 @@ def test_segment_takes_a_support_folder_and_a_folder_of_images(
     support = drive_folder(data_dir, tmp_path / "support", n=2)
     todo = tmp_path / "todo"
     todo.mkdir()
-    for image, _ in _drive_pairs(data_dir, 4)[2:]:
+    for image, _ in drive_pairs(data_dir, 4)[2:]:
         shutil.copy(image, todo / image.name)
     code, _, err = run(
         capsys, "segment", "--model", "support_mean", "--support", str(support), "--images", str(todo),
@@ -159,7 +141,7 @@ def test_seg_score_gives_each_images_dice_at_full_resolution(
     truth.mkdir()
     todo = tmp_path / "todo"
     todo.mkdir()
-    pairs = _drive_pairs(data_dir, 4)
+    pairs = drive_pairs(data_dir, 4)
     for image, mask in pairs[2:]:
         shutil.copy(image, todo / image.name)
         with Image.open(mask) as m:

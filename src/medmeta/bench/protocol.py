@@ -289,6 +289,7 @@ class ReferenceSection(_Frozen):
 class Protocol(_Frozen):
     """A whole benchmark: every (method, held-out domain, shots, seed) cell."""
 
+    task: Literal["classification"] = "classification"
     name: str = Field(min_length=1)
     description: str = ""
     data: DataSection
@@ -414,6 +415,7 @@ _ADDED_LATER: tuple[tuple[str, str, Any], ...] = (
 )
 #: top-level protocol fields added after benchmark runs existed, with their defaults
 _ADDED_LATER_TOP: tuple[tuple[str, Any], ...] = (
+    ("task", "classification"),
     ("representations", []),
     ("raw_pixels", {"enabled": True, "grid": 8}),
 )

@@ -188,6 +188,9 @@ def benchmark(
 ) -> None:
     """Train every method with each domain held out, test on identical seeded episodes, write a report.
 
+    A protocol with ``task: segmentation`` trains each segmenter per seed on its training structures and
+    scores it on every test structure (docs/segmentation.md, configs/seg_*_bench.yaml).
+
     Writes OUT/results.jsonl (one record per finished cell; a killed run resumes where it stopped),
     OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html (--report-only: from the
     cells finished so far, running nothing). With --workers N, N jobs
@@ -204,11 +207,18 @@ def benchmark(
         job_cost,
     )
     from medmeta.bench.jobs import class_counts, load_benchmark_domains
-    from medmeta.bench.protocol import load_protocol
+    from medmeta.bench.seg_protocol import SegProtocol, load_any_protocol
     from medmeta.bench.store import RESULTS, stored_fingerprint
 
-    protocol = load_protocol(config)
+    protocol = load_any_protocol(config)
     out = out if out is not None else Path("runs") / "bench" / protocol.name
+    if isinstance(protocol, SegProtocol):
+        from medmeta.cli.seg_benchmark_cmd import run_seg_benchmark_cli
+
+        run_seg_benchmark_cli(
+            protocol, out, data_dir, dry_run=dry_run, report_only=report_only, quiet=quiet, workers=workers
+        )
+        return
     domains = load_benchmark_domains(protocol, data_dir if data_dir is not None else protocol.data.data_dir)
     jobs = enumerate_jobs(protocol)
     n_cells = len(enumerate_cells(protocol))

@@ -52,8 +52,9 @@ class SegTraining:
     meta: dict[str, Any]
 
 
-def plan_seg_training(cfg: SegConfig) -> SegTraining:
-    """Build the segmenter, load its structures and make its episodes; nothing is written.
+def plan_seg_training(cfg: SegConfig, data: SegData | None = None) -> SegTraining:
+    """Build the segmenter, load its structures (unless `data`, loaded from the same ``cfg.data``, is
+    given) and make its episodes; nothing is written.
 
     Raises:
         ConfigError: the method is a trivial baseline with nothing to train, or no training structure
@@ -65,7 +66,7 @@ def plan_seg_training(cfg: SegConfig) -> SegTraining:
             f"'{cfg.method.name}' is a trivial baseline with nothing to train: evaluate it with "
             f"`medmeta seg evaluate --model {cfg.method.name} --config ...`"
         )
-    data = load_seg_data(cfg)
+    data = load_seg_data(cfg) if data is None else data
     episodes = training_episodes(model, data, cfg)
     e = cfg.episodes
     usable = {k: s for k, s in data.train.items() if len(s) >= e.n_shot + e.n_query}
