@@ -288,8 +288,9 @@ def segment(
         None,
         "--patch",
         min=8,
-        help="2-D images at full resolution: adapt on support patches and predict windows of this many "
-        "native pixels (blended; e.g. the training tile), instead of resizing whole images to --size.",
+        help="Full resolution: adapt on support patches and predict windows of this many native pixels "
+        "(blended; e.g. the training tile) in every image and every slice of a volume, instead of "
+        "resizing whole planes to --size.",
     ),
     overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.9, help="With --patch: window overlap."),
     overwrite: bool = typer.Option(

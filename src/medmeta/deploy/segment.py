@@ -8,6 +8,7 @@ slice with the largest predicted area.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +20,10 @@ from medmeta.data.segmentation.io import (
     output_stem,
     overlay,
     predict_planes,
-    read_mask_plane,
     read_plane,
     read_volume,
     support_pairs,
+    support_planes,
     write_nifti_mask,
     write_png_mask,
 )
@@ -49,9 +50,11 @@ def segment_files(
 ) -> list[Path]:
     """Adapt `model` on the support files and write a mask and an overlay for every query file.
 
-    With `patch`, 2-D images are handled at their own resolution (`medmeta.deploy.sliding`): the model adapts
-    on support patches of `patch` native pixels and predicts each query window by window, blended with
-    `overlap`; without it, every image is resized whole to `size`.
+    With `patch`, images and every axial slice of a volume are handled at their own resolution
+    (`medmeta.deploy.sliding`): the model adapts on support patches of `patch` native pixels (from the
+    support images, or the support volumes' chosen slices) and predicts each query plane window by window,
+    blended with `overlap`; without it, every plane is resized whole to `size`. The segmenters are 2-D, so a
+    volume is segmented slice by slice at its own in-plane resolution and written on its own grid.
 
     Returns:
         The written files, in order.
@@ -64,25 +67,13 @@ def segment_files(
         raise DataError(f"file(s) not found: {', '.join(missing)}")
     if not images:
         raise DataError("no image to segment: pass --images")
-    flat = patch is not None and not any(is_nifti(p) for p in [*support_images, *images])
-    if patch is not None and not flat:
-        raise DataError(
-            "--patch works on 2-D images; NIfTI volumes are segmented slice by slice: drop --patch"
+    if patch is not None:
+        planes = support_planes(
+            support_images, support_masks, channel=channel, window=window, label=label, max_slices=max_slices
         )
-    if flat:
-        assert patch is not None
-        if len(support_images) != len(support_masks):
-            raise DataError(
-                f"got {len(support_images)} support images but {len(support_masks)} support masks: give one "
-                "mask per image"
-            )
-        native: list[tuple[np.ndarray, np.ndarray]] = []
-        for ip, mp in zip(support_images, support_masks, strict=True):
-            img, msk = read_plane(ip, channel), read_mask_plane(mp, label)
-            if img.shape != msk.shape:
-                raise DataError(f"support image {ip} is {img.shape} but its mask {mp} is {msk.shape}")
-            native.append((img, msk))
-        xs, ys = support_patches(native, patch=patch, size=size, overlap=overlap)
+        xs, ys = support_patches(
+            [(img, msk) for img, msk, _ in planes], patch=patch, size=size, overlap=overlap
+        )
     else:
         xs, ys = support_pairs(
             support_images,
@@ -102,20 +93,24 @@ def segment_files(
         stem = output_stem(path)
         if is_nifti(path):
             vol = read_volume(path, window)
-            planes = [vol.data[:, :, k] for k in range(vol.data.shape[2])]
-            masks = predict_planes(predictor, planes, size)
-            mask = np.stack(masks, axis=2)  # (I, J, K)
+            planes_k = [vol.data[:, :, k] for k in range(vol.data.shape[2])]
+            mask = np.stack(_predict(predictor, planes_k, size, patch, overlap), axis=2)  # (I, J, K)
             written.append(write_nifti_mask(mask, vol.image, out_dir / f"{stem}_mask.nii.gz"))
             k = int(mask.sum(axis=(0, 1)).argmax())
             written.append(overlay(vol.data[:, :, k], mask[:, :, k], out_dir / f"{stem}_overlay.png"))
         else:
             plane = read_plane(path, channel)
-            if flat:
-                assert patch is not None
-                prob = sliding_probability(predictor, plane, patch=patch, size=size, overlap=overlap)
-                mask2d = prob >= 0.5
-            else:
-                (mask2d,) = predict_planes(predictor, [plane], size)
+            (mask2d,) = _predict(predictor, [plane], size, patch, overlap)
             written.append(write_png_mask(mask2d, out_dir / f"{stem}_mask.png"))
             written.append(overlay(plane, mask2d, out_dir / f"{stem}_overlay.png"))
     return written
+
+
+def _predict(
+    predictor: Any, planes: list[np.ndarray], size: int, patch: int | None, overlap: float
+) -> list[np.ndarray]:
+    """Foreground masks ``(H, W)`` bool of `planes`: resized whole to `size`, or window by window at their own
+    resolution with `patch`."""
+    if patch is None:
+        return predict_planes(predictor, planes, size)
+    return [sliding_probability(predictor, p, patch=patch, size=size, overlap=overlap) >= 0.5 for p in planes]

@@ -83,6 +83,50 @@ def read_mask_volume(path: Path, label: int | None = None) -> np.ndarray:
     return arr == label if label is not None else arr > 0
 
 
+def support_planes(
+    images: list[Path],
+    masks: list[Path],
+    *,
+    channel: Channel = "grey",
+    window: Window = "ct",
+    label: int | None = None,
+    max_slices: int = 5,
+    min_pixels: int = 20,
+) -> list[tuple[np.ndarray, np.ndarray, Path]]:
+    """Support ``(image (H, W) float, mask (H, W) bool, mask file)`` planes at their own resolution.
+
+    A NIfTI support pair contributes up to `max_slices` evenly spaced axial slices in which the mask has
+    at least `min_pixels` pixels.
+
+    Raises:
+        DataError: unequal numbers of images and masks, none at all, an image and its mask of different
+            sizes, or a NIfTI mask without a slice holding the structure.
+    """
+    if len(images) != len(masks):
+        raise DataError(
+            f"got {len(images)} support images but {len(masks)} support masks: give one mask per image"
+        )
+    if not images:
+        raise DataError("no support image: pass --support-images and --support-masks")
+    out: list[tuple[np.ndarray, np.ndarray, Path]] = []
+    for ip, mp in zip(images, masks, strict=True):
+        if is_nifti(ip):
+            vol, mvol = read_volume(ip, window).data, read_mask_volume(mp, label)
+            if vol.shape != mvol.shape:
+                raise DataError(f"support volume {ip} is {vol.shape} but its mask {mp} is {mvol.shape}")
+            ks = select_slices(mvol, min_pixels)
+            if not ks:
+                raise DataError(f"support mask {mp} has no slice with >= {min_pixels} foreground pixels")
+            pick = [ks[i] for i in np.linspace(0, len(ks) - 1, min(max_slices, len(ks))).round().astype(int)]
+            out += [(vol[:, :, k], mvol[:, :, k].astype(bool), mp) for k in dict.fromkeys(pick)]
+        else:
+            img, msk = read_plane(ip, channel), read_mask_plane(mp, label)
+            if img.shape != msk.shape:
+                raise DataError(f"support image {ip} is {img.shape} but its mask {mp} is {msk.shape}")
+            out.append((img, msk.astype(bool), mp))
+    return out
+
+
 def support_pairs(
     images: list[Path],
     masks: list[Path],
@@ -94,40 +138,24 @@ def support_pairs(
     max_slices: int = 5,
     min_pixels: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support tensors ``(K, 1, size, size)`` and ``(K, size, size)`` from image/mask files.
-
-    A NIfTI support pair contributes up to `max_slices` evenly spaced axial slices in which the mask has
-    at least `min_pixels` pixels.
-    """
-    if len(images) != len(masks):
-        raise DataError(
-            f"got {len(images)} support images but {len(masks)} support masks: give one mask per image"
-        )
-    if not images:
-        raise DataError("no support image: pass --support-images and --support-masks")
+    """Support tensors ``(K, 1, size, size)`` and ``(K, size, size)`` from image/mask files: the planes of
+    `support_planes`, each padded to a square and resized whole to `size`."""
     xs, ys = [], []
-    for ip, mp in zip(images, masks, strict=True):
-        if is_nifti(ip):
-            vol, mvol = read_volume(ip, window).data, read_mask_volume(mp, label)
-            if vol.shape != mvol.shape:
-                raise DataError(f"support volume {ip} is {vol.shape} but its mask {mp} is {mvol.shape}")
-            ks = select_slices(mvol, min_pixels)
-            if not ks:
-                raise DataError(f"support mask {mp} has no slice with >= {min_pixels} foreground pixels")
-            pick = [ks[i] for i in np.linspace(0, len(ks) - 1, min(max_slices, len(ks))).round().astype(int)]
-            planes = [(vol[:, :, k], mvol[:, :, k]) for k in dict.fromkeys(pick)]
-        else:
-            img, msk = read_plane(ip, channel), read_mask_plane(mp, label)
-            if img.shape != msk.shape:
-                raise DataError(f"support image {ip} is {img.shape} but its mask {mp} is {msk.shape}")
-            planes = [(img, msk)]
-        for img, msk in planes:
-            x, _ = to_square(img, size)
-            y, _ = to_square(msk.astype(np.float32), size, is_mask=True)
-            if not y.any():
-                raise DataError(f"support mask {mp} is empty at {size} px: use a mask with foreground")
-            xs.append(x)
-            ys.append(y)
+    for img, msk, mp in support_planes(
+        images,
+        masks,
+        channel=channel,
+        window=window,
+        label=label,
+        max_slices=max_slices,
+        min_pixels=min_pixels,
+    ):
+        x, _ = to_square(img, size)
+        y, _ = to_square(msk.astype(np.float32), size, is_mask=True)
+        if not y.any():
+            raise DataError(f"support mask {mp} is empty at {size} px: use a mask with foreground")
+        xs.append(x)
+        ys.append(y)
     return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))
 
 
