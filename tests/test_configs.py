@@ -39,6 +39,7 @@ def test_every_config_is_validated_somewhere() -> None:
         "cross_domain_ssl.yaml",
         "medmnist.yaml",
         "bench_seg_cross.yaml",
+        "cross_domain_calibration.yaml",
     }
 
 

@@ -54,6 +54,20 @@ def test_the_zero_head_companion_differs_from_cross_domain_only_in_its_methods()
         assert m.options == {**twin.options, "zero_head": True}
 
 
+def test_the_calibration_companion_repeats_cross_domain_cells_for_its_methods() -> None:
+    """Its cells are cross_domain's (same data, budgets, episodes, first seed) with ECE before and after."""
+    full = load_protocol(REPO / "configs" / "cross_domain.yaml")
+    cal = load_protocol(REPO / "configs" / "cross_domain_calibration.yaml")
+    for section in ("data", "episodes", "train"):
+        assert getattr(cal, section) == getattr(full, section), section
+    assert cal.eval.model_dump(exclude={"calibration_episodes"}) == full.eval.model_dump(
+        exclude={"calibration_episodes"}
+    )
+    assert cal.eval.calibration_episodes > 0 and cal.seeds == full.seeds[:1]
+    twins = {m.label: m for m in full.methods}
+    assert all(m == twins[m.label] for m in cal.methods)
+
+
 def test_jobs_run_seed_by_seed_and_cost_follows_ways_and_shots() -> None:
     p = load_protocol(REPO / "configs" / "cross_domain.yaml")
     jobs = enumerate_jobs(p)
