@@ -15,6 +15,7 @@ from medmeta._accel.allocator import keep_freed_memory
 from medmeta._optional import OptionalDependencyError
 from medmeta.cli import data_cmds, deploy_cmds, seg_cmds, weights_cmds
 from medmeta.cli.benchmark_cmd import benchmark
+from medmeta.cli.continual_cmd import continual
 from medmeta.cli.distill_cmd import distill
 from medmeta.cli.overrides import Device, collect, parse_options, parse_way
 from medmeta.cli.pretrain_cmd import pretrain
@@ -38,6 +39,7 @@ app.command("segment")(seg_cmds.segment)
 deploy_cmds.register(app)
 app.command()(benchmark)
 app.command()(pretrain)
+app.command()(continual)
 app.command()(distill)
 
 _state = {"debug": False}

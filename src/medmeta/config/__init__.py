@@ -9,6 +9,15 @@ checked against the registries by `medmeta.pipeline.checks`.
 """
 
 from medmeta.config._base import apply_overrides, describe_validation_error, read_yaml_mapping
+from medmeta.config.continual import (
+    ContinualConfig,
+    ContinualTrainConfig,
+    PrototypeConfig,
+    ReplayConfig,
+    StreamConfig,
+    load_continual_config,
+    make_continual_config,
+)
 from medmeta.config.pretrain import (
     AugmentConfig,
     PretrainConfig,
@@ -42,6 +51,8 @@ from medmeta.config.segmentation import (
 __all__ = [
     "LIBRARY_PREFIXES",
     "AugmentConfig",
+    "ContinualConfig",
+    "ContinualTrainConfig",
     "DataConfig",
     "EpisodeConfig",
     "EvalConfig",
@@ -49,6 +60,8 @@ __all__ = [
     "ModelConfig",
     "PretrainConfig",
     "PretrainDataConfig",
+    "PrototypeConfig",
+    "ReplayConfig",
     "RunConfig",
     "SSLConfig",
     "SegConfig",
@@ -56,13 +69,16 @@ __all__ = [
     "SegEpisodeConfig",
     "SegEvalConfig",
     "SegMethodConfig",
+    "StreamConfig",
     "TrainConfig",
     "apply_overrides",
     "describe_validation_error",
     "load_config",
+    "load_continual_config",
     "load_pretrain_config",
     "load_seg_config",
     "make_config",
+    "make_continual_config",
     "make_pretrain_config",
     "make_seg_config",
     "read_yaml_mapping",
