@@ -68,6 +68,14 @@ def test_the_calibration_companion_repeats_cross_domain_cells_for_its_methods() 
     assert all(m == twins[m.label] for m in cal.methods)
 
 
+def test_the_model_based_protocol_is_quick_with_mann_and_meta_lstm_beside_protonet_and_maml() -> None:
+    """Same data and test episodes as quick.yaml, so its rows compare with ProtoNet and MAML on identical episodes."""
+    quick = load_protocol(REPO / "configs" / "quick.yaml")
+    p = load_protocol(REPO / "configs" / "model_based.yaml")
+    assert p.data == quick.data and p.eval == quick.eval and p.episodes == quick.episodes
+    assert [m.name for m in p.methods][:4] == ["protonet", "maml", "mann", "meta_lstm"]
+
+
 def test_jobs_run_seed_by_seed_and_cost_follows_ways_and_shots() -> None:
     p = load_protocol(REPO / "configs" / "cross_domain.yaml")
     jobs = enumerate_jobs(p)

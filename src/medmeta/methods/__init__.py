@@ -18,6 +18,8 @@ from medmeta.methods.metric.matching import MatchingNet
 from medmeta.methods.metric.protonet import ProtoNet
 from medmeta.methods.metric.relation import RelationNet
 from medmeta.methods.metric.siamese import SiameseNet
+from medmeta.methods.model_based.mann import MANN
+from medmeta.methods.model_based.meta_lstm import MetaLSTM
 from medmeta.methods.transfer.base import SupervisedMethod, SupervisedOptions
 from medmeta.methods.transfer.baseline_pp import BaselinePP
 from medmeta.methods.transfer.finetune import Finetune
@@ -39,6 +41,8 @@ METHODS: dict[str, type[FewShotMethod]] = {
     "meta_sgd": MetaSGD,
     "anil": ANIL,
     "reptile": Reptile,
+    "mann": MANN,
+    "meta_lstm": MetaLSTM,
 }
 
 
