@@ -17,6 +17,7 @@ from medmeta.cli import data_cmds, deploy_cmds, seg_cmds, weights_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.continual_cmd import continual
 from medmeta.cli.distill_cmd import distill
+from medmeta.cli.fusion_cmd import fusion
 from medmeta.cli.overrides import Device, collect, parse_options, parse_way
 from medmeta.cli.pretrain_cmd import pretrain
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
@@ -41,6 +42,7 @@ app.command()(benchmark)
 app.command()(pretrain)
 app.command()(continual)
 app.command()(distill)
+app.command()(fusion)
 
 _state = {"debug": False}
 
