@@ -66,6 +66,14 @@ class GrowingClassifier(nn.Module):
         backbone: ``(N, C, H, W)`` -> ``(N, width)``.
         width: feature width.
         train_backbone: False keeps the backbone fixed (no gradient, always in eval mode).
+
+    Example:
+        >>> from medmeta.models import Conv4
+        >>> net = GrowingClassifier(Conv4(in_channels=3, image_size=32), width=256)
+        >>> net.grow(8, torch.Generator().manual_seed(0))  # stage 1: 8 classes
+        >>> net.grow(12, torch.Generator().manual_seed(1))  # stage 2: 4 more; rows 0..7 unchanged
+        >>> net(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 12])
     """
 
     def __init__(self, backbone: nn.Module, width: int, *, train_backbone: bool = True) -> None:
@@ -239,6 +247,11 @@ class PrototypeLearner:
     Args:
         backbone: ``(N, C, H, W)`` -> ``(N, d)``; never trained, always in eval mode.
         distance: ``cosine`` or ``sqeuclidean``.
+
+    Example:
+        >>> learner = PrototypeLearner(backbone, "cosine", prepare=norm, device=torch.device("cpu"))  # doctest: +SKIP
+        >>> learner.learn(images, labels, n_seen=8)  # class means of stage 1's shots  # doctest: +SKIP
+        >>> learner.logits(norm(queries)).shape  # (N, 8); a later stage only appends rows  # doctest: +SKIP
     """
 
     def __init__(
