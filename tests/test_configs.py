@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmeta.config import apply_overrides, load_config, make_config
+from medmeta.config import apply_overrides, load_config, load_continual_config, make_config
 from medmeta.errors import ConfigError
 from medmeta.pipeline import train_method
 from medmeta.pipeline.checks import check_method_config
@@ -15,9 +15,12 @@ from medmeta.pipeline.checks import check_method_config
 
 # seg_*.yaml are segmentation configs (SegConfig), validated in tests/seg/test_config.py; benchmark
 # protocols (a top-level `methods:` list) are validated in tests/bench/test_protocol.py, segmentation
-# benchmark protocols (task: segmentation) in tests/bench/test_seg_benchmark.py
+# benchmark protocols (task: segmentation) in tests/bench/test_seg_benchmark.py; continual*.yaml are
+# `medmeta continual` configs, validated below
 def _is_run_config(path: Path) -> bool:
-    return not path.name.startswith("seg_") and "methods" not in yaml.safe_load(path.read_text())
+    return not path.name.startswith(("seg_", "continual")) and "methods" not in yaml.safe_load(
+        path.read_text()
+    )
 
 
 CONFIGS = sorted(
@@ -41,6 +44,7 @@ def test_every_config_is_validated_somewhere() -> None:
         "bench_seg_cross.yaml",
         "cross_domain_calibration.yaml",
         "model_based.yaml",
+        "continual.yaml",
     }
 
 
@@ -48,6 +52,13 @@ def test_every_config_is_validated_somewhere() -> None:
 def test_every_shipped_config_validates(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.data.train
+
+
+def test_the_continual_config_is_three_stages_of_real_domains_with_every_strategy() -> None:
+    cfg = load_continual_config(Path(__file__).resolve().parents[1] / "configs" / "continual.yaml")
+    assert len(cfg.data.stages) == 3 and cfg.data.dedupe
+    assert cfg.strategies == ["naive", "replay", "prototypes", "joint"]
+    assert cfg.replay.policies == ["reservoir", "class_balanced"]
 
 
 def test_overrides_set_nested_keys_without_touching_the_input() -> None:
