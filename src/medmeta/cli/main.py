@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from medmeta._accel.allocator import keep_freed_memory
 from medmeta._optional import OptionalDependencyError
-from medmeta.cli import data_cmds, deploy_cmds, seg_cmds, weights_cmds
+from medmeta.cli import data_cmds, deploy_cmds, detect_cmds, seg_cmds, weights_cmds
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.continual_cmd import continual
 from medmeta.cli.distill_cmd import distill
@@ -38,6 +38,7 @@ app.add_typer(seg_cmds.app, name="seg")
 app.add_typer(weights_cmds.app, name="weights")
 app.command("segment")(seg_cmds.segment)
 deploy_cmds.register(app)
+detect_cmds.register(app)
 app.command()(benchmark)
 app.command()(pretrain)
 app.command()(continual)
