@@ -1,7 +1,8 @@
 """Image pools for registration: real 2D planes with optional label maps, grouped by volume or subject.
 
 * ``ct`` / ``mr``: every axial slice of the TotalSegmentator example CT or MR (the files and windowing of
-  `medmeta.data.segmentation.sources`), with its multi-label map (TotalSegmentator model output). One volume
+  `medmeta.data.segmentation.sources`), reoriented to the closest canonical (RAS) axes so CT and MR slices
+  share one orientation, with its multi-label map (TotalSegmentator model output). One volume
   each, so ``groups`` is one name and ``positions`` the slice index: pairs of different slices come from it.
 * ``brain``: brain MRI slices (``classification/brain_tumor_mri/{train,test}``), no labels; each image is
   its own group (the set does not name patients).
@@ -97,8 +98,8 @@ def load_volume_pool(root: Path, modality: str, size: int) -> RegPool:
     for f in (image_file, label_file):
         if not (base / f).is_file():
             raise DataError(f"{base / f} not found: set MEDMETA_DATA to the shared data folder")
-    volume = np.asarray(nib.load(str(base / image_file)).dataobj, dtype=np.float32)
-    labels = np.asarray(nib.load(str(base / label_file)).dataobj).astype(np.int64)
+    volume = np.asarray(nib.as_closest_canonical(nib.load(str(base / image_file))).dataobj, dtype=np.float32)
+    labels = np.asarray(nib.as_closest_canonical(nib.load(str(base / label_file))).dataobj).astype(np.int64)
     if volume.shape != labels.shape:
         raise DataError(f"{image_file} is {volume.shape} but {label_file} is {labels.shape}")
     scaled = window_ct(volume) if modality == "ct" else scale_percentiles(volume)
@@ -140,3 +141,29 @@ def load_pool(name: str, root: Path, size: int, *, split: str = "train", limit: 
     if name == "brain":
         return load_brain_pool(root, split, size, limit)
     raise DataError(f"unknown registration pool '{name}': choose one of {', '.join(POOLS)}")
+
+
+def relabel(labels: Tensor, source: tuple[str, ...], target: tuple[str, ...]) -> Tensor:
+    """Label maps whose ids name `source` classes (id ``i`` = ``source[i - 1]``) renumbered to `target`'s ids
+    by class name; classes `target` lacks become background."""
+    lut = torch.zeros(len(source) + 1, dtype=torch.int64)
+    index = {name: i + 1 for i, name in enumerate(target)}
+    for i, name in enumerate(source):
+        lut[i + 1] = index.get(name, 0)
+    return lut[labels.clamp(0, len(source))]
+
+
+def cross_modal_pool(root: Path, size: int) -> RegPool:
+    """The example CT and MR in one pool, MR labels renumbered to the CT's label ids by organ name, so
+    ``subjects`` pairs across the two volumes (CT against MR, different subjects) can be scored by Dice."""
+    ct, mr = load_volume_pool(root, "ct", size), load_volume_pool(root, "mr", size)
+    assert ct.labels is not None and mr.labels is not None  # volume pools always carry labels
+    _, _, ct_names = _VOLUMES["ct"]
+    _, _, mr_names = _VOLUMES["mr"]
+    return RegPool(
+        "ct+mr",
+        torch.cat([ct.images, mr.images]),
+        torch.cat([ct.labels, relabel(mr.labels, tuple(mr_names), tuple(ct_names))]),
+        ct.groups + mr.groups,
+        ct.positions + mr.positions,
+    )

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from medmeta.data.deformations import warp
 from medmeta.eval.mask_metrics import dice, hd95
 
 
@@ -115,3 +116,27 @@ def label_hd95(warped: Tensor, fixed: Tensor, min_pixels: int = 1) -> Tensor:
         values = hd95(pred, ref, backend="monai").numpy()
         out.append(float(np.nanmean(values)) if np.isfinite(values).any() else math.nan)
     return torch.tensor(out, dtype=torch.float64)
+
+
+def score_pairs(
+    ddf: Tensor, labels: Tensor | None = None, flows: Tensor | None = None, min_pixels: int = 1
+) -> dict[str, Tensor]:
+    """Every metric that applies to registered pairs, per pair.
+
+    Args:
+        ddf: ``(N, ndim, *spatial)`` estimated displacements.
+        labels: ``(N, 2, *spatial)`` int64 moving and fixed label maps, or None (no Dice/HD95).
+        flows: ``(N, ndim, *spatial)`` true displacements, or None (no end-point error).
+        min_pixels: smallest fixed-label area scored.
+
+    Returns:
+        ``folding`` and, where they apply, ``epe``, ``dice`` and ``hd95``, each ``(N,)`` float64.
+    """
+    out = {"folding": folding_fraction(ddf)}
+    if flows is not None:
+        out["epe"] = endpoint_error(ddf, flows)
+    if labels is not None:
+        warped = warp(labels[:, :1].to(ddf.dtype), ddf, mode="nearest").round().long()[:, 0]  # (N, *spatial)
+        out["dice"] = label_dice(warped, labels[:, 1], min_pixels)
+        out["hd95"] = label_hd95(warped, labels[:, 1], min_pixels)
+    return out

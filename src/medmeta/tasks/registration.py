@@ -15,7 +15,10 @@ Pairs come from a `medmeta.data.registration.RegPool` in one of three ways (``mo
   moving labels warped by ``u`` (nearest). ``contrast="invert"`` gives the fixed image ``1 - intensity``
   (a controlled change of contrast, like T1 against T2).
 * ``slices``: two different slices of one volume at most ``max_gap`` apart.
-* ``subjects``: two planes from different groups (volumes or subjects).
+* ``subjects``: two planes from different groups (volumes or subjects); with ``match_position`` the
+  partner is the plane of the other group at the nearest relative position along its volume (the same
+  level of the body, for CT against MR); ``moving_from`` restricts the moving planes to groups starting
+  with that prefix (``mr/``: MR moving, CT fixed).
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ class PairSampler(SeededSampler[PairEpisode]):
         control_points: int = 5,
         max_gap: int = 3,
         contrast: Literal["same", "invert"] = "same",
+        match_position: bool = False,
+        moving_from: str = "",
     ) -> None:
         if n_query < 1 or n_support < 1:
             raise DataError(f"n_query and n_support must be >= 1, got {n_query} and {n_support}")
@@ -148,6 +153,16 @@ class PairSampler(SeededSampler[PairEpisode]):
         self.seed, self.n_episodes = seed, n_episodes
         self.magnitude, self.control_points, self.max_gap = magnitude, control_points, max_gap
         self.partners = self._slice_partners(pool, max_gap) if mode == "slices" else {}
+        self.match_position = match_position
+        self.moving_pool = [i for i, g in enumerate(pool.groups) if g.startswith(moving_from)]
+        if not self.moving_pool:
+            raise DataError(
+                f"no plane of pool '{pool.name}' has a group starting with moving_from='{moving_from}'"
+            )
+        extent = {
+            g: max(p for h, p in zip(pool.groups, pool.positions, strict=True) if h == g) for g in pool.groups
+        }
+        self.relative = [p / max(extent[g], 1) for g, p in zip(pool.groups, pool.positions, strict=True)]
 
     @staticmethod
     def _slice_partners(pool: RegPool, max_gap: int) -> dict[int, list[int]]:
@@ -195,9 +210,12 @@ class PairSampler(SeededSampler[PairEpisode]):
                 a = keys[int(rng.integers(len(keys)))]
                 b = self.partners[a][int(rng.integers(len(self.partners[a])))]
             else:
-                a = int(rng.integers(len(pool)))
+                a = self.moving_pool[int(rng.integers(len(self.moving_pool)))]
                 others = [j for j in range(len(pool)) if pool.groups[j] != pool.groups[a]]
-                b = others[int(rng.integers(len(others)))]
+                if self.match_position:
+                    b = min(others, key=lambda j: abs(self.relative[j] - self.relative[a]))
+                else:
+                    b = others[int(rng.integers(len(others)))]
             pairs.append((a, b))
         idx = torch.as_tensor(pairs)  # (n, 2): moving, fixed
         images = pool.images[idx[:, 0]].clone()
@@ -215,3 +233,19 @@ class PairSampler(SeededSampler[PairEpisode]):
         else:
             s_images, s_labels, _ = self._pairs(rng, self.n_support)
         return PairEpisode(s_images, s_labels, images, labels, flows, f"{self.pool.name}:{self.mode}")
+
+
+class InterleavedSampler(SeededSampler[PairEpisode]):
+    """Episodes of several samplers in turn: episode ``i`` is ``samplers[i % k].episode(i // k)``.
+
+    For training on a mixture of pools and pair modes.
+    """
+
+    def __init__(self, samplers: list[PairSampler], n_episodes: int = 1000) -> None:
+        if not samplers:
+            raise DataError("InterleavedSampler needs at least one sampler")
+        self.samplers, self.n_episodes, self.seed = samplers, n_episodes, samplers[0].seed
+
+    def episode(self, index: int) -> PairEpisode:
+        k = len(self.samplers)
+        return self.samplers[index % k].episode(index // k)

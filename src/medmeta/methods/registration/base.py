@@ -10,6 +10,7 @@ were adapted on, so their test-time protocol is ``adapt(PairSupport(pairs)).pred
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -71,8 +72,9 @@ class RegistrationMethod(FewShotLearner[PairSupport, PairEpisode]):
         self.similarity = similarity_loss(o.similarity, o.spatial_dims, o.kernel_size)
         self.smoothness = smoothness_loss(o.smoothness)
         blocks = monai_module("networks.blocks", "warping images")
-        self.warp = blocks.Warp(mode="bilinear", padding_mode="border")
-        self.warp_labels = blocks.Warp(mode="nearest", padding_mode="border")
+        with warnings.catch_warnings():  # MONAI warns at every Warp that it uses PyTorch's grid_sample
+            warnings.filterwarnings("ignore", message=".*native grid_sample.*")
+            self.warp = blocks.Warp(mode="bilinear", padding_mode="border")
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None = None) -> RegistrationMethod:
