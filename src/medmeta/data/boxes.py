@@ -231,6 +231,8 @@ def read_box_csv(
 ) -> list[BoxAnnotation]:
     """A CSV with the header ``image,xmin,ymin,xmax,ymax,label``, one row per box.
 
+    A trailing ``score`` column (as `medmeta detect` writes) is allowed and ignored.
+
     Args:
         csv_path: the CSV file; ``image`` is relative to `images_dir` (default: the CSV's folder).
         images_dir: folder of the images.
@@ -247,15 +249,18 @@ def read_box_csv(
         with csv_path.open(newline="") as f:
             reader = csv.reader(f)
             header = tuple(h.strip().lower() for h in next(reader, []))
-            if header != CSV_HEADER:
-                raise DataError(f"{csv_path}: header is {list(header)}; expected {','.join(CSV_HEADER)}")
+            if header not in (CSV_HEADER, (*CSV_HEADER, "score")):
+                raise DataError(
+                    f"{csv_path}: header is {list(header)}; expected {','.join(CSV_HEADER)} (and optionally ,score)"
+                )
+            width = len(header)
             for line, row in enumerate(reader, start=2):
                 if not row:
                     continue
                 where = f"{csv_path} line {line}"
-                if len(row) != 6:
-                    raise DataError(f"{where}: {len(row)} fields; expected 6 ({','.join(CSV_HEADER)})")
-                image, *corners, label = (v.strip() for v in row)
+                if len(row) != width:
+                    raise DataError(f"{where}: {len(row)} fields; expected {width} ({','.join(header)})")
+                image, *corners, label = (v.strip() for v in row[:6])
                 boxes, labels = per_image.setdefault(image, ([], []))
                 if not label and not any(corners):  # an image without any box
                     continue
