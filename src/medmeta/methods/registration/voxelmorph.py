@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 from torch.func import functional_call
@@ -78,10 +79,20 @@ class VoxelMorph(RegistrationMethod):
         )
 
     def forward_with(self, params: ParamDict, pairs: Tensor) -> Tensor:
-        """Displacement ``(N, ndim, *spatial)`` of pairs ``(N, 2, *spatial)`` under `params`."""
+        """Displacement ``(N, ndim, *spatial)`` of pairs ``(N, 2, *spatial)`` under `params`.
+
+        Spatial sizes that the U-Net's pooling cannot halve evenly are padded at the end (edge values
+        repeated) to a multiple of ``2 ** len(channels)``, and the field is cropped back.
+        """
         self.check_dims(pairs)
-        _, ddf = functional_call(self.net, params, (pairs[:, :1], pairs[:, 1:]))
-        return ddf
+        spatial = tuple(pairs.shape[2:])
+        multiple = 2 ** len(self.options.channels)
+        pad = [(-s) % multiple for s in spatial]
+        x = pairs
+        if any(pad):
+            x = F.pad(pairs, [v for p in reversed(pad) for v in (0, p)], mode="replicate")  # (N, 2, *padded)
+        _, ddf = functional_call(self.net, params, (x[:, :1], x[:, 1:]))
+        return ddf[(..., *(slice(0, s) for s in spatial))]  # (N, ndim, *spatial)
 
     def inner_update(self) -> InnerUpdate:
         o = self.options
