@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from medmeta.errors import DataError
 from medmeta.methods.detection import DET_METHODS, FewShotDetector
 from medmeta.methods.detection.base import CosinePredictor
-from medmeta.methods.detection.roi import sample, support_rois
+from medmeta.methods.detection.roi import sample, support_rois, tune_rpn
 from medmeta.tasks.detection import BoxSupport
 from tests._helpers.detection import CLASSES, bccd_images, tiny_detector
 
@@ -123,3 +124,30 @@ def test_extended_cosine_head_keeps_the_base_rows() -> None:
     torch.testing.assert_close(new.cls_weight[:3], head.cls_weight)
     x = torch.rand(4, 8)
     torch.testing.assert_close(new(x)[0][:, :3], head(x)[0])
+
+
+def test_tune_rpn_changes_only_the_rpn_head_and_lowers_its_support_loss(
+    detectors: dict[str, FewShotDetector], data_dir: Path
+) -> None:
+    model: Any = copy.deepcopy(detectors["tfa"].model)
+    support = _support(data_dir)
+    targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in support.boxes]
+
+    def rpn_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            image_list, t = model.transform(list(support.images.float() / 255), targets)
+            feats = model.backbone(image_list.tensors)
+            model.rpn.train()
+            torch.manual_seed(0)
+            _, losses = model.rpn(image_list, feats, t)
+        model.rpn.eval()
+        return float(sum(losses.values()))
+
+    before_loss = rpn_loss()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tune_rpn(model, support.images, support.boxes, steps=40, lr=1e-3, seed=0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("rpn.head.") for k in changed)
+    assert rpn_loss() < before_loss
+    assert not any(p.requires_grad for p in model.rpn.head.parameters())

@@ -167,10 +167,18 @@ class DetPredictor:
 
 
 class DetOptions(LearnerOptions):
-    """Hyper-parameters every detector shares."""
+    """Hyper-parameters every detector shares.
+
+    ``rpn_steps`` Adam steps (lr ``rpn_lr``, seed ``seed``) fine-tune the RPN head on the support boxes
+    before the box classifier learns the novel classes (`medmeta.methods.detection.roi.tune_rpn`); 0
+    keeps the base RPN, as in the original TFA.
+    """
 
     image_size: int = 320
     max_detections: int = 100
+    rpn_steps: int = 100
+    rpn_lr: float = 1e-4
+    seed: int = 0
 
 
 class FewShotDetector(FewShotLearner[BoxSupport, DetEpisode]):

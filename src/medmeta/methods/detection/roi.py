@@ -73,3 +73,37 @@ def sample(rois: SupportRois, sampler: object) -> tuple[Tensor, Tensor, Tensor]:
     labels = torch.cat([lab[i] for lab, i in zip(rois.labels, idx, strict=True)])
     targets = torch.cat([t[i] for t, i in zip(rois.targets, idx, strict=True)])
     return feats, labels, targets
+
+
+def tune_rpn(model: Any, images: Tensor, boxes: Sequence[Tensor], steps: int, lr: float, seed: int) -> None:
+    """Fine-tune the RPN head of `model` in place on the support boxes (every class), backbone frozen.
+
+    Base training teaches the RPN that objects of the novel class are background (their boxes were
+    removed), so a frozen RPN proposes none of them; FSCE (Sun et al. 2021, https://arxiv.org/abs/2103.05950)
+    unfreezes the RPN for this reason. Call on a copy: `model` is changed.
+
+    Args:
+        model: a torchvision ``FasterRCNN``; images ``(K, 3, H, W)``; boxes K tensors ``(n_i, 4)``.
+    """
+    if steps < 1:
+        return
+    model.eval()
+    targets = [{"boxes": b.float(), "labels": torch.ones(len(b), dtype=torch.int64)} for b in boxes]
+    with torch.no_grad():
+        image_list, targets = model.transform(list(as_float(images)), targets)
+        feats = model.backbone(image_list.tensors)
+    params = list(model.rpn.head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.rpn.train()
+        for _ in range(steps):
+            _, losses = model.rpn(image_list, feats, targets)
+            opt.zero_grad(set_to_none=True)
+            torch.stack(list(losses.values())).sum().backward()
+            opt.step()
+    model.rpn.eval()
+    for p in params:
+        p.requires_grad_(False)

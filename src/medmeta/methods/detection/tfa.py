@@ -3,7 +3,8 @@
 Wang, Huang, Darrell, Gonzalez, Yu, "Frustratingly Simple Few-Shot Object Detection", ICML 2020,
 https://arxiv.org/abs/2003.06957. The detector is trained on the base classes; for the novel classes only
 the last layer (cosine box classifier and box regressor, base rows included) is fine-tuned on the K-shot
-set while the backbone, RPN and box head stay frozen.
+set while the backbone, RPN and box head stay frozen. Here the RPN head is fine-tuned first (``rpn_steps``,
+as in FSCE; 0 restores the original): base training taught it that the novel objects are background.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from medmeta.methods.detection.base import DetOptions, DetPredictor, FewShotDetector, require
-from medmeta.methods.detection.roi import sample, support_rois
+from medmeta.methods.detection.roi import sample, support_rois, tune_rpn
 from medmeta.tasks.detection import BoxSupport
 
 
@@ -23,7 +24,6 @@ class TFAOptions(DetOptions):
 
     steps: int = 300
     lr: float = 1e-3
-    seed: int = 0
 
 
 class TFA(FewShotDetector):
@@ -45,6 +45,7 @@ class TFA(FewShotDetector):
             p.requires_grad_(False)
         new_index, novel = self.class_map(support)
         labels = [new_index[lab] for lab in support.labels]
+        tune_rpn(model, support.images, support.boxes, opts.rpn_steps, opts.rpn_lr, opts.seed)
         rois = support_rois(model, support.images, support.boxes, labels)
         fastrcnn_loss = require("torchvision.models.detection.roi_heads", "TFA").fastrcnn_loss
         old = model.roi_heads.box_predictor
