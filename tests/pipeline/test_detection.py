@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from medmeta.data.boxes import read_box_csv, read_coco_json
-from medmeta.errors import CheckpointError
+from medmeta.errors import CheckpointError, DataError
 from medmeta.methods.detection import DET_METHODS
-from medmeta.pipeline.detection import markdown_table, summarize
+from medmeta.pipeline.detection import markdown_table, parse_method, summarize
 from medmeta.pipeline.detection_io import load_detector, save_detector, to_original, write_detections
 
 
@@ -76,3 +76,15 @@ def test_summary_gives_the_mean_and_t_interval_over_draws() -> None:
     )  # t(0.975, 2) * sd / sqrt(n)
     assert row["base_ap50_ci"] == pytest.approx(0.0)
     assert "| tfa | 1 | 3 | 20.0 ± 24.8 |" in markdown_table([row], ["WBC"])
+
+
+def test_method_specs_carry_their_options_and_bad_specs_are_named() -> None:
+    assert parse_method("tfa") == ("tfa", {})
+    assert parse_method("tfa:rpn_steps=0,lr=0.01") == (
+        "tfa:rpn_steps=0,lr=0.01",
+        {"rpn_steps": 0, "lr": 0.01},
+    )
+    with pytest.raises(DataError, match="unknown detection method 'yolo'"):
+        parse_method("yolo")
+    with pytest.raises(DataError, match="needs KEY=VALUE"):
+        parse_method("proto:rpn_steps")

@@ -116,7 +116,9 @@ def det_kshot(
     ),
     shots: str = typer.Option("1,3,5,10", "--shots", help="Comma-separated K values."),
     draws: int = typer.Option(3, "--draws", min=1, help="Seeded K-shot draws per K."),
-    methods: str = typer.Option("tfa,proto", "--methods", help="Comma-separated detection methods."),
+    methods: list[str] = typer.Option(
+        ["tfa", "proto"], "--method", help="Method NAME[:KEY=VALUE,...], e.g. tfa:rpn_steps=0 (repeatable)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     pool_split: str | None = typer.Option("trainval", "--pool-split"),
     test_split: str | None = typer.Option("test", "--test-split"),
@@ -126,7 +128,7 @@ def det_kshot(
 ) -> None:
     """The K-shot novel-class protocol: every method on seeded draws; AP50 and AP, novel and base."""
     from medmeta.outputs import claim_output_folder, write_text_atomic
-    from medmeta.pipeline.detection import kshot_protocol, markdown_table, summarize
+    from medmeta.pipeline.detection import kshot_protocol, markdown_table, parse_method, summarize
     from medmeta.pipeline.detection_io import load_detector
 
     try:
@@ -139,7 +141,7 @@ def det_kshot(
     novel_names = list(novel or meta.get("novel") or [])
     if not novel_names:
         raise DataError(f"{base} does not record its novel class: pass --novel NAME")
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    specs = dict(parse_method(m.strip()) for m in methods)
 
     def on_row(row: dict[str, object]) -> None:
         say(
@@ -148,7 +150,7 @@ def det_kshot(
         )
 
     rows = kshot_protocol(
-        detector, data, novel_names, methods={n: {} for n in names}, shots=ks, draws=draws, seed=seed,
+        detector, data, novel_names, methods=specs, shots=ks, draws=draws, seed=seed,
         pool_split=pool_split or None, test_split=test_split or None, drop_bad=drop_bad_boxes, on_row=on_row,
     )  # fmt: skip
     buf = io.StringIO()

@@ -8,6 +8,7 @@ are scored on the held-out split (``test``) by COCO AP@0.5 and AP@[0.5:0.95], no
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -133,13 +134,14 @@ def kshot_protocol(
 
     Args:
         detector: base-trained; its classes are the base classes.
-        methods: method name -> options (``{}`` for the defaults).
+        methods: label -> options (``{}`` for the defaults); the method is the label up to its first ``:``
+            (`parse_method` turns ``tfa:rpn_steps=0`` into this pair).
 
     Returns:
         One row per (method, K, draw): ``novel_ap50``, ``novel_ap``, ``base_ap50``, ``base_ap``, ``seconds``;
         plus rows of method ``base_only`` (K = 0): the base detector before any novel class.
     """
-    unknown = [m for m in methods if m not in DET_METHODS]
+    unknown = [m for m in methods if m.split(":")[0] not in DET_METHODS]
     if unknown:
         raise DataError(f"unknown detection method(s) {unknown}; choose from {sorted(DET_METHODS)}")
     size = detector.options.image_size
@@ -169,7 +171,8 @@ def kshot_protocol(
         for draw in range(draws):
             episode = sampler.episode(draw)
             for name, opts in methods.items():
-                method = DET_METHODS[name].from_options(detector.base_classes, {**opts, "image_size": size})
+                cls = DET_METHODS[name.split(":")[0]]
+                method = cls.from_options(detector.base_classes, {**opts, "image_size": size})
                 method.model = detector.model
                 start = time.perf_counter()
                 predictor = method.adapt(episode.support)
@@ -184,6 +187,27 @@ def kshot_protocol(
                     }
                 )
     return rows
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME[:KEY=VALUE,...]`` -> (spec, options); values are read as JSON when they parse, else kept as text.
+
+    Raises:
+        DataError: an unknown method or an option without ``=``.
+    """
+    name, _, rest = spec.partition(":")
+    if name not in DET_METHODS:
+        raise DataError(f"unknown detection method '{name}' in '{spec}'; choose from {sorted(DET_METHODS)}")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise DataError(f"method option '{item}' in '{spec}' needs KEY=VALUE, e.g. tfa:rpn_steps=0")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return spec, options
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
