@@ -137,10 +137,11 @@ def register_files(
         raise DataError(
             f"fixed is {ndim}-D but moving is {m_img.data.ndim}-D: give two 2D images or two volumes"
         )
-    if int(np.prod(f_img.data.shape)) > MAX_VOXELS[ndim]:
-        raise DataError(
-            f"fixed image {f_img.data.shape} exceeds {MAX_VOXELS[ndim]} voxels: downsample it first"
-        )
+    for what, img in (("fixed", f_img), ("moving", m_img)):
+        if int(np.prod(img.data.shape)) > MAX_VOXELS[ndim]:
+            raise DataError(
+                f"{what} image {img.data.shape} exceeds {MAX_VOXELS[ndim]} voxels: downsample it first"
+            )
     shape = tuple(f_img.data.shape)
     moving_t = torch.from_numpy(m_img.data)[None, None]  # (1, 1, *spatial)
     if tuple(m_img.data.shape) != shape:
