@@ -60,10 +60,11 @@ def test_the_calibration_companion_repeats_cross_domain_cells_for_its_methods() 
     cal = load_protocol(REPO / "configs" / "cross_domain_calibration.yaml")
     for section in ("data", "episodes", "train"):
         assert getattr(cal, section) == getattr(full, section), section
-    assert cal.eval.model_dump(exclude={"calibration_episodes"}) == full.eval.model_dump(
-        exclude={"calibration_episodes"}
+    assert cal.eval.model_dump(exclude={"calibration_episodes", "loo_episodes"}) == full.eval.model_dump(
+        exclude={"calibration_episodes", "loo_episodes"}
     )
-    assert cal.eval.calibration_episodes > 0 and cal.seeds == full.seeds[:1]
+    assert cal.eval.calibration_episodes > 0 and cal.eval.loo_episodes == cal.eval.episodes
+    assert cal.seeds == full.seeds[:1]
     twins = {m.label: m for m in full.methods}
     assert all(m == twins[m.label] for m in cal.methods)
 

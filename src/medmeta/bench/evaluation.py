@@ -14,11 +14,13 @@ import torch
 
 from medmeta.data.datasets import ImageDataset
 from medmeta.eval.evaluate import EvalResult, evaluate
+from medmeta.eval.loo import loo_temperature
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, mean_ci
 from medmeta.methods.base import FewShotMethod
+from medmeta.tasks.episode import Support
 from medmeta.tasks.sampler import EpisodeSampler
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "ece_calibrated")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "ece_calibrated", "ece_loo")
 
 
 def class_confusion(
@@ -70,6 +72,27 @@ def evaluate_with_logits(
     return result, captured["logits"], captured["target"]
 
 
+def loo_temperatures(
+    method: FewShotMethod,
+    sampler: EpisodeSampler,
+    episodes: int,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+) -> list[float | None]:
+    """`medmeta.eval.loo.loo_temperature` of the supports of episodes ``0..episodes-1`` (None: 1-shot)."""
+    was_training = method.training
+    method.eval()
+    try:
+        out = []
+        for i in range(episodes):
+            ep = sampler.episode(i).to(device).map_images(prepare)
+            out.append(loo_temperature(method, Support(ep.support_images, ep.support_labels, ep.n_way)))
+        return out
+    finally:
+        method.train(was_training)
+
+
 def evaluate_cell(
     method: FewShotMethod,
     test: ImageDataset,
@@ -82,12 +105,16 @@ def evaluate_cell(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     temperature: float | None = None,
+    loo_episodes: int = 0,
 ) -> dict[str, Any]:
     """Evaluate on `episodes` all-class `n_shot`-shot episodes of `test` (seeded: same for every method).
 
     With `temperature` (fitted away from the test domain, `medmeta.bench.calibration`), ``ece_calibrated`` is
     the ECE of ``softmax(logits / temperature)``; the argmax, hence every other metric, is unchanged. Without
-    it, ``ece_calibrated`` is NaN.
+    it, ``ece_calibrated`` is NaN. On the first `loo_episodes` episodes, ``ece_loo`` is the ECE after the
+    episode's own temperature, fitted on leave-one-out predictions of its support images
+    (`medmeta.eval.loo`: what ``medmeta adapt`` does); NaN on the other episodes and for 1-shot supports,
+    which cannot be held out.
 
     Returns:
         JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and
@@ -103,6 +130,13 @@ def evaluate_cell(
         values["ece_calibrated"] = np.full(len(values["ece"]), np.nan)
     else:
         values["ece_calibrated"] = batch_episode_metrics(logits / temperature, target)["ece"].numpy()
+    loo = loo_temperatures(method, sampler, min(loo_episodes, episodes), prepare=prepare, device=device)
+    values["ece_loo"] = np.full(len(values["ece"]), np.nan)
+    for i, t in enumerate(loo):
+        if t is not None:
+            values["ece_loo"][i] = float(
+                batch_episode_metrics(logits[i : i + 1] / t, target[i : i + 1])["ece"][0]
+            )
     probs = torch.softmax(logits.double(), dim=-1)  # (T, n_query_total, n_way)
     classes = np.stack([sampler.indices(i)[2] for i in range(episodes)])  # (T, n_way)
     return {
@@ -111,6 +145,7 @@ def evaluate_cell(
         "episodes": episodes,
         "eval_seed": seed,
         "temperature": temperature,
+        "loo_temperatures": loo,
         "metrics": metric_summary(values),
         "per_episode": {k: values[k].tolist() for k in METRICS},
         "pooled_ece": result.pooled["ece"],

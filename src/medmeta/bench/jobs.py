@@ -273,6 +273,7 @@ def _run_train_job(
                 device=device,
                 progress=None if progress is None else (lambda _d, _t: progress.advance(1)),
                 temperature=temperature,
+                loo_episodes=protocol.eval.loo_episodes,
             )
         finally:
             if progress is not None:

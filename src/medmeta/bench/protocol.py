@@ -237,6 +237,10 @@ class EvalSection(_Frozen):
         seed: base seed of the test episodes (training seed ``s`` uses ``seed + s``).
         calibration_episodes: episodes of the training domains' validation images on which each cell's
             temperature is fitted (`medmeta.bench.calibration`; the report's ``ECE cal.``); 0: none.
+        loo_episodes: the first this many test episodes of each cell are also calibrated from their own
+            support (a temperature fitted on its leave-one-out predictions, `medmeta.eval.loo`; the report's
+            ``ECE LOO``); it costs one adaptation per support image for methods that adapt their backbone;
+            0: none.
     """
 
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
@@ -244,6 +248,7 @@ class EvalSection(_Frozen):
     episodes: int = Field(600, ge=2)
     seed: int = Field(12345, ge=0)
     calibration_episodes: int = Field(100, ge=0)
+    loo_episodes: int = Field(0, ge=0)
 
     @field_validator("shots")
     @classmethod
@@ -412,6 +417,7 @@ class Protocol(_Frozen):
 _ADDED_LATER: tuple[tuple[str, str, Any], ...] = (
     ("data", "dedupe", False),
     ("eval", "calibration_episodes", 100),
+    ("eval", "loo_episodes", 0),
 )
 #: top-level protocol fields added after benchmark runs existed, with their defaults
 _ADDED_LATER_TOP: tuple[tuple[str, Any], ...] = (

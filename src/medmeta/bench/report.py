@@ -30,6 +30,7 @@ _NAMES = {
     "auc": "AUC %",
     "ece": "ECE %",
     "ece_calibrated": "ECE cal. %",
+    "ece_loo": "ECE LOO %",
 }
 _PACKAGES = ("medmeta", "torch", "numpy", "pydantic", "matplotlib", "scikit-learn", "safetensors", "pillow")
 
@@ -196,7 +197,9 @@ def notes(protocol: Protocol, rows: list[Row], test_sources: dict[str, str]) -> 
         "accuracy minus the best few-shot accuracy.",
         "ECE is the mean per-episode expected calibration error (15 bins); an episode has few queries, so it reads "
         "higher than an ECE pooled over all queries. The reliability diagrams pool every query of every episode. "
-        "'ECE cal.' is the ECE after temperature scaling fitted on the training domains' validation episodes.",
+        "'ECE cal.' is the ECE after temperature scaling fitted on the training domains' validation episodes; "
+        "'ECE LOO' after a temperature fitted on each episode's own support by leave-one-out (what medmeta adapt "
+        "does; first eval.loo_episodes episodes, 2 shots or more).",
         "Each episode draws a new support set: 'Spread over support draws' shows how far one user's result (one "
         "handful of labelled images) can fall from the mean, which the CI of the mean does not.",
     ]

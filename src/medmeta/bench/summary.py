@@ -27,7 +27,7 @@ from medmeta.bench.evaluation import METRICS
 from medmeta.bench.protocol import Protocol
 from medmeta.eval.metrics import mean_ci
 
-LOWER_IS_BETTER = frozenset({"ece", "ece_calibrated"})
+LOWER_IS_BETTER = frozenset({"ece", "ece_calibrated", "ece_loo"})
 REFERENCE = "supervised reference"
 
 
