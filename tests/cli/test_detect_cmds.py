@@ -18,7 +18,7 @@ from tests._helpers.detection import bccd_root
 pytestmark = pytest.mark.data
 
 
-def _bccd_csv(data_dir: Path, tmp_path: Path, n: int = 10) -> Path:
+def _bccd_csv(data_dir: Path, tmp_path: Path, n: int = 8) -> Path:
     """The first `n` BCCD trainval images as a box CSV (image paths absolute)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -73,16 +73,17 @@ def test_train_adapt_detect_and_kshot_on_real_smears(
     code, out, err = run(
         capsys, "det", "kshot", "--base", str(run_dir / "base"), "--data", str(data), "--out", str(tmp_path / "k"),
         "--shots", "1", "--draws", "2", "--pool-split", "", "--test-split", "", "--threads", "1",
+        "--method", "tfa:steps=30,rpn_steps=10", "--method", "proto:rpn_steps=10",
     )  # fmt: skip
     assert code == 0, err
     summary = json.loads((tmp_path / "k" / "summary.json").read_text())
     assert [(r["method"], r["shots"], r["draws"]) for r in summary] == [
         ("base_only", 0, 1),
-        ("tfa", 1, 2),
-        ("proto", 1, 2),
+        ("tfa:steps=30,rpn_steps=10", 1, 2),
+        ("proto:rpn_steps=10", 1, 2),
     ]
     assert all(0 <= r["base_ap50"] <= 1 for r in summary)
-    assert "| tfa | 1 | 2 |" in (tmp_path / "k" / "table.md").read_text()
+    assert "| proto:rpn_steps=10 | 1 | 2 |" in (tmp_path / "k" / "table.md").read_text()
 
 
 def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], data_dir: Path, tmp_path: Path) -> None:
