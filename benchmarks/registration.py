@@ -54,9 +54,10 @@ def split_volume(pool: RegPool, n_train: int, gap: int = 2) -> tuple[RegPool, Re
     return pool.subset(list(range(n_train))), pool.subset(list(range(n_train + gap, len(pool))))
 
 
-def train(method: VoxelMorph, sampler: InterleavedSampler, steps: int, seed: int) -> float:
+def train(method: VoxelMorph, sampler: InterleavedSampler, steps: int, seed: int, lr: float = 1e-3) -> float:
+    """Train `method` for `steps` meta-batches of 4 pairs with Adam (`lr`); returns the seconds taken."""
     cfg = TrainConfig(
-        epochs=1, episodes_per_epoch=steps * 4, meta_batch=4, lr=1e-3, val_episodes=0, seed=seed, device="cpu"
+        epochs=1, episodes_per_epoch=steps * 4, meta_batch=4, lr=lr, val_episodes=0, seed=seed, device="cpu"
     )
     torch.manual_seed(seed)
     start = time.perf_counter()
