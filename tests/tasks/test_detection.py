@@ -75,3 +75,14 @@ def test_float_labels_are_refused() -> None:
     images, boxes, _ = _set(1)
     with pytest.raises(DataError, match="labels must be int64"):
         BoxSupport(images, tuple(boxes), (torch.tensor([0.0, 1.0]),), ("a", "b"), (1,))
+
+
+def test_draw_tops_each_base_class_up_to_k_images() -> None:
+    # images 0..9 hold only the novel class 1; images 10..19 only the base class 0
+    images = torch.zeros(20, 3, 33, 35, dtype=torch.uint8)
+    boxes = [torch.tensor([[1.0, 1.0, 5.0, 6.0]]) for _ in range(20)]
+    labels = [torch.tensor([1 if i < 10 else 0]) for i in range(20)]
+    sampler = KShotDetSampler((images, boxes, labels), _set(2), ("base", "novel"), (1,), n_shot=3, seed=1)
+    draw = sampler.draw(0)
+    assert len(draw) == 6 and len(set(draw)) == 6
+    assert all(i < 10 for i in draw[:3]) and all(i >= 10 for i in draw[3:])

@@ -1,9 +1,9 @@
 """Detection as a few-shot task: targets are boxes, and a novel class is learnt from K annotated images.
 
 Protocol (TFA, Wang et al. 2020): a detector is trained on the base classes with all their boxes; a
-novel class is then learnt from K images that contain it (every box of those images is kept, so each
-class has at least K annotated images) and every class is scored on held-out images. `KShotDetSampler`
-draws the K images with a seed: episode ``i`` is draw ``i``, the same every time.
+novel class is then learnt from a balanced K-shot set, and every class is scored on held-out images.
+`KShotDetSampler` draws K images that contain each novel class, then tops every base class up to K
+images that contain it (every box of a drawn image is kept), with a seed: episode ``i`` is draw ``i``.
 
 Images are ``(N, 3, H, W)`` (uint8 from the data layer, or float in ``[0, 1]``); the boxes of image ``i``
 are ``(n_i, 4)`` float ``xmin, ymin, xmax, ymax`` in its pixels and its labels ``(n_i,)`` int64 indices
@@ -119,7 +119,9 @@ class DetEpisode(TaskEpisode):
 
 
 class KShotDetSampler(SeededSampler[DetEpisode]):
-    """Seeded K-shot draws: for each novel class, K pool images that contain it; the query set is fixed.
+    """Seeded balanced K-shot draws: K pool images per novel class, then base classes topped up to K images.
+
+    The query set is fixed. A base class held by fewer than K pool images gets all of them.
 
     Example:
         >>> sampler = KShotDetSampler(pool, query, classes=("RBC", "WBC"), novel=(1,), n_shot=5)  # doctest: +SKIP
@@ -152,14 +154,18 @@ class KShotDetSampler(SeededSampler[DetEpisode]):
         check_boxes(pool[0], pool[1], pool[2], len(self.classes), "pool")
         check_boxes(query[0], query[1], query[2], len(self.classes), "query")
         self.pool, self.query = pool, query
-        self.holders = {c: [i for i, lab in enumerate(pool[2]) if bool((lab == c).any())] for c in self.novel}
-        short = {self.classes[c]: len(v) for c, v in self.holders.items() if len(v) < n_shot}
+        self.holders = {
+            c: [i for i, lab in enumerate(pool[2]) if bool((lab == c).any())]
+            for c in range(len(self.classes))
+        }
+        short = {self.classes[c]: len(self.holders[c]) for c in self.novel if len(self.holders[c]) < n_shot}
         if short:
             raise DataError(f"fewer than K = {n_shot} pool images hold novel class(es) {short}: lower K")
         self.n_shot, self.seed, self.n_episodes = n_shot, seed, n_episodes
 
     def draw(self, index: int) -> list[int]:
-        """Pool indices of draw `index`: K distinct images per novel class (the union, in draw order)."""
+        """Pool indices of draw `index`: K distinct images per novel class, then for each base class images
+        that hold it until K of the drawn images do (in draw order)."""
         rng = np.random.default_rng([self.seed, index])
         chosen: list[int] = []
         for c in self.novel:
@@ -169,6 +175,13 @@ class KShotDetSampler(SeededSampler[DetEpisode]):
                     f"not enough distinct pool images for K = {self.n_shot} shots of each novel class"
                 )
             chosen += [free[int(j)] for j in rng.choice(len(free), self.n_shot, replace=False)]
+        for c in range(len(self.classes)):
+            if c in self.novel:
+                continue
+            have = sum(1 for i in chosen if i in self.holders[c])
+            free = [i for i in self.holders[c] if i not in chosen]
+            need = min(max(self.n_shot - have, 0), len(free))
+            chosen += [free[int(j)] for j in rng.choice(len(free), need, replace=False)] if need else []
         return chosen
 
     def episode(self, index: int) -> DetEpisode:
