@@ -74,3 +74,11 @@ def test_class_means_equal_torchmetrics_map_on_random_boxes() -> None:
     res = ref.compute()
     assert float(ap.ap50.nanmean()) == pytest.approx(float(res["map_50"]), abs=1e-6)
     assert float(ap.ap.nanmean()) == pytest.approx(float(res["map"]), abs=1e-6)
+
+
+def test_a_missing_detection_dependency_names_the_extra_to_install() -> None:
+    from medmeta._optional import OptionalDependencyError
+    from medmeta.methods.detection.base import require
+
+    with pytest.raises(OptionalDependencyError, match=r"run `pip install 'medmeta\[detection\]'`"):
+        require("pycocotools_missing_for_this_test", "detection metrics")
