@@ -92,3 +92,6 @@ def test_ece_loo_is_scored_on_the_first_episodes_only_and_leaves_every_other_met
     assert len(loo["loo_temperatures"]) == 4 and all(t > 0 for t in loo["loo_temperatures"])
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece"):
         assert loo["per_episode"][k] == plain["per_episode"][k], k
+    assert plain["pooled_ece_loo"] is None and plain["pooled_ece_calibrated"] is None
+    assert 0 <= loo["pooled_ece_loo"] <= 1 and 0 <= loo["pooled_ece_loo_before"] <= 1
+    assert loo["pooled_ece_loo_before"] != loo["pooled_ece_loo"]

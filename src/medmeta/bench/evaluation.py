@@ -15,7 +15,7 @@ import torch
 from medmeta.data.datasets import ImageDataset
 from medmeta.eval.evaluate import EvalResult, evaluate
 from medmeta.eval.loo import loo_temperature
-from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, mean_ci
+from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, ece_from_bins, mean_ci
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.episode import Support
 from medmeta.tasks.sampler import EpisodeSampler
@@ -72,6 +72,12 @@ def evaluate_with_logits(
     return result, captured["logits"], captured["target"]
 
 
+def pooled_ece(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """ECE over every query of every episode at once (15 bins): logits ``(T, q, n_way)``, target ``(T, q)``."""
+    probs = torch.softmax(logits.double(), dim=-1)  # (T, q, n_way)
+    return float(ece_from_bins(calibration_bins(probs, target).sum(0)))
+
+
 def loo_temperatures(
     method: FewShotMethod,
     sampler: EpisodeSampler,
@@ -118,7 +124,10 @@ def evaluate_cell(
 
     Returns:
         JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and
-        ci95 per metric), ``per_episode`` (values per metric), ``pooled_ece``, ``calibration``
+        ci95 per metric), ``per_episode`` (values per metric), ``pooled_ece`` (also
+        ``pooled_ece_calibrated``, and ``pooled_ece_loo`` with ``pooled_ece_loo_before``, the raw ECE pooled
+        over the same leave-one-out episodes: one episode's own ECE is biased up, a pooled ECE is not),
+        ``calibration``
         (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
     """
     sampler = EpisodeSampler(test, None, n_shot, n_query, seed=seed, n_episodes=episodes)
@@ -137,6 +146,8 @@ def evaluate_cell(
             values["ece_loo"][i] = float(
                 batch_episode_metrics(logits[i : i + 1] / t, target[i : i + 1])["ece"][0]
             )
+    done = [i for i, t in enumerate(loo) if t is not None]
+    scale = torch.tensor([t for t in loo if t is not None], dtype=torch.float64)[:, None, None]  # (E, 1, 1)
     probs = torch.softmax(logits.double(), dim=-1)  # (T, n_query_total, n_way)
     classes = np.stack([sampler.indices(i)[2] for i in range(episodes)])  # (T, n_way)
     return {
@@ -149,6 +160,9 @@ def evaluate_cell(
         "metrics": metric_summary(values),
         "per_episode": {k: values[k].tolist() for k in METRICS},
         "pooled_ece": result.pooled["ece"],
+        "pooled_ece_calibrated": None if temperature is None else pooled_ece(logits / temperature, target),
+        "pooled_ece_loo": pooled_ece(logits[done].double() / scale, target[done]) if done else None,
+        "pooled_ece_loo_before": pooled_ece(logits[done], target[done]) if done else None,
         "calibration": calibration_bins(probs, target).sum(0).tolist(),
         "confusion": class_confusion(logits, target, classes, test.n_classes).tolist(),
         "classes": list(test.class_names),
