@@ -35,6 +35,14 @@ def sequential(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Pat
     return domains, root / "w1"
 
 
+@pytest.fixture(scope="module")
+def longer(sequential: tuple[list[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-process run of `tiny_protocol` with `LONGER_TRAIN` (the runs that get signals)."""
+    out = tmp_path_factory.mktemp("longer") / "w1"
+    run(tiny_protocol(sequential[0], train=LONGER_TRAIN), out)
+    return out
+
+
 def summary(out: Path) -> str:
     return (out / "summary.csv").read_text()
 
@@ -156,11 +164,16 @@ def _workers_in_session(sid: int) -> list[str]:
     return found
 
 
+#: meta-training long enough (a few seconds per job) for a signal sent after the first record to land mid-run
+#: on a fast machine too; the tiny protocol's whole run can finish within one polling interval
+LONGER_TRAIN = {"epochs": 2, "episodes_per_epoch": 60, "val_episodes": 4, "threads": 1}
+
+
 def _start_in_own_group(domains: list[str], tmp_path: Path, out: Path) -> subprocess.Popen[bytes]:
-    """`medmeta benchmark --workers 2` on the tiny protocol in its own process group (like a terminal
-    job), returned once its first training is recorded (or it ended; stderr is piped)."""
+    """`medmeta benchmark --workers 2` on the tiny protocol with `LONGER_TRAIN` in its own process group (like
+    a terminal job), returned once its first training is recorded (or it ended; stderr is piped)."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_raw(domains)))
+    config.write_text(yaml.safe_dump(tiny_raw(domains, train=LONGER_TRAIN)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "medmeta.cli.main", "benchmark", str(config), "--out", str(out), *WORKERS_2],
         cwd=REPO,
@@ -181,9 +194,9 @@ def _start_in_own_group(domains: list[str], tmp_path: Path, out: Path) -> subpro
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="lists processes through /proc (Linux)")
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_an_interrupt_stops_the_workers_and_the_rerun_finishes(
-    how: str, sequential: tuple[list[str], Path], tmp_path: Path
+    how: str, sequential: tuple[list[str], Path], longer: Path, tmp_path: Path
 ) -> None:
-    domains, w1 = sequential
+    domains, _ = sequential
     out = tmp_path / "interrupted"
     proc = _start_in_own_group(domains, tmp_path, out)
     if how == "ctrl-c":
@@ -198,9 +211,9 @@ def test_an_interrupt_stops_the_workers_and_the_rerun_finishes(
     before = read_records(out)
     assert before and len([r for r in before if r["kind"] == "cell"]) < 8
 
-    again = run(tiny_protocol(domains), out, workers=2)
+    again = run(tiny_protocol(domains, train=LONGER_TRAIN), out, workers=2)
     assert again.outcome.cells_skipped + again.outcome.cells_run == 8
-    assert summary(out) == summary(w1)
+    assert summary(out) == summary(longer)
 
 
 def _named_semaphores() -> set[str]:
@@ -209,10 +222,10 @@ def _named_semaphores() -> set[str]:
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="POSIX named semaphores live in /dev/shm (Linux)")
 def test_a_run_killed_with_its_whole_group_leaves_no_semaphore_behind(
-    sequential: tuple[list[str], Path], tmp_path: Path
+    sequential: tuple[list[str], Path], longer: Path, tmp_path: Path
 ) -> None:
     """`kill -9 -- -PGID` skips every cleanup: the workers must share nothing that outlives them."""
-    domains, w1 = sequential
+    domains, _ = sequential
     out = tmp_path / "killed"
     before = _named_semaphores()
     proc = _start_in_own_group(domains, tmp_path, out)
@@ -220,9 +233,9 @@ def test_a_run_killed_with_its_whole_group_leaves_no_semaphore_behind(
     os.killpg(proc.pid, signal.SIGKILL)  # parent, workers and multiprocessing's resource tracker
     proc.communicate(timeout=30)
     assert _named_semaphores() - before == set()
-    again = run(tiny_protocol(domains), out, workers=2)
+    again = run(tiny_protocol(domains, train=LONGER_TRAIN), out, workers=2)
     assert again.outcome.resumed
-    assert summary(out) == summary(w1)
+    assert summary(out) == summary(longer)
 
 
 def test_dry_run_names_the_workers(sequential: tuple[list[str], Path], tmp_path: Path, capsys) -> None:
