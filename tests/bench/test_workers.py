@@ -181,6 +181,9 @@ def _start_in_own_group(domains: list[str], tmp_path: Path, out: Path) -> subpro
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # a terminal job gets Ctrl-C; a shell's background job (`make test &`, nohup) starts with SIGINT
+        # ignored, which Python then keeps ignoring: give the run the terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
