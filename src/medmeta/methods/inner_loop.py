@@ -92,6 +92,21 @@ def head_feature_dim(backbone: nn.Module, requested: int | None) -> int:
     )
 
 
+def head_logits(params: ParamDict, features: Tensor, n_way: int) -> Tensor:
+    """Logits ``(N, n_way)`` of features ``(N, d)`` under the first `n_way` rows of ``head.weight``/``head.bias``.
+
+    Raises:
+        ConfigError: more classes than head rows.
+    """
+    rows = params["head.weight"].shape[0]
+    if n_way > rows:
+        raise ConfigError(
+            f"the episode has {n_way} classes but the head has n_way={rows} rows: set the method "
+            f"option n_way={n_way} (or more) and meta-train again"
+        )
+    return F.linear(features, params["head.weight"][:n_way], params["head.bias"][:n_way])
+
+
 class InnerLoopOptions(MethodOptions):
     """Options shared by the optimisation-based methods.
 
@@ -263,13 +278,7 @@ class InnerLoopMethod(FewShotMethod):
 
     def classify(self, params: ParamDict, features: Tensor, n_way: int) -> Tensor:
         """Logits ``(N, n_way)`` from features ``(N, d)`` with the first `n_way` head rows."""
-        rows = params["head.weight"].shape[0]
-        if n_way > rows:
-            raise ConfigError(
-                f"the episode has {n_way} classes but the head has n_way={rows} rows: set the method "
-                f"option n_way={n_way} (or more) and meta-train again"
-            )
-        return F.linear(features, params["head.weight"][:n_way], params["head.bias"][:n_way])
+        return head_logits(params, features, n_way)
 
     def logits(
         self,

@@ -21,10 +21,9 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from medmeta.errors import ConfigError
 from medmeta.methods.base import FewShotMethod, MethodOptions
 from medmeta.methods.functional import ParamDict, batchnorm_overrides, channels_last
-from medmeta.methods.inner_loop import head_feature_dim, select_adapted
+from medmeta.methods.inner_loop import head_feature_dim, head_logits, select_adapted
 from medmeta.methods.model_based.support_norm import forward_with_statistics, support_statistics
 from medmeta.models.backbones import Conv4, ResNet12
 from medmeta.tasks.episode import Support
@@ -255,13 +254,7 @@ class MetaLSTM(FewShotMethod):
         Raises:
             ConfigError: more classes than head rows.
         """
-        rows = params["head.weight"].shape[0]
-        if n_way > rows:
-            raise ConfigError(
-                f"the episode has {n_way} classes but the head has n_way={rows} rows: set the method "
-                f"option n_way={n_way} (or more) and meta-train again"
-            )
-        return F.linear(features, params["head.weight"][:n_way], params["head.bias"][:n_way])
+        return head_logits(params, features, n_way)
 
     def support_gradient(self, params: ParamDict, support: Support) -> tuple[Tensor, Tensor]:
         """Detached support loss ``()`` and its gradient ``(n,)`` over the adapted coordinates at `params`."""
