@@ -20,6 +20,10 @@ _EXTRAS: dict[str, str] = {
     "transformers": "medmeta[pretrained]",
     "huggingface_hub": "medmeta[pretrained]",
     "lightly": "medmeta[ssl]",
+    "torchvision": "medmeta[detection]",
+    "torchmetrics": "medmeta[detection]",
+    "pycocotools": "medmeta[detection]",
+    "SimpleITK": "medmeta[registration]",
 }
 
 

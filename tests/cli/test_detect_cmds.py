@@ -102,6 +102,7 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], data_dir: Path,
         "",
     )
     assert_one_line_error(code, err, "novel class(es) ['Monocyte'] not in the annotations", "RBC")
+    assert not (tmp_path / "r").exists()  # bad input leaves no --out folder behind
     code, _, err = run(
         capsys, "detect", "--model", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path / "d")
     )
@@ -111,6 +112,12 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], data_dir: Path,
         capsys, "detect", "--model", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path / "d")
     )
     assert_one_line_error(code, err, "is not a detector checkpoint", "det train")
+    assert not (tmp_path / "d").exists()
+    code, _, err = run(
+        capsys, "det", "kshot", "--base", str(tmp_path), "--data", str(data), "--out", str(tmp_path / "k")
+    )
+    assert_one_line_error(code, err, "is not a detector checkpoint", "det train")
+    assert not (tmp_path / "k").exists()
     code, _, err = run(
         capsys,
         "det",
@@ -123,3 +130,4 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], data_dir: Path,
         str(tmp_path / "r2"),
     )
     assert_one_line_error(code, err, "xmax <= xmin", "--drop-bad-boxes")
+    assert not (tmp_path / "r2").exists()

@@ -65,12 +65,13 @@ def det_train(
 ) -> None:
     """Train a Faster R-CNN on the base classes (every class but --novel); with --shots, add the novel one."""
     from medmeta.outputs import claim_output_folder
-    from medmeta.pipeline.detection import adapt_once, train_base
+    from medmeta.pipeline.detection import adapt_once, check_base_request, train_base
     from medmeta.pipeline.detection_io import save_detector
 
+    split = split or None
+    check_base_request(data, novel, method, split, drop_bad_boxes)  # bad input fails before --out exists
     claim_output_folder(out, overwrite=overwrite)
     _threads(threads)
-    split = split or None
     say(f"training {method} base detector on {data} (novel: {', '.join(novel)} left out) -> {out}")
     detector, fit = train_base(
         data,
@@ -135,9 +136,9 @@ def det_kshot(
         ks = [int(k) for k in shots.split(",") if k.strip()]
     except ValueError:
         raise DataError(f"--shots {shots!r}: give comma-separated integers such as 1,3,5,10") from None
+    detector, meta = load_detector(base)  # a bad checkpoint fails before --out exists
     claim_output_folder(out, overwrite=overwrite)
     _threads(threads)
-    detector, meta = load_detector(base)
     novel_names = list(novel or meta.get("novel") or [])
     if not novel_names:
         raise DataError(f"{base} does not record its novel class: pass --novel NAME")
@@ -188,9 +189,9 @@ def detect(
     files = sorted(p for p in images.iterdir() if p.is_file() and is_image_file(p))
     if not files:
         raise DataError(f"--images {images} holds no image file (png, jpg, tif, bmp, dcm, nii)")
+    detector, _ = load_detector(model)  # a bad checkpoint fails before --out exists
     claim_output_folder(out, overwrite=overwrite)
     _threads(threads)
-    detector, _ = load_detector(model)
     predictor = detector.base_predictor()
     size = detector.options.image_size
     names, sizes, dets = [], [], []

@@ -62,6 +62,20 @@ def split_classes(found: Sequence[str], novel: Sequence[str]) -> tuple[list[str]
     return base, list(novel)
 
 
+def check_base_request(
+    source: Path, novel: Sequence[str], method: str, split: str | None, drop_bad: bool = False
+) -> list[str]:
+    """The base classes of a `train_base` request, read from the annotations alone (no image is loaded).
+
+    Raises:
+        DataError: an unknown method, unreadable annotations, an unknown novel class or no base class left.
+    """
+    if method not in DET_METHODS:
+        raise DataError(f"unknown detection method '{method}'; choose from {sorted(DET_METHODS)}")
+    found = class_names(read_boxes(source, split=split, drop_bad=drop_bad))
+    return split_classes(found, novel)[0]
+
+
 def train_base(
     source: Path,
     novel: Sequence[str],
@@ -78,10 +92,7 @@ def train_base(
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[FewShotDetector, DetFitResult]:
     """Train a detector of `method` on the base classes of `source` (novel boxes dropped)."""
-    if method not in DET_METHODS:
-        raise DataError(f"unknown detection method '{method}'; choose from {sorted(DET_METHODS)}")
-    found = class_names(read_boxes(source, split=split, drop_bad=drop_bad))
-    base, _ = split_classes(found, novel)
+    base = check_base_request(source, novel, method, split, drop_bad)
     data = load_box_set(source, split, base, image_size, drop_bad)
     opts = {**(options or {}), "image_size": image_size}
     with torch.random.fork_rng(devices=[]):
