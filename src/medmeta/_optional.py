@@ -24,6 +24,8 @@ _EXTRAS: dict[str, str] = {
     "torchmetrics": "medmeta[detection]",
     "pycocotools": "medmeta[detection]",
     "SimpleITK": "medmeta[registration]",
+    "ray": "medmeta[distributed]",
+    "submitit": "medmeta[distributed]",
 }
 
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from medmeta.bench import run
 from medmeta.bench.cells import PretrainJob, TrainJob, enumerate_jobs
+from medmeta.bench.executor import DependencyQueue
 from medmeta.bench.jobs import eval_seed, load_benchmark_domains
 from medmeta.bench.protocol import parse_protocol
-from medmeta.bench.workers import DependencyQueue
 from medmeta.errors import ConfigError
 from medmeta.tasks.sampler import EpisodeSampler
 from tests._helpers.bench import read_records, synthetic_folders, tiny_protocol, tiny_raw

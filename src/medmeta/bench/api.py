@@ -15,6 +15,7 @@ from typing import Any
 
 from medmeta.bench.cells import enumerate_jobs
 from medmeta.bench.domains import DomainSplits
+from medmeta.bench.executor import ClusterOptions
 from medmeta.bench.jobs import RunProgress, load_benchmark_domains
 from medmeta.bench.protocol import Protocol
 from medmeta.bench.report import RunInfo, write_report
@@ -46,9 +47,10 @@ def run(
     command: str = "",
     workers: int = 1,
     domains: dict[str, DomainSplits] | None = None,
+    executor: ClusterOptions | None = None,
 ) -> BenchmarkResult:
-    """Run or resume `protocol` in `out` (`workers` jobs at once, see `run_benchmark`), then write
-    ``summary.csv``, ``report.md`` and ``report.html``."""
+    """Run or resume `protocol` in `out` (`workers` jobs at once, in child processes or on `executor`:
+    see `run_benchmark`), then write ``summary.csv``, ``report.md`` and ``report.html``."""
     start = time.perf_counter()
     outcome = run_benchmark(
         protocol,
@@ -58,6 +60,7 @@ def run(
         on_record=on_record,
         workers=workers,
         domains=domains,
+        executor=executor,
     )
     root = data_dir if data_dir is not None else protocol.data.data_dir
     return _write_outputs(protocol, Path(out), outcome, root, command, time.perf_counter() - start)

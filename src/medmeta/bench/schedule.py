@@ -1,12 +1,14 @@
 """Run a benchmark: every job in order, skipping what an earlier (killed) run of the same folder finished.
 
-Results are identical whether a run is interrupted or not, and whatever the number of workers (see
-`medmeta.bench.jobs`). With ``workers > 1`` whole jobs (a training and its cells, or a reference) run
-in child processes (see `medmeta.bench.workers`) and only this process writes ``results.jsonl``.
+Results are identical whether a run is interrupted or not, whatever the number of workers and wherever
+jobs run (see `medmeta.bench.jobs`). With ``workers > 1`` or a cluster executor, whole jobs (a training
+and its cells, or a reference) run elsewhere: child processes, Ray actors or Slurm jobs
+(`medmeta.bench.executor`), and only this process writes ``results.jsonl``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +19,9 @@ import torch
 
 from medmeta.bench.cells import Job, TrainJob, enumerate_cells, enumerate_jobs, job_cost
 from medmeta.bench.domains import DomainSplits
+from medmeta.bench.executor import ClusterOptions, make_engine, run_jobs
 from medmeta.bench.jobs import (
+    Finished,
     RunProgress,
     class_counts,
     describe,
@@ -27,8 +31,11 @@ from medmeta.bench.jobs import (
 )
 from medmeta.bench.protocol import Protocol
 from medmeta.bench.store import ResultsStore, check_fingerprint
+from medmeta.data.root import data_root
 from medmeta.errors import ConfigError
 from medmeta.provenance import code_version
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,12 +48,13 @@ class RunOutcome:
     cells_run: int = 0
     cells_skipped: int = 0
     trainings_run: int = 0
+    jobs_rerun: int = 0
     seconds: float = 0.0
     test_sources: dict[str, str] = field(default_factory=dict)
 
 
 class Recorder:
-    """The parent's sink: appends records to the store, counts them, advances the overall bar."""
+    """The parent's sink: appends records to the store (once per key), counts them, advances the overall bar."""
 
     def __init__(
         self,
@@ -56,8 +64,13 @@ class Recorder:
         on_record: Callable[[dict[str, Any]], None] | None,
     ) -> None:
         self.store, self.outcome, self.progress, self.on_record = store, outcome, progress, on_record
+        self._keys = store.keys()
 
     def record(self, record: dict[str, Any]) -> None:
+        if record["key"] in self._keys:  # a job run again after its worker was lost: counted once
+            logger.warning("dropping a second record of %s", record["key"])
+            return
+        self._keys.add(record["key"])
         self.store.append(record)
         if record["kind"] == "train":
             self.outcome.trainings_run += 1
@@ -70,6 +83,10 @@ class Recorder:
         if self.progress is not None:
             self.progress.job_done(units)
 
+    def finished(self, job: Job) -> Finished:
+        """What the store holds of `job` now."""
+        return finished_part(job, self.store)
+
 
 def run_benchmark(
     protocol: Protocol,
@@ -80,6 +97,7 @@ def run_benchmark(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     workers: int = 1,
     domains: dict[str, DomainSplits] | None = None,
+    executor: ClusterOptions | None = None,
 ) -> RunOutcome:
     """Run (or resume) every job of `protocol` in `out`; results go to ``OUT/results.jsonl``.
 
@@ -91,8 +109,11 @@ def run_benchmark(
             running jobs only).
         on_record: called after each cell record is written (tests use it to interrupt a run).
         workers: jobs run at once, each in its own process with ``train.threads`` (default 1) torch
-            threads; 1 runs every job in this process.
+            threads; 1 runs every job in this process (without `executor`).
         domains: the protocol's domains already loaded with `load_benchmark_domains` (default: loaded here).
+        executor: run the jobs on Ray (`RayOptions`) or Slurm (`SlurmOptions`) instead of child
+            processes; paths are made absolute, and the data root and `out` must be at the same paths on
+            every node.
 
     Raises:
         ConfigError: unknown domain, shots too large for a held-out domain, `out` holding another
@@ -126,11 +147,11 @@ def run_benchmark(
             outcome.cells_skipped += sum(c.key in done_keys for c in getattr(job, "cells", ()))
             pending.append(job)
     recorder = Recorder(store, outcome, progress, on_record)
-    if workers > 1:
-        from medmeta.bench.workers import run_in_workers
-
-        tasks = [(job, finished_part(job, store)) for job in pending]
-        run_in_workers(protocol, root, out, tasks, recorder, workers, progress)
+    if workers > 1 or executor is not None:
+        if executor is not None:
+            root, out = data_root(root).resolve(), out.resolve()
+        engine = make_engine(executor, protocol, root, out, workers)
+        outcome.jobs_rerun = run_jobs(engine, pending, recorder, progress)
     else:
         if protocol.train.threads:
             torch.set_num_threads(protocol.train.threads)

@@ -22,9 +22,11 @@ from rich.table import Table
 
 from medmeta.bench.protocol import Protocol
 from medmeta.cli.ui import console, err_console, report_interrupt, say
+from medmeta.errors import ConfigError
 
 if TYPE_CHECKING:
     from medmeta.bench.domains import DomainSplits
+    from medmeta.bench.executor import ClusterOptions
 
 
 class BenchProgress:
@@ -183,7 +185,31 @@ def benchmark(
         "--workers",
         min=1,
         help="Jobs run at once, each in its own process with train.threads (1 when 0) torch threads; "
-        "on a CPU with N free cores try N.",
+        "on a CPU with N free cores try N (with --executor ray or slurm: actors or Slurm jobs at once).",
+    ),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="Where jobs run: local (this machine's processes), ray (Ray actors: a local Ray, or a cluster "
+        "with --ray-address) or slurm (one submitit job per benchmark job). See docs/cluster.md.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="A running Ray cluster: auto (on one of its nodes) or ray://HEAD:10001."
+    ),
+    slurm_partition: str | None = typer.Option(
+        None, "--slurm-partition", help="Slurm partition of the jobs."
+    ),
+    slurm_time: int | None = typer.Option(
+        None, "--slurm-time", help="Time limit of each job, minutes (240)."
+    ),
+    slurm_cpus: int | None = typer.Option(
+        None, "--slurm-cpus", help="CPUs per job (default train.threads, 1 when 0)."
+    ),
+    slurm_mem_gb: float | None = typer.Option(None, "--slurm-mem-gb", help="Memory per job, GB."),
+    slurm_cluster: str = typer.Option(
+        "slurm",
+        "--slurm-cluster",
+        help="submitit's cluster: slurm, or local to run the jobs on this machine.",
     ),
 ) -> None:
     """Train every method with each domain held out, test on identical seeded episodes, write a report.
@@ -195,7 +221,7 @@ def benchmark(
     OUT/summary.csv, OUT/report.md and the self-contained OUT/report.html (--report-only: from the
     cells finished so far, running nothing). With --workers N, N jobs
     run at once in child processes (same results when train.threads is set; only the overall bar and the
-    running jobs are shown).
+    running jobs are shown); --executor ray or slurm runs them on Ray actors or Slurm jobs instead.
     """
     from medmeta.bench import report, run
     from medmeta.bench.cells import (
@@ -210,9 +236,17 @@ def benchmark(
     from medmeta.bench.seg_protocol import SegProtocol, load_any_protocol
     from medmeta.bench.store import RESULTS, stored_fingerprint
 
+    cluster = cluster_options(
+        executor, ray_address, slurm_partition, slurm_time, slurm_cpus, slurm_mem_gb, slurm_cluster
+    )
     protocol = load_any_protocol(config)
     out = out if out is not None else Path("runs") / "bench" / protocol.name
     if isinstance(protocol, SegProtocol):
+        if cluster is not None:
+            raise ConfigError(
+                f"--executor {executor} runs classification benchmarks; a segmentation protocol runs on this "
+                "machine: leave --executor out (--workers N for N jobs at once)"
+            )
         from medmeta.cli.seg_benchmark_cmd import run_seg_benchmark_cli
 
         run_seg_benchmark_cli(
@@ -234,12 +268,13 @@ def benchmark(
         f"{len(protocol.seeds)} seeds), {n_train} trainings + {n_refs} supervised references{pre}; "
         f"rough cost {_duration(cost)} on one CPU thread"
     )
-    if dry_run or workers > 1:
+    if dry_run or workers > 1 or cluster is not None:
+        where = "" if cluster is None else f" on {executor}"
         say(
-            f"{workers} worker{'s' if workers > 1 else ''}: roughly {_duration(cost / workers)} wall time "
-            "(rough: the cost divided by the workers, assuming a free core each)"
+            f"{workers} worker{'s' if workers > 1 else ''}{where}: roughly {_duration(cost / workers)} wall "
+            "time (rough: the cost divided by the workers, assuming a free core each)"
         )
-    if workers > 1 and not protocol.train.threads:
+    if (workers > 1 or cluster is not None) and not protocol.train.threads:
         say(
             "train.threads is 0: each worker uses 1 torch thread, so numbers can differ slightly from a "
             "one-process run with torch's default threads; set train.threads: 1 for identical results"
@@ -269,6 +304,7 @@ def benchmark(
                 command=command,
                 workers=workers,
                 domains=domains,
+                executor=cluster,
             )
     except KeyboardInterrupt:  # typer would turn it into a silent exit 130
         report_interrupt(
@@ -276,12 +312,59 @@ def benchmark(
         )
         raise typer.Exit(130) from None
     o = result.outcome
+    rerun = f", {o.jobs_rerun} jobs run again after their worker was lost" if o.jobs_rerun else ""
     say(
-        f"{o.cells_run} cells run, {o.cells_skipped} reused from an earlier run, {o.trainings_run} trainings, "
-        f"{o.seconds:.0f} s"
+        f"{o.cells_run} cells run, {o.cells_skipped} reused from an earlier run, {o.trainings_run} trainings"
+        f"{rerun}, {o.seconds:.0f} s"
     )
     console.print(_summary_table(result.rows))
     say(f"wrote {result.summary_csv}, {result.report_md}, {result.report_html}")
+
+
+def cluster_options(
+    executor: str,
+    ray_address: str | None,
+    slurm_partition: str | None,
+    slurm_time: int | None,
+    slurm_cpus: int | None,
+    slurm_mem_gb: float | None,
+    slurm_cluster: str,
+) -> ClusterOptions | None:
+    """The engine options the flags ask for (None: local processes).
+
+    Raises:
+        ConfigError: an unknown executor, or an option of another executor.
+    """
+    from medmeta.bench.executor import RayOptions, SlurmOptions
+
+    slurm_flags = {
+        "--slurm-partition": slurm_partition,
+        "--slurm-time": slurm_time,
+        "--slurm-cpus": slurm_cpus,
+        "--slurm-mem-gb": slurm_mem_gb,
+        "--slurm-cluster": None if slurm_cluster == "slurm" else slurm_cluster,
+    }
+    given = [
+        flag for flag, value in {"--ray-address": ray_address, **slurm_flags}.items() if value is not None
+    ]
+    wrong = [f for f in given if not f.startswith(f"--{executor}-")]
+    if executor not in ("local", "ray", "slurm"):
+        raise ConfigError(f"--executor must be local, ray or slurm, got {executor!r}")
+    if wrong:
+        raise ConfigError(f"{wrong[0]} is an option of another executor than --executor {executor}: drop it")
+    if executor == "ray":
+        return RayOptions(address=ray_address)
+    if executor == "slurm":
+        if slurm_cluster not in ("slurm", "local"):
+            raise ConfigError(f"--slurm-cluster must be slurm or local, got {slurm_cluster!r}")
+        return SlurmOptions(
+            partition=slurm_partition,
+            time_min=240 if slurm_time is None else slurm_time,
+            cpus=slurm_cpus,
+            mem_gb=slurm_mem_gb,
+            cluster="local" if slurm_cluster == "local" else "slurm",
+        )
+    return None
 
 
 def _summary_table(rows: list[Any]) -> Table:
