@@ -26,6 +26,8 @@ from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
 from medmeta.outputs import check_run_folder, claim_output_file
 from medmeta.pipeline.checks import check_method_config
+from medmeta.train.distributed import Distributed, from_env, process_group
+from medmeta.train.loop import resolve_device
 
 app = typer.Typer(
     name="medmeta",
@@ -52,10 +54,16 @@ _state = {"debug": False}
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     _state["debug"] = debug or bool(os.environ.get("MEDMETA_DEBUG"))
     keep_freed_memory()
+    if ctx.invoked_subcommand != "train" and from_env() is not None:
+        raise MedmetaError(
+            f"medmeta {ctx.invoked_subcommand} does not run under torchrun (every process would do the whole "
+            "job): run it as one process; only `medmeta train` splits meta-batches across torchrun processes"
+        )
 
 
 def _build_config(config: Path | None, overrides: dict[str, Any]) -> RunConfig:
@@ -142,9 +150,11 @@ def train(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Meta-train a method, keep the best checkpoint (OUT/best.json) and evaluate on the test domains."""
-    from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
+    """Meta-train a method, keep the best checkpoint (OUT/best.json) and evaluate on the test domains.
 
+    Under torchrun (``torchrun --nproc-per-node N -m medmeta.cli.main train ...``) the tasks of every
+    meta-batch are split across the N processes; rank 0 writes OUT and prints (docs/distributed.md).
+    """
     ov = collect(
         {
             "data.train": train_data,
@@ -180,11 +190,31 @@ def train(
         if way != "unset":
             ov[key] = way
     cfg = _build_config(config, ov)
+    run = from_env()  # torchrun's RANK, WORLD_SIZE...: None in one process
+    if run is None:
+        _train(cfg, out, None, quiet=quiet, overwrite=overwrite, resume=resume)
+        return
+    with process_group(run, resolve_device(cfg.train.device)):
+        _train(cfg, out, run, quiet=quiet, overwrite=overwrite, resume=resume)
+
+
+def _train(
+    cfg: RunConfig, out: Path, run: Distributed | None, *, quiet: bool, overwrite: bool, resume: bool
+) -> None:
+    """`train` in one process (`run` None) or as one rank of a torchrun job (only rank 0 says anything)."""
+    from medmeta.pipeline import default_normalization, evaluate_on_tests, train_method
+
+    if run is not None and not run.is_main:
+        train_method(cfg, out_dir=None, overwrite=overwrite, resume=resume, distributed=run)
+        return
     check_run_folder(out, overwrite=overwrite, resume=resume)  # before saying anything; no side effect
-    say(f"training {cfg.method.name} ({cfg.model.backbone}) on {', '.join(cfg.data.train)} -> {out}")
+    where = (
+        "" if run is None else f" on {run.world_size} processes ({cfg.train.meta_batch} tasks per meta-batch)"
+    )
+    say(f"training {cfg.method.name} ({cfg.model.backbone}) on {', '.join(cfg.data.train)}{where} -> {out}")
     progress = RichProgress(enabled=not quiet)
     method_obj, fit_result, data = train_method(
-        cfg, out_dir=out, progress=progress, overwrite=overwrite, resume=resume
+        cfg, out_dir=out, progress=progress, overwrite=overwrite, resume=resume, distributed=run
     )
     say(
         f"best validation accuracy {100 * fit_result.best_score:.2f}% "

@@ -31,13 +31,14 @@ from medmeta.data.registry import DomainSpec, resolve
 from medmeta.data.transforms import Normalization
 from medmeta.errors import CheckpointError, ConfigError, DataError
 from medmeta.eval.evaluate import AccuracyValidation, EvalResult, evaluate
-from medmeta.methods import build_method
+from medmeta.methods import METHODS, build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.models.factory import PretrainedStart, make_backbone, names_pretrain_checkpoint
 from medmeta.outputs import RunFolder, check_run_folder
 from medmeta.pipeline.checks import check_method_config
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
 from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
+from medmeta.train.distributed import Distributed
 from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
 from medmeta.train.sources import EpisodicBatches
 
@@ -215,6 +216,7 @@ def train_method(
     overwrite: bool = False,
     resume: bool = False,
     resumable: bool = True,
+    distributed: Distributed | None = None,
 ) -> tuple[FewShotMethod, FitResult, RunData]:
     """Seed, load data, build the method and meta-train it (see `medmeta.train.loop.fit`).
 
@@ -234,6 +236,9 @@ def train_method(
             a new run).
         resumable: write the training state `resume` needs after every epoch (the benchmark, which
             trains a cut-short job again from scratch, passes False).
+        distributed: this process's rank in a torchrun job (process group joined): the tasks of every
+            meta-batch are split across the ranks (`medmeta.train.loop.fit`). Only rank 0 touches
+            `out_dir`, validates and reports `progress`; the other ranks return the training history only.
 
     Raises:
         OutputError: the run folder may not or cannot be used as asked.
@@ -245,6 +250,14 @@ def train_method(
             f"backbone {cfg.model.backbone} is the raw-pixel baseline and has nothing to train: adapt it "
             "directly (medmeta adapt --backbone pixels) or list it in a benchmark with frozen: true"
         )
+    if distributed is not None and METHODS[cfg.method.name].trainer == "supervised":
+        raise ConfigError(
+            f"method {cfg.method.name} trains on supervised batches, which medmeta does not split across "
+            "processes (only the tasks of episodic meta-batches): run it in one process, without torchrun"
+        )
+    main = distributed is None or distributed.is_main
+    if not main:
+        out_dir, progress = None, None
     folder = None if out_dir is None else check_run_folder(Path(out_dir), overwrite=overwrite, resume=resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -296,7 +309,7 @@ def train_method(
         "save_state": resumable,
         "on_start": on_start,
     }
-    validation = AccuracyValidation(val, cfg.train.val_episodes, prepare=norm)
+    validation = AccuracyValidation(val, cfg.train.val_episodes, prepare=norm) if main else None
     if method.trainer == "supervised":
         from medmeta.train.supervised import fit_supervised
 
@@ -312,7 +325,16 @@ def train_method(
         )
     else:
         source = EpisodicBatches(sampler, cfg.train, prepare=norm)
-        result = fit(method, source, cfg.train, validation=validation, meta=meta, progress=progress, **run)
+        result = fit(
+            method,
+            source,
+            cfg.train,
+            validation=validation,
+            meta=meta,
+            progress=progress,
+            distributed=distributed,
+            **run,
+        )
     return method, result, data
 
 

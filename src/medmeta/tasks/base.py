@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import torch
@@ -78,9 +78,14 @@ class SeededSampler(abc.ABC, Generic[Ep]):
     def episode(self, index: int) -> Ep:
         """Episode number `index` (the same every time)."""
 
-    def batch(self, index: int, size: int) -> list[Ep]:
-        """Meta-batch `index` of `size` episodes: episodes ``index * size + t``."""
-        return [self.episode(index * size + t) for t in range(size)]
+    def batch(self, index: int, size: int, positions: Sequence[int] | None = None) -> list[Ep]:
+        """Meta-batch `index` of `size` episodes: episodes ``index * size + t``.
+
+        Args:
+            positions: only the episodes at these positions ``t`` of the batch (a rank's share of it in
+                distributed training); None: all `size`.
+        """
+        return [self.episode(index * size + t) for t in (range(size) if positions is None else positions)]
 
     def __len__(self) -> int:
         return self.n_episodes

@@ -165,7 +165,7 @@ class MultiDomainSampler(SeededSampler[Episode]):
     def episode(self, index: int) -> Episode:
         return self.samplers[self.domain_of(index)].episode(index)
 
-    def batch(self, index: int, size: int) -> list[Episode]:
-        """Batch `index` of `size` episodes, all from one domain so they stack."""
+    def batch(self, index: int, size: int, positions: Sequence[int] | None = None) -> list[Episode]:
+        """Batch `index` of `size` episodes, all from one domain so they stack (`positions`: only those)."""
         sampler = self.samplers[self.domain_of(index)]
-        return [sampler.episode(index * size + t) for t in range(size)]
+        return [sampler.episode(index * size + t) for t in (range(size) if positions is None else positions)]

@@ -6,6 +6,10 @@ The loop knows neither the task nor the kind of batch. It draws batch ``b`` from
 `medmeta.train.self_supervised.ViewBatches` for self-supervised pretraining), asks the source for the loss,
 and owns everything else: Adam, the LR schedule, AMP, clipping and the optimiser step (`step`), the NaN
 check, progress, validation (a `Validation`), checkpoints (`BestKeeper`) and resuming (`medmeta.train.state`).
+
+Distributed (``fit(..., distributed=...)``, one process per rank under torchrun): each rank meta-trains
+its block of every meta-batch (the source's ``shard``), and `medmeta.train.sync.RankSync` all-reduces the
+loss, buffers and gradients, weighted so they are the means over the global meta-batch, before the step.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from torch import nn
 
 from medmeta.config import TrainConfig
 from medmeta.errors import TrainingError
+from medmeta.train.distributed import Distributed
 from medmeta.train.keeper import BestKeeper
 from medmeta.train.state import best_record_value, resume_training, save_train_state
+from medmeta.train.sync import RankSync, broadcast_state
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +61,25 @@ def step(
     *,
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
+    reduce: Callable[[list[nn.Parameter]], None] | None = None,
 ) -> float:
-    """Backward, optional unscale + clip, exactly one optimiser step, zero the gradients.
+    """Backward, optional all-reduce, optional unscale + clip, exactly one optimiser step, zero the gradients.
+
+    Args:
+        reduce: called on `parameters` right after ``backward`` (distributed: `RankSync.gradients`, which
+            makes every rank's gradients the global meta-batch's), before any unscaling or clipping.
 
     Returns:
         The gradient norm before clipping (``nan`` when the gradients are not finite).
     """
     if scaler is not None:
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
     else:
         loss.backward()
+    if reduce is not None:
+        reduce(parameters)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grads = [p.grad for p in parameters if p.grad is not None]
     if grad_clip is not None:
         norm = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip))
@@ -117,6 +131,9 @@ class BatchSource(Protocol):
         """Refresh what the method derives from the training data (called before validation)."""
         ...
 
+    # Sources that can be split across ranks also have ``shard(rank, world_size) -> (source of the rank's
+    # part of every batch, that part's share of a batch's loss)`` (`medmeta.train.sources.EpisodicBatches`).
+
 
 class Validation(Protocol):
     """Scores the method after every epoch; the epoch with the highest `metric` is kept.
@@ -160,8 +177,9 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     progress: ProgressHook | None,
+    sync: RankSync | None = None,
 ) -> float:
-    """One epoch of training; returns the mean training loss.
+    """One epoch of training; returns the mean training loss (over the global meta-batches with `sync`).
 
     After every optimiser step, a method with an ``after_step(step, total_steps)`` method (0-based step of
     the run, ``epochs * steps_per_epoch`` steps in all) has it called: the moment for updates that are not
@@ -174,15 +192,18 @@ def train_one_epoch(
     total_loss = 0.0
     for s in range(steps):
         batch = source.batch(epoch * steps + s, device)
+        if sync is not None:
+            sync.snapshot(method)  # type: ignore[arg-type]
         with torch.autocast(device.type, enabled=scaler is not None):
             loss = source.loss(method, batch)
-        value = float(loss.detach())
+        value = float(loss.detach()) if sync is None else sync.merge(loss)
         if not math.isfinite(value):
             raise TrainingError(
                 f"training loss became {value} at epoch {epoch + 1}, step {s + 1}: lower train.lr or set "
                 "train.grad_clip; checkpoints saved so far are kept"
             )
-        step(loss, optimizer, params, scaler=scaler, grad_clip=cfg.grad_clip)
+        reduce = None if sync is None else sync.gradients
+        step(loss, optimizer, params, scaler=scaler, grad_clip=cfg.grad_clip, reduce=reduce)
         if after_step is not None:
             after_step(epoch * steps + s, cfg.epochs * steps)
         if scheduler is not None:
@@ -206,6 +227,7 @@ def fit(
     save_state: bool = True,
     save_last: bool = True,
     on_start: Callable[[], None] | None = None,
+    distributed: Distributed | None = None,
 ) -> FitResult:
     """Train `method` on `source` and keep the checkpoint with the best validation score.
 
@@ -226,13 +248,18 @@ def fit(
         save_last: also write the ``last`` checkpoint after every epoch.
         on_start: called once everything is checked (and a resumed state restored), before the first
             training step: the caller's moment to touch the run folder.
+        distributed: this process's rank in a torchrun job (its process group joined): the source must
+            have ``shard`` (episodic meta-batches); every rank starts from rank 0's state (fresh or
+            resumed) and takes identical steps. Only rank 0 should be given `out_dir`, `validation`,
+            `progress` and `on_start`; the others train and write nothing.
 
     Returns:
         The history and checkpoint paths; `method` ends holding the best weights.
 
     Raises:
-        TrainingError: the method has nothing to train, or the loss became NaN/inf (checkpoints already
-            written are kept).
+        TrainingError: the method has nothing to train, the loss became NaN/inf (checkpoints already
+            written are kept), or `distributed` with a source whose batches cannot be split.
+        ConfigError: `distributed` with fewer tasks per meta-batch than ranks.
         ConfigError: `resume` with a run that differs from the folder's.
         CheckpointError: `resume` with a missing or altered training state.
     """
@@ -241,6 +268,9 @@ def fit(
     params = [p for p in method.parameters() if p.requires_grad]
     if not params:
         raise TrainingError(f"{type(method).__name__} has no trainable parameter: it needs no training")
+    sync = None
+    if distributed is not None:
+        source, sync = _shard(source, distributed, device)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = source.steps_per_epoch
     scheduler = None
@@ -264,6 +294,8 @@ def fit(
         )
         if validation is not None:
             result.best_score = best_record_value(keeper, validation.metric)
+    if sync is not None:
+        first = broadcast_state(method, optimizer, scheduler, scaler, first, sync.device)  # type: ignore[arg-type]
     if on_start is not None:
         on_start()
     start = time.perf_counter()
@@ -283,6 +315,7 @@ def fit(
                 scaler=scaler,
                 scheduler=scheduler,
                 progress=progress,
+                sync=sync,
             )
         finally:
             if progress is not None:
@@ -315,3 +348,15 @@ def fit(
     result.best_checkpoint, result.last_checkpoint = keeper.best_checkpoint, keeper.last_checkpoint
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _shard(source: BatchSource, run: Distributed, device: torch.device) -> tuple[BatchSource, RankSync]:
+    """This rank's part of `source` and the collectives that merge the parts (see `fit`)."""
+    shard: Callable[[int, int], tuple[BatchSource, float]] | None = getattr(source, "shard", None)
+    if shard is None:
+        raise TrainingError(
+            f"{type(source).__name__} batches cannot be split across processes (only episodic meta-batches "
+            "can): run this training in one process, without torchrun"
+        )
+    part, share = shard(run.rank, run.world_size)
+    return part, RankSync(share, device)
