@@ -90,8 +90,38 @@ def test_ece_loo_is_scored_on_the_first_episodes_only_and_leaves_every_other_met
     assert all(math.isnan(v) for v in plain["per_episode"]["ece_loo"])
     assert [math.isfinite(v) for v in loo["per_episode"]["ece_loo"]] == [True] * 4 + [False] * 2
     assert len(loo["loo_temperatures"]) == 4 and all(t > 0 for t in loo["loo_temperatures"])
+    assert len(loo["loo_temperatures_shrunk"]) == 4
+    for t, s in zip(loo["loo_temperatures"], loo["loo_temperatures_shrunk"], strict=True):
+        assert 0 <= math.log(s) / math.log(t) <= 1  # shrunk towards 1, never past it
+    assert 0 <= loo["pooled_ece_loo_shrunk"] <= 1 and plain["pooled_ece_loo_shrunk"] is None
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece"):
         assert loo["per_episode"][k] == plain["per_episode"][k], k
     assert plain["pooled_ece_loo"] is None and plain["pooled_ece_calibrated"] is None
     assert 0 <= loo["pooled_ece_loo"] <= 1 and 0 <= loo["pooled_ece_loo_before"] <= 1
     assert loo["pooled_ece_loo_before"] != loo["pooled_ece_loo"]
+
+
+def test_shrunk_temperature_is_the_map_fit_and_moves_towards_the_data_with_more_predictions() -> None:
+    from medmeta.eval.calibration import fit_temperature, nll
+
+    gen = torch.Generator().manual_seed(3)
+    z = 3 * torch.randn(10, 2, generator=gen)
+    y = torch.multinomial(torch.softmax(z / 0.4, -1), 1, generator=gen)[:, 0]  # sharper than the logits say
+    plain = fit_temperature(z, y)
+    shrunk = fit_temperature(z, y, prior_sd=0.5)
+    # the maximum a posteriori on a fine grid of log T, computed here independently
+    grid = torch.linspace(math.log(0.05), math.log(50.0), 20001, dtype=torch.float64)
+    objective = [10 * nll(z, y, math.exp(s)) + s**2 / (2 * 0.25) for s in grid.tolist()]
+    best = math.exp(float(grid[int(torch.tensor(objective).argmin())]))
+    assert shrunk == pytest.approx(best, rel=2e-3)
+    assert abs(math.log(shrunk)) < abs(math.log(plain))  # between 1 and the plain fit, on the same side
+    assert math.log(shrunk) * math.log(plain) > 0
+    ten_times = fit_temperature(
+        z.repeat(10, 1), y.repeat(10), prior_sd=0.5
+    )  # 100 predictions saying the same
+    assert abs(math.log(ten_times) - math.log(plain)) < abs(math.log(shrunk) - math.log(plain))
+    assert fit_temperature(z, y, prior_sd=1e-4) == pytest.approx(1.0, rel=1e-3)
+    assert fit_temperature(z, y, prior_sd=1e4) == pytest.approx(plain, rel=1e-4)
+    assert fit_temperature(z, y, prior_sd=1e-4, prior=2.0) == pytest.approx(2.0, rel=1e-3)
+    with pytest.raises(ValueError, match="prior_sd > 0"):
+        fit_temperature(z, y, prior_sd=0.0)

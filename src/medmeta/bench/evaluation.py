@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from medmeta.data.datasets import ImageDataset
+from medmeta.eval.calibration import fit_temperature
 from medmeta.eval.evaluate import EvalResult, evaluate
-from medmeta.eval.loo import loo_temperature
+from medmeta.eval.loo import LOO_PRIOR_SD, held_out_predictions
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, ece_from_bins, mean_ci
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.episode import Support
@@ -85,15 +86,22 @@ def loo_temperatures(
     *,
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
-) -> list[float | None]:
-    """`medmeta.eval.loo.loo_temperature` of the supports of episodes ``0..episodes-1`` (None: 1-shot)."""
+) -> list[tuple[float, float] | None]:
+    """Leave-one-out temperatures of the supports of episodes ``0..episodes-1``: per episode the plain
+    fit and the fit shrunk towards 1 (`medmeta.eval.loo.LOO_PRIOR_SD`), from the same held-out
+    predictions; None for a support that cannot be held out (1-shot)."""
     was_training = method.training
     method.eval()
     try:
-        out = []
+        out: list[tuple[float, float] | None] = []
         for i in range(episodes):
             ep = sampler.episode(i).to(device).map_images(prepare)
-            out.append(loo_temperature(method, Support(ep.support_images, ep.support_labels, ep.n_way)))
+            held = held_out_predictions(method, Support(ep.support_images, ep.support_labels, ep.n_way))
+            out.append(
+                None
+                if held is None
+                else (fit_temperature(*held), fit_temperature(*held, prior_sd=LOO_PRIOR_SD))
+            )
         return out
     finally:
         method.train(was_training)
@@ -125,7 +133,8 @@ def evaluate_cell(
     Returns:
         JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and
         ci95 per metric), ``per_episode`` (values per metric), ``pooled_ece`` (also
-        ``pooled_ece_calibrated``, and ``pooled_ece_loo`` with ``pooled_ece_loo_before``, the raw ECE pooled
+        ``pooled_ece_calibrated``, ``pooled_ece_loo`` and ``pooled_ece_loo_shrunk`` (the temperature shrunk
+        towards 1, `medmeta.eval.loo.LOO_PRIOR_SD`) with ``pooled_ece_loo_before``, the raw ECE pooled
         over the same leave-one-out episodes: one episode's own ECE is biased up, a pooled ECE is not),
         ``calibration``
         (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
@@ -139,7 +148,9 @@ def evaluate_cell(
         values["ece_calibrated"] = np.full(len(values["ece"]), np.nan)
     else:
         values["ece_calibrated"] = batch_episode_metrics(logits / temperature, target)["ece"].numpy()
-    loo = loo_temperatures(method, sampler, min(loo_episodes, episodes), prepare=prepare, device=device)
+    fits = loo_temperatures(method, sampler, min(loo_episodes, episodes), prepare=prepare, device=device)
+    loo = [None if f is None else f[0] for f in fits]
+    shrunk = [f[1] for f in fits if f is not None]
     values["ece_loo"] = np.full(len(values["ece"]), np.nan)
     for i, t in enumerate(loo):
         if t is not None:
@@ -148,6 +159,7 @@ def evaluate_cell(
             )
     done = [i for i, t in enumerate(loo) if t is not None]
     scale = torch.tensor([t for t in loo if t is not None], dtype=torch.float64)[:, None, None]  # (E, 1, 1)
+    scale_shrunk = torch.tensor(shrunk, dtype=torch.float64)[:, None, None]  # (E, 1, 1)
     probs = torch.softmax(logits.double(), dim=-1)  # (T, n_query_total, n_way)
     classes = np.stack([sampler.indices(i)[2] for i in range(episodes)])  # (T, n_way)
     return {
@@ -157,11 +169,15 @@ def evaluate_cell(
         "eval_seed": seed,
         "temperature": temperature,
         "loo_temperatures": loo,
+        "loo_temperatures_shrunk": shrunk,
         "metrics": metric_summary(values),
         "per_episode": {k: values[k].tolist() for k in METRICS},
         "pooled_ece": result.pooled["ece"],
         "pooled_ece_calibrated": None if temperature is None else pooled_ece(logits / temperature, target),
         "pooled_ece_loo": pooled_ece(logits[done].double() / scale, target[done]) if done else None,
+        "pooled_ece_loo_shrunk": pooled_ece(logits[done].double() / scale_shrunk, target[done])
+        if done
+        else None,
         "pooled_ece_loo_before": pooled_ece(logits[done], target[done]) if done else None,
         "calibration": calibration_bins(probs, target).sum(0).tolist(),
         "confusion": class_confusion(logits, target, classes, test.n_classes).tolist(),
