@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from medmeta.tasks.sampler import MultiDomainSampler
 from medmeta.train.distributed import Distributed, backend_for, from_env, task_shard
 from medmeta.train.loop import fit
 from medmeta.train.sources import EpisodicBatches
-from medmeta.train.sync import RankSync
+from medmeta.train.sync import RankSync, _decode, _encode
 from tests._helpers.cli import assert_one_line_error, run
 
 TORCHRUN = {
@@ -151,3 +152,23 @@ def test_commands_other_than_train_refuse_to_run_under_torchrun(
 def test_a_rank_share_outside_0_to_1_is_a_bug() -> None:
     with pytest.raises(ValueError, match=r"share of the meta-batch must be in \(0, 1\], got 0"):
         RankSync(0.0, torch.device("cpu"))
+
+
+def test_a_training_state_survives_the_json_and_tensor_encoding_of_the_broadcast() -> None:
+    """What rank 0 sends (`broadcast_state`): int keys, tuples and CPU tensors come back as they were."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1, betas=(0.8, 0.9))
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sent = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "epochs_done": 3}
+    tensors: list[torch.Tensor] = []
+    skeleton = json.loads(json.dumps(_encode(sent, tensors)))  # what travels as bytes
+    received = _decode(skeleton, [t.clone() for t in tensors])
+    fresh = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    fresh.load_state_dict(received["optimizer"])
+    assert fresh.param_groups[0]["betas"] == (0.8, 0.9) and received["epochs_done"] == 3
+    for index, entries in opt.state_dict()["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(fresh.state_dict()["state"][index][name], value), (index, name)
+    assert torch.equal(received["rng"], sent["rng"])

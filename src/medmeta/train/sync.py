@@ -68,6 +68,7 @@ def _encode(value: Any, tensors: list[Tensor]) -> Any:
             "tensor": len(tensors) - 1,
             "dtype": str(value.dtype).removeprefix("torch."),
             "shape": list(value.shape),
+            "cpu": value.device.type == "cpu",
         }
     if isinstance(value, dict):
         return {"items": [[k, _encode(v, tensors)] for k, v in value.items()]}
@@ -82,8 +83,9 @@ def _decode(value: Any, tensors: Sequence[Tensor]) -> Any:
     if isinstance(value, list):
         return [_decode(v, tensors) for v in value]
     if isinstance(value, dict):
-        if "tensor" in value:
-            return tensors[value["tensor"]]
+        if "tensor" in value:  # back on the CPU if it was there on rank 0 (Adam's step, the RNG state)
+            tensor = tensors[value["tensor"]]
+            return tensor.cpu() if value["cpu"] else tensor
         if "tuple" in value:
             return tuple(_decode(v, tensors) for v in value["tuple"])
         return {k: _decode(v, tensors) for k, v in value["items"]}
@@ -113,7 +115,8 @@ def _blank(value: Any, device: torch.device) -> list[Tensor]:
 def broadcast_object(value: Any, device: torch.device) -> Any:
     """Rank 0's `value` (JSON values, tensors, dicts with str or int keys, tuples) on every rank.
 
-    Tensors arrive on `device` (the collectives' device: CUDA under NCCL), everything else as JSON.
+    Tensors travel on `device` (the collectives' device: CUDA under NCCL) and arrive where they were on
+    rank 0: on the CPU, or on `device`. Everything else travels as JSON.
     """
     tensors: list[Tensor] = []
     main = dist.get_rank() == 0
@@ -157,7 +160,7 @@ def broadcast_state(
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None:
             scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
+        torch.set_rng_state(state["rng"])
     return int(state["epochs_done"])
 
 
