@@ -1,5 +1,7 @@
 """Registration on real 2D slices: identity, affine, classical (SimpleITK), plain instance optimisation,
-VoxelMorph and its meta-learned initialisation with 0/1/3/10 test-time steps.
+VoxelMorph and its meta-learned initialisation with 0/1/3/10 test-time steps, and instance optimisation
+started from a network's field (VoxelMorph's, or the field-init network meta-trained for the refinement)
+with 0/3/10/30 steps.
 
 Data (``$MEDMETA_DATA``, ``--size`` px): the TotalSegmentator example CT (30 axial slices) and MR (20), split
 by slice into a training block and a held-out block two slices further on (one volume each: held-out slices,
@@ -16,6 +18,9 @@ at most 6 apart: label Dice/HD95 of the TotalSegmentator maps), ``mr->ct`` (an M
 slice at the same relative level: different subjects and modalities, mutual information replaces NCC in
 every test-time loss). Per method: Dice, HD95 (px), folding fraction (det J <= 0), EPE (px) and seconds per
 pair (one thread), mean and 95% CI half-width over pairs.
+
+Each row also gives the paired difference of Dice to identity and to affine (per pair, mean and 95% CI
+half-width), the fair test where pairs differ in difficulty.
 
 Writes ``OUT/results.jsonl`` (one line per set and method, appended as they finish) and prints a Markdown
 table. Usage:
@@ -41,6 +46,7 @@ from medmeta.data.registry import data_root
 from medmeta.eval.metrics import mean_ci
 from medmeta.eval.registration import score_pairs
 from medmeta.methods.registration import REG_METHODS, RegistrationMethod
+from medmeta.methods.registration.field_init import FieldInitRegistration
 from medmeta.methods.registration.voxelmorph import VoxelMorph
 from medmeta.tasks.registration import InterleavedSampler, PairSampler
 from medmeta.train.loop import fit
@@ -70,7 +76,7 @@ def with_loss(method: RegistrationMethod, similarity: str) -> RegistrationMethod
     if method.options.similarity == similarity:
         return method
     other = type(method)(method.options.model_copy(update={"similarity": similarity}))
-    if isinstance(method, VoxelMorph) and isinstance(other, VoxelMorph):
+    if isinstance(method, VoxelMorph) and isinstance(other, VoxelMorph):  # field-init is one too
         other.net.load_state_dict(copy.deepcopy(method.net.state_dict()))
     return other.eval()
 
@@ -80,6 +86,7 @@ def run_set(
 ) -> list[dict[str, object]]:
     episodes = list(sampler)
     rows = []
+    per_pair: dict[str, list[float]] = {}
     for label, fn in methods.items():
         values: dict[str, list[float]] = {m: [] for m in METRICS}
         for ep in episodes:
@@ -90,6 +97,13 @@ def run_set(
             for key, v in score_pairs(ddf, ep.query_labels, ep.query_flows, min_pixels=10).items():
                 values[key] += v.tolist()
         row: dict[str, object] = {"set": name, "method": label, "pairs": len(episodes)}
+        per_pair[label] = values["dice"]
+        for ref, key in (("identity", "dice_vs_identity"), ("affine (SimpleITK, MI)", "dice_vs_affine")):
+            if ref in per_pair and len(per_pair[ref]) == len(values["dice"]):
+                diffs = [a - b for a, b in zip(values["dice"], per_pair[ref], strict=True)]
+                finite = [d for d in diffs if np.isfinite(d)]
+                if finite:
+                    row[key] = list(mean_ci(finite))
         for key, vals in values.items():
             finite = [v for v in vals if np.isfinite(v)]
             if finite:
@@ -144,11 +158,21 @@ def main() -> None:
     meta = REG_METHODS["meta_init"].from_options({"inner_steps": 3, "eval_steps": 3})
     assert isinstance(meta, VoxelMorph)
     meta_seconds = train(meta, train_sampler, args.train_steps, args.seed)
-    info = {"train_seconds": {"voxelmorph": vxm_seconds, "meta_init": meta_seconds}, "args": vars(args)}
+    finit = REG_METHODS["field_init"].from_options({"refine_steps": 5, "eval_steps": 0})
+    assert isinstance(finit, FieldInitRegistration)
+    finit_seconds = train(finit, train_sampler, args.train_steps, args.seed)
+    vxm_init = FieldInitRegistration.from_options({"eval_steps": 0})  # VoxelMorph's field, then refinement
+    vxm_init.net.load_state_dict(vxm.net.state_dict())
+    info = {
+        "train_seconds": {"voxelmorph": vxm_seconds, "meta_init": meta_seconds, "field_init": finit_seconds},
+        "args": vars(args),
+    }
     (args.out / "training.json").write_text(json.dumps(info, default=str, indent=2))
     print(json.dumps(info, default=str), flush=True)
     vxm.eval()
     meta.eval()
+    finit.eval()
+    vxm_init.eval()
 
     n, test_seed = args.pairs, args.seed + 1000
     sets = {
@@ -189,15 +213,24 @@ def main() -> None:
             methods[f"VoxelMorph + {k} steps"] = _steps(vx, k)
         for k in (0, 1, 3, 10):
             methods[f"meta-init + {k} steps"] = _steps(mt, k)
+        vi, fi = with_loss(vxm_init, sim), with_loss(finit, sim)
+        assert isinstance(vi, VoxelMorph) and isinstance(fi, VoxelMorph)
+        for k in (3, 10, 30):
+            methods[f"VoxelMorph field + {k} IO steps"] = _steps(vi, k)
+        for k in (0, 3, 10, 30):
+            methods[f"field-init + {k} IO steps"] = _steps(fi, k)
         rows += run_set(set_name, sampler, methods, args.out)
 
-    print("\n| set | method | Dice | HD95 (px) | folding (%) | EPE (px) | s / pair |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| set | method | Dice | Δ vs identity | Δ vs affine | HD95 (px) | folding (%) | EPE (px) | s / pair |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fold = r.get("folding")
         fold_s = f"{fold[0] * 100:.2f} ± {fold[1] * 100:.2f}" if isinstance(fold, list) else "-"
         print(
-            f"| {r['set']} | {r['method']} | {fmt(r, 'dice', 3)} | {fmt(r, 'hd95', 2)} | {fold_s} | "
+            f"| {r['set']} | {r['method']} | {fmt(r, 'dice', 3)} | {fmt(r, 'dice_vs_identity', 3)} | "
+            f"{fmt(r, 'dice_vs_affine', 3)} | {fmt(r, 'hd95', 2)} | {fold_s} | "
             f"{fmt(r, 'epe', 2)} | {fmt(r, 'seconds', 3)} |"
         )
 

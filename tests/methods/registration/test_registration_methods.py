@@ -25,6 +25,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "classical": {"iterations": 5},
     "voxelmorph": {**SMALL_NET, "eval_steps": 1},
     "meta_init": {**SMALL_NET, "inner_steps": 1, "eval_steps": 1},
+    "field_init": {**SMALL_NET, "refine_steps": 1, "eval_steps": 2},
 }
 SHAPES = {2: (33, 34), 3: (9, 10, 11)}
 
@@ -72,7 +73,7 @@ def test_adapt_leaves_the_method_unchanged(name: str) -> None:
 
 @pytest.mark.parametrize("meta", ["fomaml", "reptile"])
 def test_every_network_parameter_gets_a_gradient_from_episode_loss(meta: str) -> None:
-    for method in (build("voxelmorph"), build("meta_init", meta=meta)):
+    for method in (build("voxelmorph"), build("meta_init", meta=meta), build("field_init")):
         pairs, _ = smooth_pairs(2, n=2)
         method.train().episode_loss(PairEpisode(pairs[:1], None, pairs[1:], None)).backward()
         missing = [
@@ -113,6 +114,39 @@ def test_fomaml_gradient_is_the_query_gradient_at_hand_adapted_weights() -> None
     torch.testing.assert_close(loss.detach(), ref_loss.detach())
     for (name, p), g in zip(method.net.named_parameters(), ref, strict=True):
         torch.testing.assert_close(p.grad, g, msg=name)
+
+
+def test_field_init_gradient_is_the_refined_field_gradient_pulled_back_through_the_network() -> None:
+    from medmeta.methods.registration.field_init import FieldInitRegistration
+    from medmeta.methods.registration.instance_opt import upsample_field
+
+    torch.manual_seed(0)
+    method = FieldInitRegistration.from_options({**SMALL_NET, "refine_steps": 3, "refine_lr": 0.5})
+    assert isinstance(method, FieldInitRegistration)
+    method = method.double().train()
+    pairs, _ = smooth_pairs(2, n=2)
+    pairs = pairs[..., :32, :32].double()
+    loss = method.episode_loss(PairEpisode(pairs[:1], None, pairs, None))
+    loss.backward()
+    # by hand: the network's field, three torch.optim.Adam steps on a 16 x 16 correction, the loss there
+    _, start = method.net(pairs[:, :1], pairs[:, 1:])
+    coarse = torch.zeros(2, 2, 16, 16, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([coarse], lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        method.loss(pairs, start.detach() + upsample_field(coarse, (32, 32))).backward()
+        opt.step()
+    refined = (start.detach() + upsample_field(coarse.detach(), (32, 32))).requires_grad_(True)
+    ref_loss = method.loss(pairs, refined)
+    (g,) = torch.autograd.grad(ref_loss, [refined])
+    ref = torch.autograd.grad(start, list(method.net.parameters()), grad_outputs=g)
+    torch.testing.assert_close(loss.detach(), ref_loss.detach())
+    for (name, p), r in zip(method.net.named_parameters(), ref, strict=True):
+        torch.testing.assert_close(p.grad, r, msg=name)
+    method.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(method.adapt(PairSupport(pairs), steps=3).predict(pairs), refined.detach())
+        torch.testing.assert_close(method.adapt(PairSupport(pairs), steps=0).predict(pairs), start.detach())
 
 
 def test_reptile_gradient_is_the_initialisation_minus_hand_adapted_weights() -> None:

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from medmeta.methods.registration.base import FieldPredictor, RegistrationMethod, RegOptions, stored_fields
+from medmeta.methods.registration.base import (
+    FieldPredictor,
+    RegistrationMethod,
+    RegOptions,
+    stored_fields,
+    zero_field,
+)
 from medmeta.tasks.registration import PairSupport
 
 
@@ -55,11 +61,19 @@ class InstanceOptimisation(RegistrationMethod):
     options: InstanceOptOptions
     transductive: ClassVar[bool] = True
 
-    def fit_fields(self, pairs: Tensor, steps: int | None = None) -> Tensor:
-        """Optimised displacement ``(N, ndim, *spatial)`` of pairs ``(N, 2, *spatial)`` (detached)."""
+    def fit_fields(self, pairs: Tensor, steps: int | None = None, init: Tensor | None = None) -> Tensor:
+        """Optimised displacement ``(N, ndim, *spatial)`` of pairs ``(N, 2, *spatial)`` (detached).
+
+        Args:
+            pairs: ``(N, 2, *spatial)``.
+            steps: Adam steps (None: ``options.steps``).
+            init: ``(N, ndim, *spatial)`` field to start from (None: zero); the coarse field is a
+                correction added to it.
+        """
         self.check_dims(pairs)
         o = self.options
         shape = tuple(pairs.shape[2:])
+        base = zero_field(pairs) if init is None else init.detach()
         coarse_shape = tuple(max(2, s // o.downsample) for s in shape)
         coarse = torch.zeros(
             (pairs.shape[0], len(shape), *coarse_shape), dtype=pairs.dtype, device=pairs.device
@@ -68,11 +82,11 @@ class InstanceOptimisation(RegistrationMethod):
         optimizer = torch.optim.Adam([coarse], lr=o.lr)
         with torch.enable_grad():
             for _ in range(o.steps if steps is None else steps):
-                loss = self.loss(pairs.detach(), upsample_field(coarse, shape))
+                loss = self.loss(pairs.detach(), base + upsample_field(coarse, shape))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-        return upsample_field(coarse.detach(), shape)
+        return base + upsample_field(coarse.detach(), shape)
 
     def adapt(self, support: PairSupport) -> FieldPredictor:
         return stored_fields(support, self.fit_fields(support.images), type(self).__name__)
