@@ -20,6 +20,8 @@ _EXTRAS: dict[str, str] = {
     "transformers": "medmeta[pretrained]",
     "huggingface_hub": "medmeta[pretrained]",
     "lightly": "medmeta[ssl]",
+    "flwr": "medmeta[federated]",
+    "opacus": "medmeta[federated]",
     "torchvision": "medmeta[detection]",
     "torchmetrics": "medmeta[detection]",
     "pycocotools": "medmeta[detection]",
@@ -46,7 +48,7 @@ def optional_import(module: str, feature: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        extra = _EXTRAS.get(module, module)
+        extra = _EXTRAS.get(module) or _EXTRAS.get(module.split(".")[0], module)
         raise OptionalDependencyError(
             f"{feature} needs the optional package '{module}': run `pip install '{extra}'`"
         ) from exc

@@ -17,6 +17,7 @@ from medmeta.cli import data_cmds, deploy_cmds, detect_cmds, seg_cmds, weights_c
 from medmeta.cli.benchmark_cmd import benchmark
 from medmeta.cli.continual_cmd import continual
 from medmeta.cli.distill_cmd import distill
+from medmeta.cli.federated_cmd import federated
 from medmeta.cli.fusion_cmd import fusion
 from medmeta.cli.overrides import Device, collect, parse_options, parse_way
 from medmeta.cli.pretrain_cmd import pretrain
@@ -45,6 +46,7 @@ detect_cmds.register(app)
 app.command()(benchmark)
 app.command()(pretrain)
 app.command()(continual)
+app.command()(federated)
 app.command()(distill)
 app.command()(fusion)
 app.command()(register)
