@@ -50,6 +50,11 @@ def save_detector(
     return write_text_atomic(folder / META, json.dumps(meta, indent=2))
 
 
+def is_detector_checkpoint(path: Path) -> bool:
+    """True for a detector checkpoint folder (holding ``detector.json``) or that JSON file itself."""
+    return path.name == META or (path.is_dir() and (path / META).is_file())
+
+
 def load_detector(path: Path) -> tuple[FewShotDetector, dict[str, Any]]:
     """Load a checkpoint folder (or its ``detector.json``); the detector's base classes are all its classes.
 
@@ -100,6 +105,19 @@ def overlay(image: Tensor, det: dict[str, Tensor], classes: Sequence[str], min_s
     return buf.getvalue()
 
 
+def detections_csv(names: Sequence[str], dets: Sequence[dict[str, Tensor]], classes: Sequence[str]) -> str:
+    """CSV text ``image,xmin,ymin,xmax,ymax,label,score``, one row per box (original pixels, every score)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", "xmin", "ymin", "xmax", "ymax", "label", "score"])
+    for name, d in zip(names, dets, strict=True):
+        for box, score, label in zip(
+            d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True
+        ):
+            writer.writerow([name, *(round(v, 2) for v in box), classes[int(label)], round(score, 4)])
+    return buf.getvalue()
+
+
 def write_detections(
     out: Path,
     names: Sequence[str],
@@ -107,12 +125,11 @@ def write_detections(
     dets: Sequence[dict[str, Tensor]],
     classes: Sequence[str],
 ) -> tuple[Path, Path]:
-    """Write ``boxes.csv`` (image,xmin,ymin,xmax,ymax,label,score) and ``boxes.coco.json`` in original pixels.
+    """Write ``boxes.csv`` (`detections_csv`) and ``boxes.coco.json`` in original pixels.
 
     Args:
         names: image file names; sizes: their ``(H, W)``; dets: boxes already in original pixels.
     """
-    rows: list[list[object]] = []
     images: list[dict[str, object]] = []
     anns: list[dict[str, object]] = []
     for i, (name, (h, w), d) in enumerate(zip(names, sizes, dets, strict=True)):
@@ -121,7 +138,6 @@ def write_detections(
             d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True
         ):
             x0, y0, x1, y1 = (round(v, 2) for v in box)
-            rows.append([name, x0, y0, x1, y1, classes[int(label)], round(score, 4)])
             anns.append(
                 {
                     "id": len(anns) + 1,
@@ -133,11 +149,7 @@ def write_detections(
                     "iscrowd": 0,
                 }
             )
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image", "xmin", "ymin", "xmax", "ymax", "label", "score"])
-    writer.writerows(rows)
-    csv_path = write_text_atomic(out / "boxes.csv", buf.getvalue())
+    csv_path = write_text_atomic(out / "boxes.csv", detections_csv(names, dets, classes))
     coco = {
         "images": images,
         "annotations": anns,

@@ -37,7 +37,9 @@ from medmeta.deploy.stability import calibrate_when_possible
 from medmeta.errors import MedmetaError
 from medmeta.explain.explanations import explain
 from medmeta.explain.render import safe_stem
+from medmeta.pipeline.detection_io import is_detector_checkpoint, load_detector
 from medmeta.serve import page
+from medmeta.serve.detection import DetectorWorkspace
 from medmeta.serve.session import Session, SessionEnded, SessionsFull, SessionStore
 from medmeta.serve.uploads import Form, Limits, UploadedFile, UploadError, basename, parse_form
 
@@ -52,6 +54,8 @@ __all__ = ["Limits", "Workspace", "bind", "create_app", "run_server"]
 
 class Workspace:
     """The model behind the page and the work done for one request."""
+
+    download_name = "predictions.csv"
 
     def __init__(self, model: TrainedModel | AdaptedModel, limits: Limits) -> None:
         self.stored = model if isinstance(model, AdaptedModel) else None
@@ -278,7 +282,8 @@ def create_app(
     """The Starlette application of the page.
 
     Args:
-        model: a meta-trained or adapted checkpoint (or the loaded model).
+        model: a meta-trained or adapted checkpoint (or the loaded model), or a detector checkpoint folder
+            (`medmeta det train` output: the page then draws boxes, `medmeta.serve.detection`).
         limits: upload limits.
         temp_root: where session folders are created (default: the system's temporary folder).
         idle_seconds: a session idle this long is ended and its folder deleted (checked in the background
@@ -294,8 +299,13 @@ def create_app(
     responses = optional_import("starlette.responses", "the web page (medmeta serve)")
     routing = optional_import("starlette.routing", "the web page (medmeta serve)")
     concurrency = optional_import("starlette.concurrency", "the web page (medmeta serve)")
-    loaded = model if isinstance(model, TrainedModel | AdaptedModel) else load_model(model)
-    work = Workspace(loaded, limits or Limits())
+    work: Workspace | DetectorWorkspace
+    if not isinstance(model, TrainedModel | AdaptedModel) and is_detector_checkpoint(Path(model)):
+        detector, meta = load_detector(Path(model))
+        work = DetectorWorkspace(detector, meta, limits or Limits())
+    else:
+        loaded = model if isinstance(model, TrainedModel | AdaptedModel) else load_model(model)
+        work = Workspace(loaded, limits or Limits())
     store = SessionStore(temp_root, idle_seconds=idle_seconds)
     headers = {
         "Content-Security-Policy": page.CSP,
@@ -342,7 +352,7 @@ def create_app(
         return responses.Response(
             session.csv,
             media_type="text/csv",
-            headers={**headers, "Content-Disposition": 'attachment; filename="predictions.csv"'},
+            headers={**headers, "Content-Disposition": f'attachment; filename="{work.download_name}"'},
         )
 
     async def end(request: Any) -> Any:
