@@ -13,7 +13,7 @@ from medmeta.data.synthetic import make_synthetic
 from medmeta.errors import ConfigError, TrainingError
 from medmeta.pipeline import train_method
 from medmeta.tasks.sampler import MultiDomainSampler
-from medmeta.train.distributed import Distributed, backend_for, from_env, task_shard
+from medmeta.train.distributed import Distributed, backend_for, from_env, process_group, task_shard
 from medmeta.train.loop import fit
 from medmeta.train.sources import EpisodicBatches
 from medmeta.train.sync import RankSync, _decode, _encode
@@ -172,3 +172,14 @@ def test_a_training_state_survives_the_json_and_tensor_encoding_of_the_broadcast
         for name, value in entries.items():
             assert torch.equal(fresh.state_dict()["state"][index][name], value), (index, name)
     assert torch.equal(received["rng"], sent["rng"])
+
+
+def test_more_ranks_on_a_machine_than_gpus_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with (
+        pytest.raises(
+            ConfigError, match="local rank 1 needs GPU 1 but this machine has 1: pass --nproc-per-node 1"
+        ),
+        process_group(Distributed(rank=1, world_size=2, local_rank=1), torch.device("cuda")),
+    ):
+        pass
