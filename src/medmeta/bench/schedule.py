@@ -118,6 +118,7 @@ def run_benchmark(
     Raises:
         ConfigError: unknown domain, shots too large for a held-out domain, `out` holding another
             protocol's results, or `workers` < 1.
+        OptionalDependencyError: `executor` needs ``medmeta[distributed]``.
     """
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}: pass --workers 1 or more")
@@ -127,6 +128,10 @@ def run_benchmark(
     root = data_dir if data_dir is not None else protocol.data.data_dir
     if domains is None:
         domains = load_benchmark_domains(protocol, root)
+    engine = None
+    if workers > 1 or executor is not None:  # a missing engine is reported before anything is written
+        where = (data_root(root).resolve(), out.resolve()) if executor is not None else (root, out)
+        engine = make_engine(executor, protocol, *where, workers)
     resumed = check_fingerprint(out, protocol.fingerprint(), protocol.as_config())
     store = ResultsStore(out)
     outcome = RunOutcome(
@@ -147,10 +152,7 @@ def run_benchmark(
             outcome.cells_skipped += sum(c.key in done_keys for c in getattr(job, "cells", ()))
             pending.append(job)
     recorder = Recorder(store, outcome, progress, on_record)
-    if workers > 1 or executor is not None:
-        if executor is not None:
-            root, out = data_root(root).resolve(), out.resolve()
-        engine = make_engine(executor, protocol, root, out, workers)
+    if engine is not None:
         outcome.jobs_rerun = run_jobs(engine, pending, recorder, progress)
     else:
         if protocol.train.threads:
