@@ -14,7 +14,8 @@ float32 additions (test_meta_gradient shows the float64 agreement), so after 4 A
   tensor's largest value (measured: 3.4e-5);
 - except the conv biases that batch norm cancels (`bn_cancelled_biases`): their meta-gradient is zero in
   exact arithmetic, so Adam normalises float32 rounding noise into steps of about ``lr`` (measured: 3e-3
-  apart); they change no prediction, which the adapted logits of the `last` checkpoints show (`LOGITS`).
+  apart); they change no prediction, which the adapted logits of the `last` checkpoints show (`LOGITS`;
+  measured: 5e-6 on logits up to 2.6).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tests._helpers.distributed import torchrun
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
 ATOL = 1e-5
-RTOL = 1e-4
+RTOL = 1e-3
 LOGITS = 1e-4
 CLASSES = "basophil,eosinophil,erythroblast,ig"
 
