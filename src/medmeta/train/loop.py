@@ -259,8 +259,8 @@ def fit(
     Raises:
         TrainingError: the method has nothing to train, the loss became NaN/inf (checkpoints already
             written are kept), or `distributed` with a source whose batches cannot be split.
-        ConfigError: `distributed` with fewer tasks per meta-batch than ranks.
-        ConfigError: `resume` with a run that differs from the folder's.
+        ConfigError: `resume` with a run that differs from the folder's, or `distributed` with fewer tasks
+            per meta-batch than ranks.
         CheckpointError: `resume` with a missing or altered training state.
     """
     device = resolve_device(cfg.device)
