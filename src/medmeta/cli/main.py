@@ -21,7 +21,7 @@ from medmeta.cli.federated_cmd import federated
 from medmeta.cli.fusion_cmd import fusion
 from medmeta.cli.overrides import Device, collect, parse_options, parse_way
 from medmeta.cli.pretrain_cmd import pretrain
-from medmeta.cli.register_cmd import register
+from medmeta.cli.register_cmd import propagate, register
 from medmeta.cli.ui import RichProgress, console, err_console, interrupt_reported, results_table, say
 from medmeta.config import RunConfig, apply_overrides, load_config, make_config
 from medmeta.errors import MedmetaError
@@ -50,6 +50,7 @@ app.command()(federated)
 app.command()(distill)
 app.command()(fusion)
 app.command()(register)
+app.command()(propagate)
 
 _state = {"debug": False}
 
