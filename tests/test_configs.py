@@ -16,7 +16,7 @@ from medmeta.pipeline.checks import check_method_config
 # seg_*.yaml are segmentation configs (SegConfig), validated in tests/seg/test_config.py; benchmark
 # protocols (a top-level `methods:` list) are validated in tests/bench/test_protocol.py, segmentation
 # benchmark protocols (task: segmentation) in tests/bench/test_seg_benchmark.py; continual*.yaml are
-# `medmeta continual` configs, validated below
+# `medmeta continual` configs and federated*.yaml `medmeta federated` configs, validated below
 def _is_run_config(path: Path) -> bool:
     return not path.name.startswith(("seg_", "continual")) and "methods" not in yaml.safe_load(
         path.read_text()
@@ -45,6 +45,7 @@ def test_every_config_is_validated_somewhere() -> None:
         "cross_domain_calibration.yaml",
         "model_based.yaml",
         "continual.yaml",
+        "federated.yaml",
     }
 
 
@@ -59,6 +60,14 @@ def test_the_continual_config_is_three_stages_of_real_domains_with_every_strateg
     assert len(cfg.data.stages) == 3 and cfg.data.dedupe
     assert cfg.strategies == ["naive", "replay", "prototypes", "joint"]
     assert cfg.replay.policies == ["reservoir", "class_balanced"]
+
+
+def test_the_federated_config_is_four_real_domains_as_sites_with_every_strategy_and_dp() -> None:
+    from medmeta.config.federated import STRATEGIES, load_federated_config
+
+    cfg = load_federated_config(Path(__file__).resolve().parents[1] / "configs" / "federated.yaml")
+    assert len(cfg.data.sites) == 4 and tuple(cfg.strategies) == STRATEGIES
+    assert cfg.centralised and cfg.site_only and cfg.dp.epsilon is not None
 
 
 def test_overrides_set_nested_keys_without_touching_the_input() -> None:
