@@ -51,3 +51,32 @@ def test_dp_is_refused_for_meta_learners_with_the_reason() -> None:
         make_federated_config(
             {"data": {"sites": ["a", "b"]}, "dp": {"epsilon": 1.0, "strategies": ["fedmeta_maml"]}}
         )
+
+
+def test_a_dp_run_through_the_server_loop_reports_each_sites_finite_epsilon() -> None:
+    from medmeta.federated.protocol import serve
+    from medmeta.federated.run import plan_jobs
+    from medmeta.federated.sites import Site
+    from tests._helpers.federated import DirectExchange
+
+    sites = []
+    for i, name in enumerate(["a", "b"]):
+        ds = make_synthetic(n_classes=2 + i, n_per_class=30, image_size=16, channels=1, seed=i)
+        train, test = ds.split_holdout(0.3, seed=0)
+        sites.append(Site(name, train, test, "test"))
+    cfg = make_federated_config(
+        {
+            "data": {"sites": ["a", "b"], "image_size": 16, "channels": 1},
+            "strategies": [],
+            "train": {"rounds": 2, "local_steps": 2, "batch_size": 8},
+            "eval": {"shots": [2], "episodes": 2, "n_query": 3},
+            "dp": {"epsilon": 3.0, "strategies": ["fedprox"]},
+        }
+    )
+    jobs = plan_jobs(cfg, sites)
+    assert [j.strategy for j in jobs] == ["fedprox+groupnorm", "fedprox+dp"]
+    result = serve(jobs[1], DirectExchange(sites))
+    for name in ("a", "b"):
+        eps = result["sites"][name]["epsilon"]
+        assert math.isfinite(eps) and 2.5 < eps <= 3.0 + 1e-6
+    assert "epsilon" not in serve(jobs[0], DirectExchange(sites))["sites"]["a"]
