@@ -174,9 +174,9 @@ def run_jobs(engine: Engine, jobs: Sequence[Job], sink: JobsSink, progress: RunP
         while engine.free_slots() > 0 and (nxt := queue.take()) is not None:
             engine.submit(nxt, jobs[nxt], sink.finished(jobs[nxt]))
 
-    with parent_signals():
-        try:
-            engine.start()
+    try:
+        engine.start()  # first: Ray installs a SIGTERM handler of its own, which aborts the process
+        with parent_signals():
             fill()
             while remaining:
                 for kind, index, payload in engine.poll(POLL_SECONDS):
@@ -199,8 +199,8 @@ def run_jobs(engine: Engine, jobs: Sequence[Job], sink: JobsSink, progress: RunP
                     if kind in ("start", "done", "lost") and progress is not None:
                         progress.job(running_text(running))
                 fill()
-        finally:
-            engine.close()
+    finally:
+        engine.close()
     return sum(lost.values())
 
 
