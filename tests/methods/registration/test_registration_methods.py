@@ -149,6 +149,25 @@ def test_field_init_gradient_is_the_refined_field_gradient_pulled_back_through_t
         torch.testing.assert_close(method.adapt(PairSupport(pairs), steps=0).predict(pairs), start.detach())
 
 
+def test_field_init_start_weight_adds_the_gradient_of_the_loss_at_the_networks_own_field() -> None:
+    from medmeta.methods.registration.field_init import FieldInitRegistration
+
+    pairs, _ = smooth_pairs(2, n=2)
+    pairs = pairs[..., :32, :32].double()
+    episode = PairEpisode(pairs[:1], None, pairs, None)
+    grads = {}
+    for w in (0.0, 0.5):
+        torch.manual_seed(0)
+        method = FieldInitRegistration.from_options({**SMALL_NET, "refine_steps": 2, "start_weight": w})
+        method = method.double().train()
+        method.episode_loss(episode).backward()
+        grads[w] = [p.grad.clone() for p in method.net.parameters()]
+    _, start = method.net(pairs[:, :1], pairs[:, 1:])
+    extra = torch.autograd.grad(method.loss(pairs, start), list(method.net.parameters()))
+    for g0, g1, e in zip(grads[0.0], grads[0.5], extra, strict=True):
+        torch.testing.assert_close(g1, g0 + 0.5 * e)
+
+
 def test_reptile_gradient_is_the_initialisation_minus_hand_adapted_weights() -> None:
     torch.manual_seed(0)
     method = MetaInitRegistration.from_options(

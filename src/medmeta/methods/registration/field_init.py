@@ -32,12 +32,17 @@ class FieldInitOptions(VoxelMorphOptions):
         eval_steps: refinement steps on each test pair.
         refine_lr: Adam learning rate of the refinement (voxels per step, as `InstanceOptOptions.lr`).
         refine_downsample: the refinement's correction lives on a grid this many times coarser.
+        start_weight: weight of the loss at the network's own field, added to the loss after refinement in
+            training. The refined loss alone gives the network a vanishing signal wherever the refinement
+            already succeeds, so its field may drift anywhere the refinement can recover from; this term
+            keeps the start itself a registration.
     """
 
     refine_steps: int = Field(5, ge=0)
     eval_steps: int = Field(10, ge=0)
     refine_lr: float = Field(1.0, gt=0.0)
     refine_downsample: int = Field(2, ge=1)
+    start_weight: float = Field(0.0, ge=0.0)
 
 
 class FieldInitRegistration(VoxelMorph):
@@ -92,6 +97,11 @@ class FieldInitRegistration(VoxelMorph):
 
     def episode_loss(self, episode: PairEpisode) -> Tensor:
         """The query pairs' loss at their refined fields, differentiated through the network's prediction
-        only (first order)."""
-        ddf = self.adapt(episode.support, self.options.refine_steps).predict(episode.query_images)
-        return self.loss(episode.query_images, ddf)
+        only (first order), plus ``start_weight`` times the loss at the network's own fields."""
+        pairs = episode.query_images
+        ddf = self.adapt(episode.support, self.options.refine_steps).predict(pairs)
+        loss = self.loss(pairs, ddf)
+        if self.options.start_weight > 0:
+            start = self.forward_with(dict(self.net.named_parameters()), pairs)
+            loss = loss + self.options.start_weight * self.loss(pairs, start)
+        return loss
