@@ -2,7 +2,8 @@
 
 `run_job` runs a job (a training and its cells, or a supervised reference) in whichever process it is
 given and reports through a `JobSink`: `medmeta.bench.schedule` runs jobs in this process,
-`medmeta.bench.workers` in child processes. Both import this module; it imports neither.
+`medmeta.bench.runner` in a worker of any executor (child processes, Ray actors, Slurm jobs). Both import
+this module; it imports neither.
 Results do not depend on where a job runs: every training is seeded by its seed, test episodes by
 ``eval.seed + seed``, the global torch RNG is re-seeded before every evaluation, and cells are always
 scored from the reloaded best checkpoint (``OUT/checkpoints/...``), whether it was trained in this
