@@ -158,7 +158,7 @@ def main() -> None:
     meta = REG_METHODS["meta_init"].from_options({"inner_steps": 3, "eval_steps": 3})
     assert isinstance(meta, VoxelMorph)
     meta_seconds = train(meta, train_sampler, args.train_steps, args.seed)
-    finit = REG_METHODS["field_init"].from_options({"refine_steps": 5, "eval_steps": 0})
+    finit = REG_METHODS["field_init"].from_options({"refine_steps": 5, "eval_steps": 0, "start_weight": 1.0})
     assert isinstance(finit, FieldInitRegistration)
     finit_seconds = train(finit, train_sampler, args.train_steps, args.seed)
     vxm_init = FieldInitRegistration.from_options({"eval_steps": 0})  # VoxelMorph's field, then refinement

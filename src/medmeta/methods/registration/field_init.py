@@ -42,7 +42,7 @@ class FieldInitOptions(VoxelMorphOptions):
     eval_steps: int = Field(10, ge=0)
     refine_lr: float = Field(1.0, gt=0.0)
     refine_downsample: int = Field(2, ge=1)
-    start_weight: float = Field(0.0, ge=0.0)
+    start_weight: float = Field(1.0, ge=0.0)
 
 
 class FieldInitRegistration(VoxelMorph):
