@@ -30,9 +30,13 @@ JOB_TIMEOUT = 6 * 3600.0
 
 
 def quiet_flower_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment for Flower processes: telemetry off (no call home from a hospital's machine)."""
+    """An environment for Flower processes: telemetry off (no call home from a hospital's machine), and
+    this interpreter's scripts folder first on PATH: the SuperLink starts ``flower-superexec`` by name,
+    which an environment that was never activated (``.venv/bin/python -m ...``) would not find."""
     out = dict(os.environ if env is None else env)
     out["FLWR_TELEMETRY_ENABLED"] = "0"
+    scripts = str(Path(sys.executable).parent)
+    out["PATH"] = os.pathsep.join([scripts, out.get("PATH", "")]).rstrip(os.pathsep)
     return out
 
 
