@@ -16,7 +16,7 @@ from medmeta.bench.protocol import Protocol
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.near_duplicates import dedupe
 from medmeta.data.registry import load_dataset
-from medmeta.errors import ConfigError
+from medmeta.tasks.sampler import queries_per_class
 
 
 @dataclass(frozen=True)
@@ -89,18 +89,6 @@ def load_domains(
 
 
 def query_size(splits: DomainSplits, n_shot: int, n_query: int) -> int:
-    """Queries per class for `n_shot`-shot test episodes: `n_query`, or fewer for a small class.
-
-    Raises:
-        ConfigError: a test class has no image left for a query after `n_shot` support images.
-    """
-    counts = splits.test.class_counts()
-    smallest = min(counts, key=lambda c: counts[c])
-    fits = counts[smallest] - n_shot
-    if fits < 1:
-        raise ConfigError(
-            f"domain '{splits.name}': test class '{smallest}' has {counts[smallest]} images, too few for "
-            f"{n_shot}-shot episodes with at least one query: drop {n_shot} from eval.shots or remove the "
-            "domain from held_out"
-        )
-    return min(n_query, fits)
+    """Queries per class for `n_shot`-shot test episodes of a domain (`queries_per_class`)."""
+    fix = f"drop {n_shot} from eval.shots or remove the domain from held_out"
+    return queries_per_class(splits.test, n_shot, n_query, f"domain '{splits.name}'", fix)

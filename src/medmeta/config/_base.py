@@ -39,6 +39,14 @@ def _validated(model: type[C], data: dict[str, Any], source: str) -> C:
         raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
 
 
+def unique_entries(values: list[Any], what: str) -> list[Any]:
+    """`values` unchanged, or a `ValueError` naming every entry listed more than once (for validators)."""
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} {', '.join(repeated)} listed twice: list each once")
+    return values
+
+
 def read_yaml_mapping(path: Path, missing: str) -> dict[str, Any]:
     """The top-level mapping of YAML file `path` (empty file: ``{}``).
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medmeta.config._base import _Frozen, _validated, apply_overrides, read_yaml_mapping
+from medmeta.config._base import _Frozen, _validated, apply_overrides, read_yaml_mapping, unique_entries
 from medmeta.config.run import ModelConfig
 
 Strategy = Literal["naive", "replay", "prototypes", "joint"]
@@ -19,13 +19,6 @@ BufferPolicy = Literal["reservoir", "class_balanced"]
 _CLASS_BALANCED: list[BufferPolicy] = ["class_balanced"]
 #: every strategy, in the order the reports list them
 STRATEGIES: tuple[Strategy, ...] = ("naive", "replay", "prototypes", "joint")
-
-
-def _unique(values: list[Any], what: str) -> list[Any]:
-    repeated = sorted({str(v) for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{what} {', '.join(repeated)} listed twice: list each once")
-    return values
 
 
 class StreamConfig(_Frozen):
@@ -65,7 +58,7 @@ class StreamConfig(_Frozen):
     def _positive_unique_shots(cls, value: list[int]) -> list[int]:
         if any(k < 1 for k in value):
             raise ValueError(f"shots must be at least 1, got {value}")
-        return _unique(value, "shots")
+        return unique_entries(value, "shots")
 
 
 class ContinualTrainConfig(_Frozen):
@@ -101,7 +94,7 @@ class ContinualTrainConfig(_Frozen):
     def _nonnegative_unique_seeds(cls, value: list[int]) -> list[int]:
         if any(s < 0 for s in value):
             raise ValueError(f"seeds must be >= 0, got {value}")
-        return _unique(value, "seed")
+        return unique_entries(value, "seed")
 
 
 class ReplayConfig(_Frozen):
@@ -121,7 +114,7 @@ class ReplayConfig(_Frozen):
     @field_validator("policies")
     @classmethod
     def _unique_policies(cls, value: list[BufferPolicy]) -> list[BufferPolicy]:
-        return _unique(value, "buffer policy")
+        return unique_entries(value, "buffer policy")
 
 
 class PrototypeConfig(_Frozen):
@@ -160,7 +153,7 @@ class ContinualConfig(_Frozen):
     @field_validator("strategies")
     @classmethod
     def _unique_strategies(cls, value: list[Strategy]) -> list[Strategy]:
-        return _unique(value, "strategy")
+        return unique_entries(value, "strategy")
 
     @model_validator(mode="after")
     def _one_start(self) -> ContinualConfig:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medmeta.config._base import _Frozen, _validated, apply_overrides, read_yaml_mapping
+from medmeta.config._base import _Frozen, _validated, apply_overrides, read_yaml_mapping, unique_entries
 
 Strategy = Literal["fedmeta_maml", "fedmeta_meta_sgd", "per_fedavg", "fedavg", "fedprox"]
 Learner = Literal["maml", "meta_sgd", "per_fedavg", "supervised"]
@@ -30,13 +30,6 @@ STRATEGY_LEARNER: dict[Strategy, Learner] = {
 
 _FEDAVG: list[Strategy] = ["fedavg"]
 _MAML: list[Learner] = ["maml"]
-
-
-def _unique(values: list[Any], what: str) -> list[Any]:
-    repeated = sorted({str(v) for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{what} {', '.join(repeated)} listed twice: list each once")
-    return values
 
 
 class SitesConfig(_Frozen):
@@ -61,7 +54,7 @@ class SitesConfig(_Frozen):
     @field_validator("sites")
     @classmethod
     def _unique_sites(cls, value: list[str]) -> list[str]:
-        return _unique(value, "site")
+        return unique_entries(value, "site")
 
 
 class FedTrainConfig(_Frozen):
@@ -114,7 +107,7 @@ class FedEvalConfig(_Frozen):
     def _positive_unique_shots(cls, value: list[int]) -> list[int]:
         if any(k < 1 for k in value):
             raise ValueError(f"shots must be at least 1, got {value}")
-        return _unique(value, "shots")
+        return unique_entries(value, "shots")
 
 
 class DPConfig(_Frozen):
@@ -142,7 +135,7 @@ class DPConfig(_Frozen):
                 f"DP with {', '.join(bad)} is not supported: Opacus's per-image gradients do not go through "
                 "the inner loop of a meta-learner; use fedavg or fedprox"
             )
-        return _unique(value, "DP strategy")
+        return unique_entries(value, "DP strategy")
 
 
 class FederatedConfig(_Frozen):
@@ -177,7 +170,7 @@ class FederatedConfig(_Frozen):
     @field_validator("strategies", "centralised", "site_only")
     @classmethod
     def _unique_entries(cls, value: list[Any]) -> list[Any]:
-        return _unique(value, "entry")
+        return unique_entries(value, "entry")
 
     @model_validator(mode="after")
     def _something_to_run(self) -> FederatedConfig:

@@ -16,8 +16,7 @@ import numpy as np
 from medmeta.config.federated import SitesConfig
 from medmeta.data.datasets import ImageDataset
 from medmeta.data.registry import load_dataset
-from medmeta.errors import ConfigError
-from medmeta.tasks.sampler import EpisodeSampler
+from medmeta.tasks.sampler import EpisodeSampler, queries_per_class
 
 
 @dataclass(frozen=True)
@@ -84,20 +83,10 @@ class SiteOrderSampler(EpisodeSampler):
 
 
 def query_size(site: Site, n_shot: int, n_query: int) -> int:
-    """Queries per class for `n_shot`-shot test episodes: `n_query`, or fewer for a small test class.
-
-    Raises:
-        ConfigError: a test class has no image left for a query after `n_shot` support images.
-    """
-    counts = site.test.class_counts()
-    smallest = min(counts, key=lambda c: counts[c])
-    fits = counts[smallest] - n_shot
-    if fits < 1:
-        raise ConfigError(
-            f"site '{site.name}': test class '{smallest}' has {counts[smallest]} images, too few for "
-            f"{n_shot}-shot episodes with a query: drop {n_shot} from eval.shots"
-        )
-    return min(n_query, fits)
+    """Queries per class for `n_shot`-shot test episodes of a site (`queries_per_class`)."""
+    return queries_per_class(
+        site.test, n_shot, n_query, f"site '{site.name}'", f"drop {n_shot} from eval.shots"
+    )
 
 
 def site_seed(seed: int, index: int) -> int:

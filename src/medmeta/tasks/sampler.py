@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medmeta.data.datasets import ImageDataset, check_training_domains
-from medmeta.errors import DataError
+from medmeta.errors import ConfigError, DataError
 from medmeta.tasks.base import SeededSampler
 from medmeta.tasks.episode import Episode
 
@@ -169,3 +169,25 @@ class MultiDomainSampler(SeededSampler[Episode]):
         """Batch `index` of `size` episodes, all from one domain so they stack (`positions`: only those)."""
         sampler = self.samplers[self.domain_of(index)]
         return [sampler.episode(index * size + t) for t in (range(size) if positions is None else positions)]
+
+
+def queries_per_class(test: ImageDataset, n_shot: int, n_query: int, owner: str, fix: str) -> int:
+    """Queries per class for `n_shot`-shot test episodes of every class of `test`: `n_query`, or fewer
+    when the smallest class has fewer than ``n_shot + n_query`` images.
+
+    Args:
+        owner: what `test` belongs to, for the message (``"domain 'x'"``, ``"site 'x'"``).
+        fix: what to do instead, for the message.
+
+    Raises:
+        ConfigError: a test class has no image left for a query after `n_shot` support images.
+    """
+    counts = test.class_counts()
+    smallest = min(counts, key=lambda c: counts[c])
+    fits = counts[smallest] - n_shot
+    if fits < 1:
+        raise ConfigError(
+            f"{owner}: test class '{smallest}' has {counts[smallest]} images, too few for {n_shot}-shot "
+            f"episodes with at least one query: {fix}"
+        )
+    return min(n_query, fits)
