@@ -41,6 +41,7 @@ from medmeta.pipeline.detection_io import is_detector_checkpoint, load_detector
 from medmeta.serve import page
 from medmeta.serve.detection import DetectorWorkspace
 from medmeta.serve.session import Session, SessionEnded, SessionsFull, SessionStore
+from medmeta.serve.session import hide_paths as _hide_paths
 from medmeta.serve.uploads import Form, Limits, UploadedFile, UploadError, basename, parse_form
 
 logger = logging.getLogger(__name__)
@@ -247,13 +248,6 @@ class Workspace:
             summary,
             result.skipped,
         )
-
-
-def _hide_paths(message: str, folder: Path) -> str:
-    """`message` with every path inside the session's `folder` replaced by "an uploaded file"."""
-    for root in {str(folder), str(folder.resolve())}:
-        message = re.sub(re.escape(root) + r"[^\s:;'\"]*", "an uploaded file", message)
-    return message
 
 
 def page_rows(form: Form) -> int:

@@ -20,7 +20,8 @@ from medmeta.data.readers import IMAGE_SUFFIXES, ImageTooLargeError, UnreadableI
 from medmeta.errors import MedmetaError
 from medmeta.methods.detection import FewShotDetector
 from medmeta.pipeline.detection_io import detections_csv, overlay, to_original
-from medmeta.serve.session import Session, SessionEnded
+from medmeta.serve.page import skipped_html
+from medmeta.serve.session import Session, SessionEnded, hide_paths
 from medmeta.serve.uploads import Form, Limits, UploadError, basename
 
 ACCEPT = ",".join(IMAGE_SUFFIXES)
@@ -111,7 +112,7 @@ step="0.05" value="{DEFAULT_MIN_SCORE}"></label>
                     names.append(name)
                     dets.append(det)
         except MedmetaError as exc:
-            raise UploadError(str(exc).replace(str(run), "an uploaded file"), 400) from None
+            raise UploadError(hide_paths(str(exc), session.folder), 400) from None
         except FileNotFoundError:
             if session.ended:
                 raise SessionEnded() from None
@@ -149,16 +150,12 @@ step="0.05" value="{DEFAULT_MIN_SCORE}"></label>
                 f'</td><td class="counts">{counts}</td><td><img class="overlay" src="{uri}" '
                 f'style="max-width:480px" alt="boxes on {escape(name)}"></td></tr>'
             )
-        skipped_html = ""
-        if skipped:
-            items = "".join(f"<li>{escape(n)}: {escape(r)}</li>" for n, r in skipped)
-            skipped_html = f'<p>Skipped {len(skipped)} file(s):</p><ul id="skipped">{items}</ul>'
         summary = f"Found {total} box(es) scoring at least {min_score:g} in {len(names)} image(s)."
         return f"""
 <section id="results"><h2>Detections</h2>
 <p id="summary">{escape(summary)} <a id="download" href="/download.csv" download="boxes.csv">Download CSV
 (every box with its score)</a></p>
-{skipped_html}
+{skipped_html(skipped, "file(s)")}
 <table id="detections"><thead><tr><th>image</th><th>boxes</th><th>per class</th><th>boxes drawn</th></tr>
 </thead><tbody>{"".join(rows)}</tbody></table>
 </section>"""

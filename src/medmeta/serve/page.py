@@ -103,6 +103,14 @@ def _neighbours(expl: Explanation, thumbs: dict[str, str]) -> str:
     return "".join(parts) or '<span class="note">(not a metric method)</span>'
 
 
+def skipped_html(skipped: list[tuple[str, str]], noun: str) -> str:
+    """The list of skipped uploads, each with its reason ("" when none was skipped)."""
+    if not skipped:
+        return ""
+    items = "".join(f"<li>{escape(name)}: {escape(reason)}</li>" for name, reason in skipped)
+    return f'<p>Skipped {len(skipped)} {noun}:</p><ul id="skipped">{items}</ul>'
+
+
 def results_html(
     explanations: list[Explanation],
     names: list[str],
@@ -123,14 +131,10 @@ def results_html(
             f'<td><img class="saliency" src="{data_uri(overlay_image(expl))}" width="160" height="160" '
             f'alt="{escape(expl.technique)} saliency"></td><td class="neighbours">{_neighbours(expl, thumbs)}</td></tr>'
         )
-    skipped_html = ""
-    if skipped:
-        items = "".join(f"<li>{escape(name)}: {escape(reason)}</li>" for name, reason in skipped)
-        skipped_html = f'<p>Skipped {len(skipped)} unreadable file(s):</p><ul id="skipped">{items}</ul>'
     return f"""
 <section id="results"><h2>Predictions</h2>
 <p id="summary">{escape(summary)} <a id="download" href="/download.csv" download="predictions.csv">Download CSV</a></p>
-{skipped_html}
+{skipped_html(skipped, "unreadable file(s)")}
 <table id="predictions"><thead><tr><th>image</th><th>predicted</th>{head}<th>saliency (predicted class)</th>
 <th>nearest support images (embedding distance)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
 </section>"""

@@ -13,6 +13,7 @@ idle), so when every session is busy a new browser is refused (`SessionsFull`, H
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import shutil
 import tempfile
@@ -176,3 +177,10 @@ class SessionStore:
             self._closed = True
             for token in list(self._sessions):
                 self._end(token)
+
+
+def hide_paths(message: str, folder: Path) -> str:
+    """`message` with every path inside the session's `folder` replaced by "an uploaded file"."""
+    for root in {str(folder), str(folder.resolve())}:
+        message = re.sub(re.escape(root) + r"[^\s:;'\"]*", "an uploaded file", message)
+    return message
