@@ -17,7 +17,7 @@ import yaml
 
 from medmeta.bench import run
 from medmeta.bench.protocol import parse_protocol
-from medmeta.bench.summary import REFERENCE
+from medmeta.bench.summary import REFERENCE, REFERENCE_FEATURES
 from medmeta.cli.main import main
 from medmeta.eval.metrics import mean_ci
 from medmeta.provenance import code_version
@@ -48,9 +48,20 @@ def test_tiny_benchmark_on_real_data_writes_consistent_files(data_dir: Path, tmp
         ("breastmnist_resaved", "pneumoniamnist_modified")
     }
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert len(rows) == len(cells) + 2  # one per cell (one seed) + a reference per held-out domain
+    # one per cell (one seed), the reference's features per held-out domain and shots, a reference per domain
+    assert len(rows) == len(cells) + 2 * 2 + 2
+    refs = {r["domain"]: r for r in records if r["kind"] == "reference"}
     for line in rows:
         if line["method"] == REFERENCE:
+            continue
+        if line["method"] == REFERENCE_FEATURES:  # the reference network in the cells' own episodes
+            (few,) = [f for f in refs[line["domain"]]["few_shot"] if str(f["shots"]) == line["shots"]]
+            mean, ci = mean_ci(np.asarray(few["per_episode"]["accuracy"]))
+            assert float(line["accuracy"]) == pytest.approx(mean, abs=1e-6)
+            assert float(line["accuracy_ci95"]) == pytest.approx(ci, abs=1e-6)
+            assert few["episodes"] == 12 and line["accuracy_mark"] == ""
+            same = [r for r in cells if r["domain"] == line["domain"] and str(r["shots"]) == line["shots"]]
+            assert {(r["n_way"], r["n_query"]) for r in same} == {(few["n_way"], few["n_query"])}
             continue
         (rec,) = [
             r
@@ -66,10 +77,10 @@ def test_tiny_benchmark_on_real_data_writes_consistent_files(data_dir: Path, tmp
     for domain in ("breastmnist_resaved", folder):
         for k in ("1", "3"):
             marks = [x["accuracy_mark"] for x in rows if x["domain"] == domain and x["shots"] == k]
-            assert marks.count("best") == 1
+            assert marks.count("best") == 1 and len(marks) == 3  # two methods and the reference's features
     md = (out / "report.md").read_text()
     assert "## Accuracy % (± 95% CI)" in md and "| protonet |" in md and "| simpleshot |" in md
-    assert REFERENCE in md and "Exact config" in md and "torch" in md
+    assert REFERENCE in md and f"| {REFERENCE_FEATURES} |" in md and "Exact config" in md and "torch" in md
     assert {r["code"] for r in records} == {code_version()}  # which code produced each record
     assert f"{code_version()} ({len(records)} records)" in md
     html = (out / "report.html").read_text()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medmeta.bench.evaluation import METRICS, class_confusion
-from medmeta.bench.summary import REFERENCE, Row, mark_column, summarize, summary_csv
+from medmeta.bench.summary import REFERENCE, REFERENCE_FEATURES, Row, mark_column, summarize, summary_csv
 from medmeta.eval.metrics import mean_ci
 from tests._helpers.bench import tiny_protocol
 
@@ -87,6 +87,47 @@ def test_csv_has_one_line_per_row_with_reference_last_per_domain() -> None:
     assert float(lines[2]["accuracy"]) == pytest.approx(mean)
     assert float(lines[2]["accuracy_ci95"]) == pytest.approx(ci, abs=1e-6)
     assert lines[2]["auc_ci95"] == ""
+
+
+def test_the_references_features_get_a_row_per_shots_pooled_over_seeds_and_never_marked_best() -> None:
+    p = tiny_protocol(["a", "b"], seeds=[0, 1], data={"domains": ["a", "b"], "held_out": ["a"]})
+
+    def ref(seed: int, acc1: list[float], acc3: list[float]) -> dict:
+        few = [cell("x", "a", k, seed, acc) | {"shots": k} for k, acc in ((1, acc1), (3, acc3))]
+        return {
+            "kind": "reference",
+            "key": f"reference|a|{seed}",
+            "domain": "a",
+            "seed": seed,
+            "classes": ["u", "v"],
+            "n_test": 2,
+            "per_image_correct": [1, 0],
+            "metrics": {m: {"mean": 0.5, "ci95": float("nan")} for m in METRICS},
+            "few_shot": [
+                {k: f[k] for k in ("shots", "n_way", "n_query", "episodes", "per_episode")} for f in few
+            ],
+        }
+
+    records = [
+        cell("protonet", "a", 1, 0, [0.5, 0.7]),
+        cell("protonet", "a", 3, 0, [0.6, 0.6]),
+        ref(1, [1.0, 0.8], [1.0, 1.0]),
+        ref(0, [0.9, 0.9], [0.7, 0.9]),
+    ]
+    rows = summarize(p, records)
+    assert [(r.method, r.shots) for r in rows] == [
+        ("protonet", 1),
+        (REFERENCE_FEATURES, 1),
+        ("protonet", 3),
+        (REFERENCE_FEATURES, 3),
+        (REFERENCE, "all"),
+    ]
+    one = rows[1]
+    assert (one.seeds, one.episodes) == (2, 4)
+    assert one.metrics["accuracy"][0] == pytest.approx(np.mean([0.9, 0.9, 1.0, 0.8]))
+    assert one.seed_accuracy == pytest.approx({0: 0.9, 1: 0.9})
+    assert one.marks == {} and rows[0].marks["accuracy"] == "best"  # a ceiling, not a competitor
+    assert rows[3].metrics["accuracy"][0] == pytest.approx(0.9)
 
 
 def test_confusion_maps_episode_labels_to_dataset_classes() -> None:

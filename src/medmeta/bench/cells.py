@@ -170,7 +170,15 @@ def job_cost(protocol: Protocol, job: Job, ways: Mapping[str, int] | None = None
     """
     if isinstance(job, ReferenceJob):
         r = protocol.reference
-        return _scale(protocol) * (
+        few_shot = (
+            sum(
+                _test_cost(protocol, r.method, job.domain, k, protocol.backbone, ways)
+                for k in protocol.eval.shots
+            )
+            if r.few_shot
+            else 0.0
+        )
+        return few_shot + _scale(protocol) * (
             _JOB_OVERHEAD + r.epochs * r.steps_per_epoch * _REFERENCE_STEP * r.batch_size / 64
         )
     if isinstance(job, PretrainJob):
@@ -193,12 +201,17 @@ def job_cost(protocol: Protocol, job: Job, ways: Mapping[str, int] | None = None
 
 def cell_cost(protocol: Protocol, job: TrainJob, shots: int, ways: Mapping[str, int] | None = None) -> float:
     """Rough seconds of evaluating one `shots`-shot cell of `job` (the rest of `job_cost` is training)."""
-    _, per_way_shot, per_way = _COST.get(job.method.name, _DEFAULT_COST)
-    n_way = (ways or {}).get(job.domain, _DEFAULT_WAYS)
+    return _test_cost(protocol, job.method.name, job.domain, shots, _job_backbone(protocol, job), ways)
+
+
+def _test_cost(
+    protocol: Protocol, method: str, domain: str, shots: int, backbone: str, ways: Mapping[str, int] | None
+) -> float:
+    """Rough seconds of `method`'s `shots`-shot test episodes on `domain`."""
+    _, per_way_shot, per_way = _COST.get(method, _DEFAULT_COST)
+    n_way = (ways or {}).get(domain, _DEFAULT_WAYS)
     episode = n_way * (per_way_shot * shots + per_way)
-    return _scale(protocol, _job_backbone(protocol, job)) * (
-        _CELL_OVERHEAD + protocol.eval.episodes * episode
-    )
+    return _scale(protocol, backbone) * (_CELL_OVERHEAD + protocol.eval.episodes * episode)
 
 
 def safe_name(text: str) -> str:

@@ -365,7 +365,14 @@ def run_job(
     if isinstance(job, ReferenceJob):
         ckpt_dir = _checkpoint_dir(out, job)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a reference cut short is trained again from scratch
-        fields = train_reference(protocol, domains[job.domain], job.seed, ckpt_dir, progress=progress)
+        fields = train_reference(
+            protocol,
+            domains[job.domain],
+            job.seed,
+            ckpt_dir,
+            progress=progress,
+            episode_seed=eval_seed(protocol, job.seed),
+        )
         sink.record({"kind": "reference", "key": job.key, "domain": job.domain, "seed": job.seed, **fields})
         sink.advance(job_cost(protocol, job, class_counts(domains)))
         return

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medmeta.bench.protocol import Protocol
-from medmeta.bench.summary import REFERENCE, Row
+from medmeta.bench.summary import REFERENCE, REFERENCE_FEATURES, REFERENCES, Row
 
 
 def _pyplot() -> Any:
@@ -52,6 +52,16 @@ def accuracy_vs_shots(protocol: Protocol, rows: list[Row]) -> bytes:
             y = [100 * r.metrics["accuracy"][0] for r in pts]
             e = [100 * r.metrics["accuracy"][1] for r in pts]
             ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=m.label)
+        ceiling = [r for r in rows if r.domain == domain and r.method == REFERENCE_FEATURES]
+        if ceiling:
+            ax.plot(
+                [int(r.shots) for r in ceiling],
+                [100 * r.metrics["accuracy"][0] for r in ceiling],
+                color="black",
+                linestyle=":",
+                marker="x",
+                label=REFERENCE_FEATURES,
+            )
         for r in rows:
             if r.domain == domain and r.method == REFERENCE:
                 mean, ci = 100 * r.metrics["accuracy"][0], 100 * r.metrics["accuracy"][1]
@@ -159,7 +169,7 @@ def confusion_matrices(
 ) -> bytes:
     """One held-out domain: the best method's confusion at the most shots, beside the reference's (row %)."""
     k = max(protocol.eval.shots)
-    candidates = [r for r in rows if r.domain == domain and r.shots == k and r.method != REFERENCE]
+    candidates = [r for r in rows if r.domain == domain and r.shots == k and r.method not in REFERENCES]
     panels: list[tuple[np.ndarray, list[str], str]] = []
     if candidates:
         best = max(candidates, key=lambda r: r.metrics["accuracy"][0])

@@ -271,6 +271,9 @@ class ReferenceSection(_Frozen):
         steps_per_epoch: mini-batches per epoch.
         batch_size: images per mini-batch.
         lr: Adam learning rate.
+        few_shot: also test its features in the held-out domain's few-shot episodes (the methods' own
+            episodes, every number of shots, the reference method's `adapt`): what a representation trained
+            with every label of the domain gives from K labelled images, the ceiling of a label-free one.
     """
 
     enabled: bool = True
@@ -279,6 +282,7 @@ class ReferenceSection(_Frozen):
     steps_per_epoch: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
+    few_shot: bool = True
 
     @field_validator("method")
     @classmethod

@@ -4,6 +4,9 @@ It is the upper bound a few-shot method is compared with: supervised pretraining
 (`medmeta.train.supervised.fit_supervised`, reached through `medmeta.pipeline.train_method`) on the
 held-out domain's own training images and classes, then its classification head predicts every image of
 the test split that the few-shot episodes are drawn from.
+Its features are also tested in those few-shot episodes (``reference.few_shot``): the accuracy a
+representation trained with every label of the domain reaches from K labelled images, against which a
+pretrained or self-supervised representation can be read.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmeta.bench.domains import DomainSplits
-from medmeta.bench.evaluation import class_confusion
+from medmeta.bench.domains import DomainSplits, query_size
+from medmeta.bench.evaluation import class_confusion, evaluate_cell
 from medmeta.bench.protocol import Protocol
 from medmeta.config import RunConfig, make_config
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, mean_ci
@@ -69,19 +72,51 @@ def head_logits(
     return torch.cat(out)
 
 
+def few_shot_fields(
+    method: SupervisedMethod,
+    protocol: Protocol,
+    splits: DomainSplits,
+    episode_seed: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """The trained reference as a few-shot method on the held-out domain's test episodes (the cells' own
+    episodes: same shots, queries and `episode_seed`): one entry per number of shots with ``shots``,
+    ``n_way``, ``n_query``, ``episodes``, ``metrics`` and ``per_episode`` (as a cell has them)."""
+    out = []
+    for k in protocol.eval.shots:
+        fields = evaluate_cell(
+            method,
+            splits.test,
+            n_shot=k,
+            n_query=query_size(splits, k, protocol.eval.n_query),
+            episodes=protocol.eval.episodes,
+            seed=episode_seed,
+            prepare=prepare,
+            device=device,
+        )
+        keep = ("n_way", "n_query", "episodes", "metrics", "per_episode", "pooled_ece")
+        out.append({"shots": k, **{name: fields[name] for name in keep}})
+    return out
+
+
 def train_reference(
     protocol: Protocol,
     splits: DomainSplits,
     seed: int,
     out_dir: Path,
     progress: ProgressHook | None = None,
+    episode_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train the reference of `splits` (checkpoints in `out_dir`) and test it on the test split.
+
+    With ``reference.few_shot`` and an `episode_seed` (the cells' test-episode seed for this training seed),
+    its features are also tested in the held-out domain's few-shot episodes (`few_shot_fields`).
 
     Returns:
         JSON-ready fields: ``metrics`` (accuracy with a binomial 95% CI over test images; the other
         metrics over the whole test set), ``per_image_correct``, ``history``, ``train_seconds``,
-        ``calibration``, ``confusion``, ``classes``, ``n_test``.
+        ``calibration``, ``confusion``, ``classes``, ``n_test`` and ``few_shot`` (a list, empty when off).
 
     Raises:
         ConfigError: the training and test splits of the domain have different classes.
@@ -101,7 +136,8 @@ def train_reference(
     assert isinstance(method, SupervisedMethod)
     device = resolve_device(cfg.train.device)
     method.to(device)
-    logits = head_logits(method, splits.test.images, normalization_from_meta(meta), device)
+    prepare = normalization_from_meta(meta)
+    logits = head_logits(method, splits.test.images, prepare, device)
     target = torch.from_numpy(splits.test.labels.astype(np.int64))  # (N,)
     values = {k: float(v[0]) for k, v in batch_episode_metrics(logits[None], target[None]).items()}
     correct = (logits.argmax(-1) == target).double().numpy()  # (N,)
@@ -118,4 +154,7 @@ def train_reference(
         "confusion": class_confusion(logits[None], target[None], identity, splits.test.n_classes).tolist(),
         "classes": list(splits.test.class_names),
         "n_test": len(splits.test),
+        "few_shot": []
+        if episode_seed is None or not protocol.reference.few_shot
+        else few_shot_fields(method, protocol, splits, episode_seed, prepare, device),
     }

@@ -21,7 +21,7 @@ from medmeta.bench import plots
 from medmeta.bench.cells import enumerate_cells, safe_name
 from medmeta.bench.evaluation import METRICS
 from medmeta.bench.protocol import Protocol
-from medmeta.bench.summary import REFERENCE, Row
+from medmeta.bench.summary import REFERENCE, REFERENCE_FEATURES, REFERENCES, Row
 
 _NAMES = {
     "accuracy": "accuracy %",
@@ -95,7 +95,7 @@ def accuracy_table(
     header = ["method"] + [f"{d} {k}-shot" for d, k in columns]
     index = {(r.method, r.domain, r.shots): r for r in rows}
     body: list[list[tuple[Row | None, str]]] = []
-    for label in [m.label for m in protocol.all_methods] + [REFERENCE]:
+    for label in [m.label for m in protocol.all_methods] + [REFERENCE_FEATURES, REFERENCE]:
         line: list[tuple[Row | None, str]] = [(None, label)]
         for d, k in columns:
             r = index.get((label, d, "all" if label == REFERENCE else k))
@@ -144,7 +144,7 @@ def _spread_text(r: Row) -> str:
 
 
 def _seed_wins(rows: list[Row], domain: str, shots: int) -> str:
-    col = [r for r in rows if r.domain == domain and r.shots == shots and r.method != REFERENCE]
+    col = [r for r in rows if r.domain == domain and r.shots == shots and r.method not in REFERENCES]
     best = next((r for r in col if r.marks.get("accuracy") == "best"), None)
     if best is None:
         return "—"
@@ -160,7 +160,7 @@ def gap_lines(protocol: Protocol, rows: list[Row]) -> list[list[str]]:
     for d in protocol.held_out_domains:
         ref = next((r for r in rows if r.domain == d and r.method == REFERENCE), None)
         for k in protocol.eval.shots:
-            col = [r for r in rows if r.domain == d and r.shots == k and r.method != REFERENCE]
+            col = [r for r in rows if r.domain == d and r.shots == k and r.method not in REFERENCES]
             if not col or ref is None:
                 continue
             best = max(col, key=lambda r: r.metrics["accuracy"][0])
@@ -194,7 +194,10 @@ def notes(protocol: Protocol, rows: list[Row], test_sources: dict[str, str]) -> 
         f"The supervised reference trains the same backbone ({protocol.backbone}) on the held-out domain's training "
         "split with cross-entropy and classifies every test image; its accuracy CI is binomial over test images, its "
         "other metrics are single values over the whole test set, averaged over seeds. The gap is the reference's "
-        "accuracy minus the best few-shot accuracy.",
+        "accuracy minus the best few-shot accuracy. 'supervised reference features' tests that network's features "
+        "in the methods' own few-shot episodes (with the reference method's own few-shot head): what a "
+        "representation trained with every label of the domain gives from K labelled images, a ceiling for "
+        "representations that never saw those labels; neither reference row is marked best.",
         "ECE is the mean per-episode expected calibration error (15 bins); an episode has few queries, so it reads "
         "higher than an ECE pooled over all queries. The reliability diagrams pool every query of every episode. "
         "'ECE cal.' is the ECE after temperature scaling fitted on the training domains' validation episodes; "

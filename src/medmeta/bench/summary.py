@@ -5,7 +5,9 @@ each metric is their mean with the normal-approximation 95% CI (`medmeta.eval.me
 column (domain, shots, metric) the method with the best mean is marked ``best``; a method whose CI
 overlaps the best one's is marked ``tie`` (the data cannot tell them apart). Higher is better for every
 metric except ECE. The fully-supervised reference gets one row per domain (shots ``all``; its
-``n_query`` column holds the number of test images and ``episodes`` is 0).
+``n_query`` column holds the number of test images and ``episodes`` is 0) and, when its features were
+tested in the few-shot episodes, one row per shots (``REFERENCE_FEATURES``): both are ceilings for reading
+the methods, never marked best.
 
 The episode CI says how sure the mean is for these trained models; it does not include the variation
 between training seeds. Each row therefore also keeps every seed's own mean accuracy, and the CSV its
@@ -29,6 +31,10 @@ from medmeta.eval.metrics import mean_ci
 
 LOWER_IS_BETTER = frozenset({"ece", "ece_calibrated", "ece_loo"})
 REFERENCE = "supervised reference"
+#: The reference's features in the methods' own few-shot episodes (trained with every label of the domain).
+REFERENCE_FEATURES = "supervised reference features"
+#: Rows that are ceilings, not competitors: left out of the best/tie marks and of "the best method".
+REFERENCES = frozenset({REFERENCE, REFERENCE_FEATURES})
 
 
 @dataclass
@@ -108,6 +114,23 @@ def reference_row(domain: str, records: list[dict[str, Any]]) -> Row:
     )
 
 
+def reference_features_row(domain: str, shots: int, entries: list[dict[str, Any]]) -> Row:
+    """The reference's features at `shots` shots over seeds (`entries`: one ``few_shot`` item per seed, with
+    its ``seed``), pooled like a method's cells."""
+    return Row(
+        method=REFERENCE_FEATURES,
+        domain=domain,
+        shots=shots,
+        n_way=int(entries[0]["n_way"]),
+        n_query=int(entries[0]["n_query"]),
+        seeds=len(entries),
+        episodes=sum(int(e["episodes"]) for e in entries),
+        metrics=_pooled(entries),
+        seed_accuracy={int(e["seed"]): _seed_mean(e) for e in entries},
+        episode_spread=_episode_spread(entries),
+    )
+
+
 def mark_column(rows: list[Row], metric: str) -> None:
     """Mark the best row of `metric` and the rows whose 95% CI overlaps it."""
     scored = [r for r in rows if math.isfinite(r.metrics[metric][0])]
@@ -161,10 +184,22 @@ def summarize(protocol: Protocol, records: list[dict[str, Any]]) -> list[Row]:
             for metric in METRICS:
                 mark_column(column, metric)
             rows.extend(column)
+            features = [
+                {**f, "seed": r["seed"]}
+                for r in _one_per_seed(refs.get(domain, []))
+                for f in r.get("few_shot", [])
+                if int(f["shots"]) == k
+            ]
+            if features:
+                rows.append(reference_features_row(domain, k, features))
         if domain in refs:
-            found = list({r["seed"]: r for r in sorted(refs[domain], key=lambda r: r["seed"])}.values())
-            rows.append(reference_row(domain, found))
+            rows.append(reference_row(domain, _one_per_seed(refs[domain])))
     return rows
+
+
+def _one_per_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last record of each seed, in seed order."""
+    return list({r["seed"]: r for r in sorted(records, key=lambda r: r["seed"])}.values())
 
 
 def _num(x: float) -> str:

@@ -137,6 +137,8 @@ def _plan_table(protocol: Protocol, domains: dict[str, DomainSplits]) -> Table:
         d = domains[job.domain]
         if isinstance(job, ReferenceJob):
             method, trained, shots = "supervised reference", f"{job.domain} training split", "all test images"
+            if protocol.reference.few_shot:
+                shots += "; its features at " + ", ".join(str(k) for k in protocol.eval.shots) + " shots"
         else:
             method = job.method.label
             trained = (
