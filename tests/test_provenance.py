@@ -46,3 +46,17 @@ def test_a_checkout_gives_its_commit_and_says_when_tracked_sources_changed(
 def test_outside_a_checkout_only_the_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(provenance, "_REPO", tmp_path)
     assert provenance.code_version() == __version__
+
+
+def test_a_run_stamp_names_the_command_the_code_and_a_utc_time() -> None:
+    import datetime
+
+    import torch
+
+    stamp = provenance.run_stamp("medmeta continual --config c.yaml")
+    assert stamp["command"] == "medmeta continual --config c.yaml"
+    assert stamp["medmeta_version"] == __version__ and stamp["torch_version"] == torch.__version__
+    assert stamp["code"] == provenance.code_version() and stamp["code"].startswith(__version__)
+    when = datetime.datetime.fromisoformat(stamp["date"])
+    assert when.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.UTC) - when).total_seconds()) < 60

@@ -7,9 +7,11 @@ from that commit; just the version outside a git checkout (an installed wheel).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from medmeta import __version__
 
@@ -36,3 +38,17 @@ def code_version() -> str:
         return __version__
     changed = _git("status", "--porcelain", "--untracked-files=no", "--", "src")
     return f"{__version__}+git.{commit}" + (".dirty" if changed else "")
+
+
+def run_stamp(command: str) -> dict[str, Any]:
+    """What a run report records about how it was made: the `command`, the UTC start time, medmeta's
+    version, the code (`code_version`) and torch's version."""
+    import torch
+
+    return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "medmeta_version": __version__,
+        "code": code_version(),
+        "torch_version": torch.__version__,
+    }

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime
 import os
 import time
 from collections.abc import Callable
@@ -21,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from medmeta import __version__
 from medmeta._optional import optional_import
 from medmeta.config.federated import STRATEGY_LEARNER, Engine, FederatedConfig
 from medmeta.errors import ConfigError, OutputError
@@ -33,6 +30,7 @@ from medmeta.federated.protocol import Job
 from medmeta.federated.report import OUTPUT_FILES, OWN_FILE, write_report
 from medmeta.federated.sites import Site, load_site, query_size
 from medmeta.outputs import check_output_file, claim_output_folder, write_text_atomic
+from medmeta.provenance import run_stamp
 
 
 def check_federated_folder(out: Path, *, overwrite: bool = False) -> Path:
@@ -146,10 +144,7 @@ def run_federated(
     write_text_atomic(out / OUTPUT_FILES[0], yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     result = FederatedResult(cfg)
     meta = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "medmeta_version": __version__,
-        "torch_version": torch.__version__,
+        **run_stamp(command),
         "engine": cfg.engine,
         "config": cfg.model_dump(mode="json"),
         "sites": {

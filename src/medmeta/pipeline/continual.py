@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import datetime
 import os
 import time
 from collections.abc import Callable
@@ -33,7 +32,6 @@ import torch
 import yaml
 from torch import nn
 
-from medmeta import __version__
 from medmeta.config import ContinualConfig
 from medmeta.config.continual import BufferPolicy, Strategy
 from medmeta.data.transforms import Normalization
@@ -48,6 +46,7 @@ from medmeta.pipeline.classification import (
     read_pretrained_start,
 )
 from medmeta.pipeline.continual_report import OUTPUT_FILES, OWN_FILE, write_report
+from medmeta.provenance import run_stamp
 from medmeta.tasks.stream import Stream, check_shots, draw_shots, load_stream
 from medmeta.train.continual import make_learner, predict_classes
 from medmeta.train.loop import ProgressHook
@@ -299,10 +298,7 @@ def run_continual(
             progress.stop()
     result.seconds = time.perf_counter() - t0
     meta = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "medmeta_version": __version__,
-        "torch_version": torch.__version__,
+        **run_stamp(command),
         "start": start.description,
     }
     result.files = write_report(out, result, meta)
