@@ -114,20 +114,21 @@ def reference_row(domain: str, records: list[dict[str, Any]]) -> Row:
     )
 
 
-def reference_features_row(domain: str, shots: int, entries: list[dict[str, Any]]) -> Row:
-    """The reference's features at `shots` shots over seeds (`entries`: one ``few_shot`` item per seed, with
-    its ``seed``), pooled like a method's cells."""
+def pooled_row(method: str, domain: str, shots: int, records: list[dict[str, Any]]) -> Row:
+    """A row of few-shot results pooled over seeds: `records` are one per seed, each with ``seed``,
+    ``n_way``, ``n_query``, ``episodes`` and ``per_episode`` (a method's cells, or the ``few_shot`` items of
+    the reference's records)."""
     return Row(
-        method=REFERENCE_FEATURES,
+        method=method,
         domain=domain,
         shots=shots,
-        n_way=int(entries[0]["n_way"]),
-        n_query=int(entries[0]["n_query"]),
-        seeds=len(entries),
-        episodes=sum(int(e["episodes"]) for e in entries),
-        metrics=_pooled(entries),
-        seed_accuracy={int(e["seed"]): _seed_mean(e) for e in entries},
-        episode_spread=_episode_spread(entries),
+        n_way=int(records[0]["n_way"]),
+        n_query=int(records[0]["n_query"]),
+        seeds=len(records),
+        episodes=sum(int(r["episodes"]) for r in records),
+        metrics=_pooled(records),
+        seed_accuracy={int(r["seed"]): _seed_mean(r) for r in records},
+        episode_spread=_episode_spread(records),
     )
 
 
@@ -167,20 +168,7 @@ def summarize(protocol: Protocol, records: list[dict[str, Any]]) -> list[Row]:
                 found = list({r["seed"]: r for r in found}.values())  # one record per seed
                 if not found:
                     continue
-                column.append(
-                    Row(
-                        method=m.label,
-                        domain=domain,
-                        shots=k,
-                        n_way=int(found[0]["n_way"]),
-                        n_query=int(found[0]["n_query"]),
-                        seeds=len(found),
-                        episodes=sum(int(r["episodes"]) for r in found),
-                        metrics=_pooled(found),
-                        seed_accuracy={int(r["seed"]): _seed_mean(r) for r in found},
-                        episode_spread=_episode_spread(found),
-                    )
-                )
+                column.append(pooled_row(m.label, domain, k, found))
             for metric in METRICS:
                 mark_column(column, metric)
             rows.extend(column)
@@ -191,7 +179,7 @@ def summarize(protocol: Protocol, records: list[dict[str, Any]]) -> list[Row]:
                 if int(f["shots"]) == k
             ]
             if features:
-                rows.append(reference_features_row(domain, k, features))
+                rows.append(pooled_row(REFERENCE_FEATURES, domain, k, features))
         if domain in refs:
             rows.append(reference_row(domain, _one_per_seed(refs[domain])))
     return rows
