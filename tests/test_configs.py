@@ -40,6 +40,7 @@ def test_every_config_is_validated_somewhere() -> None:
         "cross_domain.yaml",
         "cross_domain_zero_head.yaml",
         "cross_domain_ssl.yaml",
+        "cross_domain_ceiling.yaml",
         "medmnist.yaml",
         "bench_seg_cross.yaml",
         "cross_domain_calibration.yaml",

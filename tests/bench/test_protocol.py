@@ -40,6 +40,19 @@ def test_the_representation_companion_shares_cross_domains_data_and_test_episode
     assert len(pretrainings) == 4 + 1  # setting (a) once per held-out domain, (b) once
 
 
+def test_the_ceiling_companion_trains_cross_domains_references_and_nothing_else() -> None:
+    """Its references are cross_domain's (same data, budgets, reference, episodes, seeds), each also tested in
+    the few-shot episodes; its only method is the raw pixels, which trains nothing."""
+    full = load_protocol(REPO / "configs" / "cross_domain.yaml")
+    ceiling = load_protocol(REPO / "configs" / "cross_domain_ceiling.yaml")
+    for section in ("data", "episodes", "train", "eval", "reference", "seeds", "backbone"):
+        assert getattr(ceiling, section) == getattr(full, section), section
+    assert ceiling.reference.enabled and ceiling.reference.few_shot
+    jobs = enumerate_jobs(ceiling)
+    assert not [j for j in jobs if hasattr(j, "cells") and not j.method.frozen]
+    assert len([j for j in jobs if j.key.startswith("reference")]) == 4 * 3
+
+
 def test_the_zero_head_companion_differs_from_cross_domain_only_in_its_methods() -> None:
     """Its rows compare with cross_domain's: same domains, splits, budgets, test episodes and seeds."""
     full = load_protocol(REPO / "configs" / "cross_domain.yaml")
