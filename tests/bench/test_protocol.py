@@ -199,6 +199,14 @@ def test_a_field_added_later_leaves_earlier_fingerprints_alone() -> None:
     assert parse_protocol(raw).fingerprint() != before
 
 
+def test_a_run_folder_of_cross_domain_from_before_reference_few_shot_still_resumes() -> None:
+    """The fingerprint the code of 732dec9 (before ``reference.few_shot``) gave configs/cross_domain.yaml."""
+    raw = yaml.safe_load((REPO / "configs" / "cross_domain.yaml").read_text())
+    assert parse_protocol(raw).fingerprint() == "9d08045186e7a32e"
+    raw["reference"]["few_shot"] = False
+    assert parse_protocol(raw).fingerprint() != "9d08045186e7a32e"
+
+
 @pytest.mark.data
 def test_dedupe_drops_near_copies_before_the_domains_are_split(data_dir: Path) -> None:
     from medmeta.bench.domains import load_domains

@@ -422,6 +422,7 @@ _ADDED_LATER: tuple[tuple[str, str, Any], ...] = (
     ("data", "dedupe", False),
     ("eval", "calibration_episodes", 100),
     ("eval", "loo_episodes", 0),
+    ("reference", "few_shot", True),
 )
 #: top-level protocol fields added after benchmark runs existed, with their defaults
 _ADDED_LATER_TOP: tuple[tuple[str, Any], ...] = (
