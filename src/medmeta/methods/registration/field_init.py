@@ -87,21 +87,26 @@ class FieldInitRegistration(VoxelMorph):
         refiner = self.refiner()
 
         def predict(pairs: Tensor) -> Tensor:
-            start = self.forward_with(params, pairs)  # (N, ndim, *spatial)
-            if steps == 0:
-                return start
-            refined = refiner.fit_fields(pairs, steps, init=start)  # detached
-            return start + (refined - start.detach())  # the refined field; gradient through `start`
+            return self._refined(refiner, pairs, self.forward_with(params, pairs), steps)
 
         return FieldPredictor(predict)
 
+    @staticmethod
+    def _refined(refiner: InstanceOptimisation, pairs: Tensor, start: Tensor, steps: int) -> Tensor:
+        """`steps` refinement steps from the network's field `start` ``(N, ndim, *spatial)``, with the
+        gradient flowing through `start` only (first order)."""
+        if steps == 0:
+            return start
+        refined = refiner.fit_fields(pairs, steps, init=start)  # detached
+        return start + (refined - start.detach())
+
     def episode_loss(self, episode: PairEpisode) -> Tensor:
         """The query pairs' loss at their refined fields, differentiated through the network's prediction
-        only (first order), plus ``start_weight`` times the loss at the network's own fields."""
+        only (first order), plus ``start_weight`` times the loss at the network's own fields (the same
+        forward pass: the network runs once per query pair)."""
         pairs = episode.query_images
-        ddf = self.adapt(episode.support, self.options.refine_steps).predict(pairs)
-        loss = self.loss(pairs, ddf)
+        start = self.forward_with(dict(self.net.named_parameters()), pairs)  # (N, ndim, *spatial)
+        loss = self.loss(pairs, self._refined(self.refiner(), pairs, start, self.options.refine_steps))
         if self.options.start_weight > 0:
-            start = self.forward_with(dict(self.net.named_parameters()), pairs)
             loss = loss + self.options.start_weight * self.loss(pairs, start)
         return loss
