@@ -151,6 +151,43 @@ def claim_output_folder(path: Path, *, overwrite: bool = False, what: str = "--o
     return path
 
 
+def claim_resumable_folder(path: Path, *, marker: str, what: str = "--out") -> bool:
+    """A folder a long run owns and resumes by name (a benchmark): new, empty, or its own run.
+
+    The folder is the run's own when it holds `marker` (the file the run writes first); it is then
+    resumed. A folder holding anything else and no `marker` is someone else's and is refused: a run
+    appends, replaces and removes files by name inside its folder (checkpoints of a cut-short job are
+    removed), which must never touch a file it did not write. A missing or empty folder is created.
+
+    Returns:
+        True when `path` holds `marker` (a run to resume), False for a new run.
+
+    Raises:
+        OutputError: a symlink, FIFO, device or file at `path` or `marker`, a non-empty folder without
+            `marker`, or a folder that cannot be created or written.
+    """
+    st = _refuse_special(path, what)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{what} {path} is a file, not a folder: choose a folder path")
+    _check_parent(path, what)
+    entries = _entries(path) if st is not None else []
+    if marker in entries:
+        mst = _refuse_special(path / marker, f"{what} {path} holds")
+        if mst is not None and stat.S_ISDIR(mst.st_mode):
+            raise OutputError(
+                f"{what} {path} holds a folder named {marker}, where medmeta writes a file: move it"
+            )
+        _make_folder(path, what)
+        return True
+    if entries:
+        raise OutputError(
+            f"{what} {path} already holds files ({_few(entries)}) and no run of this command ({marker}): "
+            "a run writes only into a new or empty folder, or resumes its own; choose another folder"
+        )
+    _make_folder(path, what)
+    return False
+
+
 def _entries(folder: Path) -> list[str]:
     try:
         return sorted(os.listdir(folder))

@@ -258,3 +258,43 @@ def test_report_only_summarises_finished_cells_without_running_or_rewriting(
 def read_records_tolerant(out: Path) -> list[dict]:
     lines = (out / "results.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def test_a_folder_holding_someone_elses_files_is_refused_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """STYLE §8: a benchmark appends results.jsonl, writes protocol.json and removes checkpoints/JOB of a
+    job cut short, so it writes only into a new or empty folder, or resumes its own run folder."""
+    domains = synthetic_folders(tmp_path / "data")
+    raw = tiny_raw(domains, methods=["protonet"], reference={"enabled": False}, eval={"shots": [1]})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    theirs = tmp_path / "theirs"
+    (theirs / "checkpoints" / "protonet-0-a").mkdir(parents=True)
+    (theirs / "checkpoints" / "protonet-0-a" / "notes.txt").write_text("precious")
+    (theirs / "results.jsonl").write_text("my own lines\n")
+    before = {p.relative_to(theirs): p.read_bytes() for p in theirs.rglob("*") if p.is_file()}
+
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(config), "--out", str(theirs), "--quiet"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1, err
+    assert "already holds files" in err and "protocol.json" in err and "choose another folder" in err
+    assert {p.relative_to(theirs): p.read_bytes() for p in theirs.rglob("*") if p.is_file()} == before
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(config), "--out", str(link), "--quiet"])
+    assert info.value.code == 2 and "symbolic link" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run(parse_protocol(raw), empty)  # an empty folder is a new run ...
+    first = read_records(empty)
+    (empty / "my-notes.txt").write_text("added after the run")  # ... and stays its run with a user's note
+    result = run(parse_protocol(raw), empty)
+    assert result.outcome.cells_skipped == len([r for r in first if r["kind"] == "cell"]) > 0
+    assert (empty / "my-notes.txt").read_text() == "added after the run"

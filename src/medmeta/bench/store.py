@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medmeta.errors import ConfigError
+from medmeta.outputs import claim_resumable_folder
 from medmeta.provenance import code_version
 
 logger = logging.getLogger(__name__)
@@ -105,14 +106,18 @@ def stored_fingerprint(out: str | Path) -> str | None:
 def check_fingerprint(out: str | Path, fingerprint: str, protocol_dump: dict[str, Any]) -> bool:
     """Record the protocol of a new run folder, or check that a resumed one used the same protocol.
 
+    The folder is claimed first (`medmeta.outputs.claim_resumable_folder`): a benchmark writes only into
+    a new or empty folder, or one holding its own ``protocol.json``; never beside someone else's files.
+
     Returns:
         True when the folder already held this protocol (a resumed run).
 
     Raises:
         ConfigError: the folder holds results of a different protocol.
+        OutputError: the folder holds other files and no benchmark run, or cannot be written.
     """
     path = Path(out) / PROTOCOL
-    if path.is_file():
+    if claim_resumable_folder(Path(out), marker=PROTOCOL):
         stored = stored_fingerprint(out)
         if stored != fingerprint:
             raise ConfigError(
@@ -120,7 +125,6 @@ def check_fingerprint(out: str | Path, fingerprint: str, protocol_dump: dict[str
                 f"{fingerprint}): pass another --out, or delete {out} to start again"
             )
         return True
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"fingerprint": fingerprint, "protocol": protocol_dump}, indent=2))
     tmp.replace(path)
