@@ -95,3 +95,61 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], seg_root: P
         code, err, "'panet' is a segmentation method that must be trained first", "seg train"
     )
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_thin_foreground_is_named_and_global_prototypes_segment_it(
+    capsys: pytest.CaptureFixture[str], seg_root: Path, tmp_path: Path
+) -> None:
+    """DRIVE's vessels fill no pooling window, so ALPNet's foreground keeps its one global prototype against
+    thousands of local background ones: `segment` says so, and --prototypes global adapts with PANet's rule."""
+    import torch
+
+    from medmeta.methods.segmentation.prototype import PrototypePredictor, use_global_prototypes
+    from medmeta.pipeline.segmentation import load_segmenter
+    from medmeta.tasks.segmentation import MaskSupport
+
+    code, _, err = run(
+        capsys, "seg", "train", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "seg_setting2.yaml"),
+        "--method", "alpnet", "--option", "base=4", "--option", "depth=2", "--option", "feature_dim=8",
+        "--option", "local_window=4", "--epochs", "1", "--episodes-per-epoch", "2", "--image-size", "32",
+        "--eval-episodes", "1", "--data-dir", str(seg_root), "--out", str(tmp_path / "run"), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    ckpt = tmp_path / "run" / "best.json"
+    drive = seg_root / "segmentation" / "drive" / "training"
+    args = [
+        "segment", "--model", str(ckpt), "--support-images", str(drive / "images" / "21_training.tif"),
+        "--support-masks", str(drive / "1st_manual" / "21_manual1.gif"),
+        "--images", str(drive / "images" / "23_training.tif"), "--channel", "green", "--patch", "96",
+    ]  # fmt: skip
+    code, stdout, err = run(capsys, *args, "--out", str(tmp_path / "trained"))
+    assert code == 0, err
+    assert "fills no pooling window" in err and "--prototypes global" in err and "note" not in stdout
+    code, _, err = run(capsys, *args, "--prototypes", "global", "--out", str(tmp_path / "global"))
+    assert code == 0 and "fills no pooling window" not in err, err
+    with Image.open(tmp_path / "global" / "23_training_mask.png") as m:
+        assert m.size == (565, 584)
+
+    model, _, _ = load_segmenter(ckpt)
+    model.eval()
+    support = MaskSupport(torch.rand(2, 1, 32, 32), (torch.rand(2, 32, 32) > 0.5).float())
+    support.masks[:, :16] = 1.0  # a filled half: the foreground has local prototypes
+    with torch.no_grad():
+        local = model.adapt(support)
+        assert isinstance(local, PrototypePredictor) and local.fg.shape[0] > 1
+        adapted = use_global_prototypes(model).adapt(support)
+        assert isinstance(adapted, PrototypePredictor)
+        assert adapted.fg.shape[0] == adapted.bg.shape[0] == 1
+        feats = model.encoder(support.images)
+        w = support.masks.unsqueeze(1)
+        fg = (feats * w).sum((0, 2, 3)) / w.sum()  # masked average pooling by hand
+        torch.testing.assert_close(adapted.fg[0], fg)
+        query = torch.rand(1, 1, 32, 32)
+        cos = torch.nn.functional.cosine_similarity(model.encoder(query), fg.view(1, -1, 1, 1), dim=1)
+        torch.testing.assert_close(adapted.predict(query)[:, 1], model.options.scale * cos)
+
+    code, _, err = run(
+        capsys, *args, "--model", "otsu", "--prototypes", "global", "--out", str(tmp_path / "o")
+    )
+    assert_one_line_error(code, err, "global prototypes apply to the prototype segmenters")
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ import typer
 import yaml
 
 from medmeta.cli.overrides import collect, parse_options
-from medmeta.cli.ui import RichProgress, say
+from medmeta.cli.ui import RichProgress, err_console, say
 from medmeta.errors import MedmetaError
 from medmeta.outputs import (
     RunFolder,
@@ -293,6 +293,12 @@ def segment(
         "resizing whole planes to --size.",
     ),
     overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.9, help="With --patch: window overlap."),
+    prototypes: Literal["trained", "global"] = typer.Option(
+        "trained",
+        "--prototypes",
+        help="Prototype segmenters: as trained, or global (one foreground and one background prototype, "
+        "PANet's rule) for thin structures such as vessels, which ALPNet's local prototypes miss.",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -319,6 +325,10 @@ def segment(
     assert support_images is not None and support_masks is not None
     images = expand_image_folders(images)
     segmenter, cfg, _ = segmenter_or_baseline(model)  # a bad --model leaves --out untouched
+    if prototypes == "global":
+        from medmeta.methods.segmentation.prototype import use_global_prototypes
+
+        use_global_prototypes(segmenter)
     claim_output_folder(out, overwrite=overwrite)
     work = size or (cfg.data.image_size if cfg is not None else 64)
     written = segment_files(
@@ -334,6 +344,7 @@ def segment(
         max_slices=max_slices,
         patch=patch,
         overlap=overlap,
+        on_note=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
     )
     for p in written:
         say(str(p))

@@ -7,6 +7,7 @@ slice with the largest predicted area.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from medmeta.data.segmentation.io import (
 from medmeta.deploy.sliding import sliding_probability, support_patches
 from medmeta.errors import DataError
 from medmeta.methods.segmentation.base import FewShotSegmenter
+from medmeta.methods.segmentation.prototype import PrototypePredictor
 from medmeta.tasks.segmentation import MaskSupport
 
 
@@ -47,6 +49,7 @@ def segment_files(
     max_slices: int = 5,
     patch: int | None = None,
     overlap: float = 0.25,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Adapt `model` on the support files and write a mask and an overlay for every query file.
 
@@ -55,6 +58,9 @@ def segment_files(
     support images, or the support volumes' chosen slices) and predicts each query plane window by window,
     blended with `overlap`; without it, every plane is resized whole to `size`. The segmenters are 2-D, so a
     volume is segmented slice by slice at its own in-plane resolution and written on its own grid.
+
+    `on_note` receives a line for the user when the support gives ALPNet's local prototypes to the
+    background only (a thin foreground: `PrototypePredictor.foreground_has_no_local_prototype`).
 
     Returns:
         The written files, in order.
@@ -87,6 +93,14 @@ def segment_files(
     model.eval()
     with torch.no_grad():
         predictor = model.adapt(MaskSupport(xs, ys))
+    thin = isinstance(predictor, PrototypePredictor) and predictor.foreground_has_no_local_prototype
+    if on_note is not None and thin:
+        assert isinstance(predictor, PrototypePredictor)
+        on_note(
+            "note: the support's foreground fills no pooling window of the local prototypes (a thin "
+            f"structure), so it has one prototype against {predictor.bg.shape[0]} background ones and may "
+            "be missed: try --prototypes global"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for path in images:

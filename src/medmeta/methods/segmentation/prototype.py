@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from medmeta.errors import ConfigError
 from medmeta.methods.segmentation.base import FewShotSegmenter, SegOptions, seg_loss
 from medmeta.models.unet import SmallUNet
 from medmeta.tasks.segmentation import MaskSupport, SegEpisode
@@ -95,6 +96,17 @@ class PrototypePredictor:
     def __init__(self, encoder: nn.Module, fg: Tensor, bg: Tensor, scale: float) -> None:
         self.encoder, self.fg, self.bg, self.scale = encoder, fg, bg, scale
 
+    @property
+    def foreground_has_no_local_prototype(self) -> bool:
+        """True when the background has local prototypes and the foreground only its global one.
+
+        That happens to thin structures (vessels, membranes): they fill no pooling window to ALPNet's
+        threshold. Each pixel then takes the softened maximum over hundreds of background prototypes
+        against one foreground prototype, and the background wins nearly everywhere (SSL-ALPNet on DRIVE
+        at full resolution: no vessel pixel; with global prototypes only, `use_global_prototypes`, Dice 0.23).
+        """
+        return self.fg.shape[0] == 1 and self.bg.shape[0] > 1
+
     def predict(self, query_images: Tensor) -> Tensor:
         """``(N, C, H, W)`` -> ``(N, 2, H, W)`` logits."""
         feats = self.encoder(query_images)  # (N, D, H, W)
@@ -158,6 +170,23 @@ class PANet(FewShotSegmenter):
                 back = PrototypePredictor(nn.Identity(), fg, bg, self.options.scale).predict(s_feats)
                 loss = loss + self.options.align_weight * seg_loss(back, episode.support_masks)
         return loss
+
+
+def use_global_prototypes(model: FewShotSegmenter) -> FewShotSegmenter:
+    """Make a prototype segmenter (PANet, ALPNet, SSL-ALPNet) adapt with one foreground and one background
+    prototype (PANet's rule), keeping its trained encoder; for thin structures, see
+    `PrototypePredictor.foreground_has_no_local_prototype`. Changes `model` in place and returns it.
+
+    Raises:
+        ConfigError: `model` is not a prototype segmenter.
+    """
+    if not isinstance(model, PANet):
+        raise ConfigError(
+            f"global prototypes apply to the prototype segmenters (panet, alpnet, ssl_alpnet), not to "
+            f"{type(model).__name__}: leave the option out"
+        )
+    model.options = model.options.model_copy(update={"local_window": 0})  # 0: no local prototypes
+    return model
 
 
 class ALPNetOptions(PrototypeOptions):
