@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -186,6 +187,35 @@ def claim_resumable_folder(path: Path, *, marker: str, what: str = "--out") -> b
         )
     _make_folder(path, what)
     return False
+
+
+def remove_run_subfolder(root: Path, folder: Path) -> None:
+    """Remove `folder`, which a run wrote inside its own run folder `root` (the checkpoints of a job cut
+    short), never through a link: a symbolic link or a file anywhere from `root` down to `folder` is refused.
+    A missing `folder` is nothing to do.
+
+    Raises:
+        OutputError: `folder` is not inside `root`, or a link or non-folder lies on the way.
+    """
+    try:
+        parts = folder.relative_to(root).parts
+    except ValueError:
+        raise OutputError(
+            f"{folder} is not inside the run folder {root}: medmeta removes nothing else"
+        ) from None
+    path = root
+    for part in parts:
+        path = path / part
+        st = _lstat(path)
+        if st is None:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            kind = "a file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
+            raise OutputError(
+                f"{path} is {kind} where the run keeps its own checkpoint folders: medmeta removes only "
+                "folders it wrote and never through links; move it out of the run folder"
+            )
+    shutil.rmtree(folder)
 
 
 def _entries(folder: Path) -> list[str]:

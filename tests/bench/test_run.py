@@ -298,3 +298,33 @@ def test_a_folder_holding_someone_elses_files_is_refused_and_left_as_it_was(
     result = run(parse_protocol(raw), empty)
     assert result.outcome.cells_skipped == len([r for r in first if r["kind"] == "cell"]) > 0
     assert (empty / "my-notes.txt").read_text() == "added after the run"
+
+
+def test_a_job_cut_short_has_its_checkpoints_removed_but_never_through_a_link(tmp_path: Path) -> None:
+    from medmeta.errors import OutputError
+    from medmeta.outputs import remove_run_subfolder
+
+    run_dir = tmp_path / "run"
+    job = run_dir / "checkpoints" / "protonet" / "seed0"
+    job.mkdir(parents=True)
+    (job / "best.json").write_text("{}")
+    remove_run_subfolder(run_dir, job)  # the run's own folder of a job cut short
+    assert not job.exists() and (run_dir / "checkpoints" / "protonet").is_dir()
+    remove_run_subfolder(run_dir, job)  # missing: nothing to do
+
+    outside = tmp_path / "outside" / "protonet" / "seed0"
+    outside.mkdir(parents=True)
+    (outside / "precious.txt").write_text("keep")
+    (run_dir / "checkpoints" / "protonet").rmdir()
+    (run_dir / "checkpoints" / "protonet").symlink_to(tmp_path / "outside" / "protonet")
+    with pytest.raises(OutputError, match="symbolic link"):
+        remove_run_subfolder(run_dir, job)
+    assert (outside / "precious.txt").read_text() == "keep"
+
+    (run_dir / "checkpoints" / "protonet").unlink()
+    (run_dir / "checkpoints" / "protonet").write_text("a file")
+    with pytest.raises(OutputError, match="is a file"):
+        remove_run_subfolder(run_dir, job)
+    with pytest.raises(OutputError, match="not inside the run folder"):
+        remove_run_subfolder(run_dir, outside)
+    assert outside.is_dir()

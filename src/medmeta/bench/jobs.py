@@ -13,7 +13,6 @@ session or an earlier one.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import zlib
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from medmeta.config import RunConfig, make_config, make_pretrain_config
 from medmeta.data.transforms import Normalization
 from medmeta.methods import METHODS
 from medmeta.methods.base import FewShotMethod
+from medmeta.outputs import remove_run_subfolder
 from medmeta.pipeline import RunData, load_method, normalization_from_meta, train_method
 from medmeta.pipeline.classification import (
     build_method_from_config,
@@ -196,7 +196,7 @@ def _trained_method(
     done = finished.train
     if done is not None and (out / done["checkpoint"]).is_file():
         return out / done["checkpoint"]
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    remove_run_subfolder(out, ckpt_dir)  # a training cut short starts again
     cfg = cell_config(protocol, job, domains, out)
     train_names = protocol.training_domains(job.domain)
     data = RunData(
@@ -318,7 +318,7 @@ def _run_pretrain_job(
 ) -> None:
     """Pretrain the representation on the unlabelled training and validation images of `job.domains`."""
     folder = _checkpoint_dir(out, job)
-    shutil.rmtree(folder, ignore_errors=True)  # a pretraining cut short starts again
+    remove_run_subfolder(out, folder)  # a pretraining cut short starts again
     rep = job.representation
     raw = rep.pretrain_section(protocol.backbone, protocol.data.image_size, protocol.data.channels, job.seed)
     raw["data"]["domains"] = list(job.domains)
@@ -364,7 +364,7 @@ def run_job(
         return
     if isinstance(job, ReferenceJob):
         ckpt_dir = _checkpoint_dir(out, job)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a reference cut short is trained again from scratch
+        remove_run_subfolder(out, ckpt_dir)  # a reference cut short is trained again from scratch
         fields = train_reference(
             protocol,
             domains[job.domain],

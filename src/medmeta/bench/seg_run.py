@@ -11,7 +11,6 @@ global torch RNG re-seeded first, so a resumed run, or one with workers, gives t
 from __future__ import annotations
 
 import multiprocessing as mp
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -27,6 +26,7 @@ from medmeta.bench.store import ResultsStore, check_fingerprint
 from medmeta.errors import ConfigError
 from medmeta.eval.segmentation import evaluate_structure_episodes
 from medmeta.methods.segmentation.base import FewShotSegmenter
+from medmeta.outputs import remove_run_subfolder
 from medmeta.pipeline.segmentation import SegData, load_seg_data, load_segmenter, train_segmenter
 from medmeta.pipeline.segmentation_run import plan_seg_training
 from medmeta.provenance import code_version
@@ -104,7 +104,7 @@ def _segmenter(
     if trained is not None and (out / trained["checkpoint"]).is_file():
         return load_segmenter(out / trained["checkpoint"])[0]
     ckpt_dir = checkpoint_dir(out, job)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a training cut short starts again
+    remove_run_subfolder(out, ckpt_dir)  # a training cut short starts again
     run = plan_seg_training(protocol.run_config(job.method, job.seed, data_dir), data)
     result = train_segmenter(
         run.model,
