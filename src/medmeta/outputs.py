@@ -9,7 +9,10 @@ claims its output here before any work starts:
   test, so a read-only or full location fails here, in one line, rather than after training);
 - an **existing** output is refused unless the caller says ``overwrite`` (or ``resume`` for a run
   folder). ``overwrite`` of a run folder removes only the files medmeta writes there (`RUN_FILES`); a
-  run folder holding anything else is refused even then.
+  run folder holding anything else is refused even then;
+- a long run that resumes by itself (a benchmark) writes only into a new or empty folder or its own
+  (`claim_resumable_folder`), and removes a sub-folder of its own only when no link lies on the way
+  (`remove_run_subfolder`).
 
 Checking has no side effect; creating folders and removing replaced files happen in separate steps, so a
 command can check its output, then validate the rest of the run, and only then touch the disk.
@@ -199,6 +202,8 @@ def remove_run_subfolder(root: Path, folder: Path) -> None:
     """
     try:
         parts = folder.relative_to(root).parts
+        if not parts or ".." in parts:
+            raise ValueError
     except ValueError:
         raise OutputError(
             f"{folder} is not inside the run folder {root}: medmeta removes nothing else"
