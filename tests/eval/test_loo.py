@@ -94,6 +94,8 @@ def test_ece_loo_is_scored_on_the_first_episodes_only_and_leaves_every_other_met
     for t, s in zip(loo["loo_temperatures"], loo["loo_temperatures_shrunk"], strict=True):
         assert 0 <= math.log(s) / math.log(t) <= 1  # shrunk towards 1, never past it
     assert 0 <= loo["pooled_ece_loo_shrunk"] <= 1 and plain["pooled_ece_loo_shrunk"] is None
+    assert 0 <= loo["pooled_ece_loo_posterior"] <= 1 and plain["pooled_ece_loo_posterior"] is None
+    assert len(loo["loo_temperatures_posterior_mean"]) == 4
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece"):
         assert loo["per_episode"][k] == plain["per_episode"][k], k
     assert plain["pooled_ece_loo"] is None and plain["pooled_ece_calibrated"] is None
@@ -125,3 +127,39 @@ def test_shrunk_temperature_is_the_map_fit_and_moves_towards_the_data_with_more_
     assert fit_temperature(z, y, prior_sd=1e-4, prior=2.0) == pytest.approx(2.0, rel=1e-3)
     with pytest.raises(ValueError, match="prior_sd > 0"):
         fit_temperature(z, y, prior_sd=0.0)
+
+
+def test_the_temperature_posterior_concentrates_at_the_fit_and_its_average_keeps_the_argmax() -> None:
+    from medmeta.eval.calibration import (
+        fit_temperature,
+        posterior_probabilities,
+        temperature_grid,
+        temperature_posterior,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    z = 3 * torch.randn(4000, 3, generator=gen)
+    y = torch.multinomial(torch.softmax(z / 2.0, -1), 1, generator=gen)[:, 0]  # drawn at T = 2
+    grid = temperature_grid()
+    w = temperature_posterior(z, y)
+    assert w.shape == grid.shape and abs(float(w.sum()) - 1) < 1e-12
+    t_fit = fit_temperature(z, y)
+    t_post = float((w * grid.log()).sum().exp())
+    assert abs(t_fit - 2.0) < 0.2 and abs(math.log(t_post / t_fit)) < 0.03  # many predictions: the fit
+    few = temperature_posterior(z[:10], y[:10])
+    assert float(few.max()) < float(w.max()) / 5  # ten predictions: spread over many temperatures
+
+    # by hand: two temperatures, weights 0.25 / 0.75
+    two = torch.tensor([1.0, 4.0], dtype=torch.float64)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    expected = 0.25 * torch.softmax(logits.double(), -1) + 0.75 * torch.softmax(logits.double() / 4, -1)
+    got = posterior_probabilities(logits, torch.tensor([0.25, 0.75], dtype=torch.float64), two)
+    torch.testing.assert_close(got, expected)
+    probs = posterior_probabilities(z, few)
+    assert torch.equal(probs.argmax(1), z.argmax(1))  # accuracy unchanged
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(z), dtype=torch.float64))
+    # a likelihood by hand: weights proportional to prod_i softmax(z_i / T)[y_i] over the grid
+    manual = torch.stack(
+        [torch.log_softmax(z[:10].double() / t, -1)[torch.arange(10), y[:10]].sum() for t in grid]
+    )
+    torch.testing.assert_close(few, torch.softmax(manual, 0))

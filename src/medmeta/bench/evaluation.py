@@ -13,7 +13,12 @@ import numpy as np
 import torch
 
 from medmeta.data.datasets import ImageDataset
-from medmeta.eval.calibration import fit_temperature
+from medmeta.eval.calibration import (
+    fit_temperature,
+    posterior_probabilities,
+    temperature_grid,
+    temperature_posterior,
+)
 from medmeta.eval.evaluate import EvalResult, evaluate
 from medmeta.eval.loo import LOO_PRIOR_SD, held_out_predictions
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, ece_from_bins, mean_ci
@@ -79,6 +84,11 @@ def pooled_ece(logits: torch.Tensor, target: torch.Tensor) -> float:
     return float(ece_from_bins(calibration_bins(probs, target).sum(0)))
 
 
+def _pooled_ece_of_probs(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """`pooled_ece` of probabilities ``(T, q, n_way)`` that are not a softmax of one set of logits."""
+    return float(ece_from_bins(calibration_bins(probs, target).sum(0)))
+
+
 def loo_temperatures(
     method: FewShotMethod,
     sampler: EpisodeSampler,
@@ -86,21 +96,26 @@ def loo_temperatures(
     *,
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
-) -> list[tuple[float, float] | None]:
+) -> list[tuple[float, float, torch.Tensor] | None]:
     """Leave-one-out temperatures of the supports of episodes ``0..episodes-1``: per episode the plain
-    fit and the fit shrunk towards 1 (`medmeta.eval.loo.LOO_PRIOR_SD`), from the same held-out
-    predictions; None for a support that cannot be held out (1-shot)."""
+    fit, the fit shrunk towards 1 (`medmeta.eval.loo.LOO_PRIOR_SD`) and the posterior weights ``(G,)`` over
+    `medmeta.eval.calibration.temperature_grid`, from the same held-out predictions; None for a support
+    that cannot be held out (1-shot)."""
     was_training = method.training
     method.eval()
     try:
-        out: list[tuple[float, float] | None] = []
+        out: list[tuple[float, float, torch.Tensor] | None] = []
         for i in range(episodes):
             ep = sampler.episode(i).to(device).map_images(prepare)
             held = held_out_predictions(method, Support(ep.support_images, ep.support_labels, ep.n_way))
             out.append(
                 None
                 if held is None
-                else (fit_temperature(*held), fit_temperature(*held, prior_sd=LOO_PRIOR_SD))
+                else (
+                    fit_temperature(*held),
+                    fit_temperature(*held, prior_sd=LOO_PRIOR_SD),
+                    temperature_posterior(*held),
+                )
             )
         return out
     finally:
@@ -134,7 +149,8 @@ def evaluate_cell(
         JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and
         ci95 per metric), ``per_episode`` (values per metric), ``pooled_ece`` (also
         ``pooled_ece_calibrated``, ``pooled_ece_loo`` and ``pooled_ece_loo_shrunk`` (the temperature shrunk
-        towards 1, `medmeta.eval.loo.LOO_PRIOR_SD`) with ``pooled_ece_loo_before``, the raw ECE pooled
+        towards 1, `medmeta.eval.loo.LOO_PRIOR_SD`), ``pooled_ece_loo_posterior`` (probabilities averaged over
+        the temperature posterior, `medmeta.eval.calibration.posterior_probabilities`) with ``pooled_ece_loo_before``, the raw ECE pooled
         over the same leave-one-out episodes: one episode's own ECE is biased up, a pooled ECE is not),
         ``calibration``
         (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
@@ -151,6 +167,7 @@ def evaluate_cell(
     fits = loo_temperatures(method, sampler, min(loo_episodes, episodes), prepare=prepare, device=device)
     loo = [None if f is None else f[0] for f in fits]
     shrunk = [f[1] for f in fits if f is not None]
+    posteriors = [f[2] for f in fits if f is not None]
     values["ece_loo"] = np.full(len(values["ece"]), np.nan)
     for i, t in enumerate(loo):
         if t is not None:
@@ -178,6 +195,17 @@ def evaluate_cell(
         "pooled_ece_loo_shrunk": pooled_ece(logits[done].double() / scale_shrunk, target[done])
         if done
         else None,
+        "pooled_ece_loo_posterior": _pooled_ece_of_probs(
+            torch.stack(
+                [posterior_probabilities(logits[i], w) for i, w in zip(done, posteriors, strict=True)]
+            ),
+            target[done],
+        )
+        if done
+        else None,
+        "loo_temperatures_posterior_mean": [
+            float((w * temperature_grid().log()).sum().exp()) for w in posteriors
+        ],
         "pooled_ece_loo_before": pooled_ece(logits[done], target[done]) if done else None,
         "calibration": calibration_bins(probs, target).sum(0).tolist(),
         "confusion": class_confusion(logits, target, classes, test.n_classes).tolist(),

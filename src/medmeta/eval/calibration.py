@@ -93,3 +93,59 @@ def _golden_min(f: Callable[[float], float], lo: float, hi: float, iterations: i
             b = lo + g * (hi - lo)
             fb = f(b)
     return (lo + hi) / 2
+
+
+#: log-spaced temperatures of the posterior over T (`temperature_posterior`), `T_MIN` to `T_MAX`
+POSTERIOR_GRID = 121
+
+
+def temperature_grid(points: int = POSTERIOR_GRID) -> Tensor:
+    """``(points,)`` temperatures evenly spaced in log T from `T_MIN` to `T_MAX` (float64)."""
+    return torch.logspace(math.log10(T_MIN), math.log10(T_MAX), points, dtype=torch.float64)
+
+
+def temperature_posterior(logits: Tensor, target: Tensor, temperatures: Tensor | None = None) -> Tensor:
+    """Posterior weights ``(G,)`` of the temperatures of `temperature_grid` given held-out predictions.
+
+    A flat prior on log T over the grid times the likelihood of the ``n`` held-out predictions: with
+    many predictions the weight concentrates at the maximum-likelihood T (`fit_temperature`); with the
+    10 of a 2-way 5-shot support it stays spread, and `posterior_probabilities` then averages sharp and
+    soft versions of the prediction instead of betting on one noisy T. No parameter to tune.
+
+    Args:
+        logits: ``(n, k)`` held-out logits, ``n >= 2``.
+        target: ``(n,)`` int64 true classes.
+        temperatures: ``(G,)`` (default `temperature_grid`).
+
+    Raises:
+        ValueError: fewer than 2 predictions or shapes that do not match.
+    """
+    if logits.ndim != 2 or target.shape != logits.shape[:1] or len(target) < 2:
+        raise ValueError(
+            f"temperature_posterior needs logits (n, k) and target (n,) with n >= 2, got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    grid = temperature_grid() if temperatures is None else temperatures.double()
+    z = logits.detach().double().cpu()[None] / grid[:, None, None]  # (G, n, k)
+    y = target.detach().cpu().long()
+    loglik = torch.log_softmax(z, dim=-1)[:, torch.arange(len(y)), y].sum(1)  # (G,)
+    return torch.softmax(loglik, dim=0)
+
+
+def posterior_probabilities(logits: Tensor, weights: Tensor, temperatures: Tensor | None = None) -> Tensor:
+    """``sum_g weights[g] * softmax(logits / T_g)``: class probabilities ``(..., k)`` averaged over the
+    temperature posterior (`temperature_posterior`). Every term has the argmax of `logits`, so the average
+    has it too: accuracy is unchanged.
+
+    Args:
+        logits: ``(..., k)``.
+        weights: ``(G,)`` summing to 1.
+        temperatures: ``(G,)`` (default `temperature_grid`).
+    """
+    grid = temperature_grid(len(weights)) if temperatures is None else temperatures.double()
+    z = logits.double()
+    out = torch.zeros_like(z)
+    for w, t in zip(weights.tolist(), grid.tolist(), strict=True):
+        if w > 1e-12:
+            out += w * torch.softmax(z / t, dim=-1)
+    return out
