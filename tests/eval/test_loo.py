@@ -95,7 +95,7 @@ def test_ece_loo_is_scored_on_the_first_episodes_only_and_leaves_every_other_met
         assert 0 <= math.log(s) / math.log(t) <= 1  # shrunk towards 1, never past it
     assert 0 <= loo["pooled_ece_loo_shrunk"] <= 1 and plain["pooled_ece_loo_shrunk"] is None
     assert 0 <= loo["pooled_ece_loo_posterior"] <= 1 and plain["pooled_ece_loo_posterior"] is None
-    assert len(loo["loo_temperatures_posterior_mean"]) == 4
+    assert len(loo["loo_temperatures_posterior_mean"]) == 4 and 0 <= loo["pooled_ece_loo_posterior_t"] <= 1
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece"):
         assert loo["per_episode"][k] == plain["per_episode"][k], k
     assert plain["pooled_ece_loo"] is None and plain["pooled_ece_calibrated"] is None

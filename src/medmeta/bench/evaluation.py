@@ -150,7 +150,8 @@ def evaluate_cell(
         ci95 per metric), ``per_episode`` (values per metric), ``pooled_ece`` (also
         ``pooled_ece_calibrated``, ``pooled_ece_loo`` and ``pooled_ece_loo_shrunk`` (the temperature shrunk
         towards 1, `medmeta.eval.loo.LOO_PRIOR_SD`), ``pooled_ece_loo_posterior`` (probabilities averaged over
-        the temperature posterior, `medmeta.eval.calibration.posterior_probabilities`) with ``pooled_ece_loo_before``, the raw ECE pooled
+        the temperature posterior, `medmeta.eval.calibration.posterior_probabilities`; ``_t``: one temperature, the
+        posterior mean of log T) with ``pooled_ece_loo_before``, the raw ECE pooled
         over the same leave-one-out episodes: one episode's own ECE is biased up, a pooled ECE is not),
         ``calibration``
         (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
@@ -168,6 +169,10 @@ def evaluate_cell(
     loo = [None if f is None else f[0] for f in fits]
     shrunk = [f[1] for f in fits if f is not None]
     posteriors = [f[2] for f in fits if f is not None]
+    log_grid = temperature_grid().log()
+    scale_posterior = torch.tensor(
+        [float((w * log_grid).sum().exp()) for w in posteriors], dtype=torch.float64
+    )[:, None, None]  # (E, 1, 1): each episode's posterior mean of log T, as one temperature
     values["ece_loo"] = np.full(len(values["ece"]), np.nan)
     for i, t in enumerate(loo):
         if t is not None:
@@ -203,9 +208,10 @@ def evaluate_cell(
         )
         if done
         else None,
-        "loo_temperatures_posterior_mean": [
-            float((w * temperature_grid().log()).sum().exp()) for w in posteriors
-        ],
+        "pooled_ece_loo_posterior_t": pooled_ece(logits[done].double() / scale_posterior, target[done])
+        if done
+        else None,
+        "loo_temperatures_posterior_mean": scale_posterior.flatten().tolist(),
         "pooled_ece_loo_before": pooled_ece(logits[done], target[done]) if done else None,
         "calibration": calibration_bins(probs, target).sum(0).tolist(),
         "confusion": class_confusion(logits, target, classes, test.n_classes).tolist(),
