@@ -80,12 +80,11 @@ def evaluate_with_logits(
 
 def pooled_ece(logits: torch.Tensor, target: torch.Tensor) -> float:
     """ECE over every query of every episode at once (15 bins): logits ``(T, q, n_way)``, target ``(T, q)``."""
-    probs = torch.softmax(logits.double(), dim=-1)  # (T, q, n_way)
-    return float(ece_from_bins(calibration_bins(probs, target).sum(0)))
+    return _pooled_ece_of_probs(torch.softmax(logits.double(), dim=-1), target)  # probs (T, q, n_way)
 
 
 def _pooled_ece_of_probs(probs: torch.Tensor, target: torch.Tensor) -> float:
-    """`pooled_ece` of probabilities ``(T, q, n_way)`` that are not a softmax of one set of logits."""
+    """`pooled_ece` of probabilities ``(T, q, n_way)`` (e.g. averaged over temperatures, not one softmax)."""
     return float(ece_from_bins(calibration_bins(probs, target).sum(0)))
 
 

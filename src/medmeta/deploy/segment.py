@@ -93,9 +93,11 @@ def segment_files(
     model.eval()
     with torch.no_grad():
         predictor = model.adapt(MaskSupport(xs, ys))
-    thin = isinstance(predictor, PrototypePredictor) and predictor.foreground_has_no_local_prototype
-    if on_note is not None and thin:
-        assert isinstance(predictor, PrototypePredictor)
+    if (
+        on_note is not None
+        and isinstance(predictor, PrototypePredictor)
+        and predictor.foreground_has_no_local_prototype
+    ):
         on_note(
             "note: the support's foreground fills no pooling window of the local prototypes (a thin "
             f"structure), so it has one prototype against {predictor.bg.shape[0]} background ones and may "
