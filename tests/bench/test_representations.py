@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from medmeta.bench import run
 from medmeta.bench.cells import PretrainJob, TrainJob, enumerate_jobs
@@ -21,6 +22,7 @@ from medmeta.bench.protocol import parse_protocol
 from medmeta.errors import ConfigError
 from medmeta.tasks.sampler import EpisodeSampler
 from tests._helpers.bench import read_records, synthetic_folders, tiny_protocol, tiny_raw
+from tests._helpers.paths import REPO
 
 SSL = {
     "name": "ssl",
@@ -206,3 +208,41 @@ def test_workers_wait_for_the_pretraining_and_give_the_same_summary(
     assert result.outcome.cells_run == 8
     resumed = run(parse_protocol(raw), tmp_path / "w2", workers=2)
     assert resumed.outcome.cells_run == 0 and resumed.outcome.cells_skipped == 8
+
+
+def test_a_timm_resnet_is_pretrained_from_random_weights_at_the_protocols_size(tmp_path: Path) -> None:
+    """`pretrained: false` + `input_size`: a self-supervised ResNet-18 from scratch (no hub), run at the
+    protocol's 16 px instead of timm's 224; defaults leave existing fingerprints alone."""
+    pytest.importorskip("lightly", reason="lightly is not installed (pip install 'medmeta[ssl]')")
+    pytest.importorskip("timm", reason="timm is not installed (pip install 'medmeta[pretrained]')")
+    from medmeta.config import make_pretrain_config
+
+    rep = {**SSL, "sees_held_out": True, "backbone": "timm:resnet18", "pretrained": False, "input_size": 16}
+    domains = synthetic_folders(tmp_path / "data")
+    raw = tiny_raw(
+        domains,
+        representations=[rep],
+        methods=[{"name": "protonet", "label": "frozen_r18", "representation": "ssl", "frozen": True}],
+        eval={"shots": [2], "n_query": 4, "episodes": 4, "seed": 7},
+    )
+    protocol = parse_protocol(raw)
+    section = protocol.representations[0].pretrain_section("conv4", 16, 3, 0)
+    assert section["model"] == {"backbone": "timm:resnet18", "pretrained": False, "input_size": 16}
+    model = make_pretrain_config(section).model
+    assert (model.pretrained, model.input_size) == (False, 16)
+
+    plain = {**SSL, "sees_held_out": True, "backbone": "timm:resnet18"}
+    same = parse_protocol({**raw, "representations": [{**plain, "pretrained": True, "input_size": None}]})
+    assert same.fingerprint() == parse_protocol({**raw, "representations": [plain]}).fingerprint()
+    assert protocol.fingerprint() != same.fingerprint()
+    shipped = yaml.safe_load((REPO / "configs" / "cross_domain_ssl.yaml").read_text())
+    assert parse_protocol(shipped).fingerprint() == "9853015a3a0972e8"  # as before these fields existed
+
+    run(protocol, tmp_path / "run")  # no network here: pretrained weights would fail to download
+    records = read_records(tmp_path / "run")
+    (pre,) = [r for r in records if r["kind"] == "pretrain"]
+    meta = json.loads((tmp_path / "run" / pre["checkpoint"]).read_text())
+    assert meta["backbone"] == "timm:resnet18"
+    assert meta["backbone_record"]["preprocessing"]["size"] == 16
+    cells = [r for r in records if r["kind"] == "cell"]
+    assert len(cells) == 2 and all(0.0 <= r["metrics"]["accuracy"]["mean"] <= 1.0 for r in cells)

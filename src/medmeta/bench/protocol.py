@@ -119,6 +119,10 @@ class RepresentationEntry(_Frozen):
         augment: `medmeta.config.AugmentConfig` fields.
         train: `TrainConfig` fields of the pretraining (epochs, lr, ...); seeds come from ``seeds``.
         max_images: a seeded choice of at most this many pooled images.
+        pretrained: for a library backbone (``timm:ARCH``): start from its hub weights (True) or from
+            random weights (False: self-supervised pretraining from scratch, e.g. a ResNet-18).
+        input_size: for a library backbone: the side it runs at instead of its weights' own (e.g. 28, the
+            protocol's image size, rather than timm's 224).
     """
 
     name: str = Field(min_length=1)
@@ -129,6 +133,8 @@ class RepresentationEntry(_Frozen):
     augment: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     max_images: int | None = Field(None, ge=2)
+    pretrained: bool = True
+    input_size: int | None = Field(None, ge=16, le=1024)
 
     @model_validator(mode="after")
     def _valid_parts(self) -> RepresentationEntry:
@@ -153,7 +159,11 @@ class RepresentationEntry(_Frozen):
                 "channels": channels,
                 "max_images": self.max_images,
             },
-            "model": {"backbone": self.backbone or default_backbone},
+            "model": {
+                "backbone": self.backbone or default_backbone,
+                **({} if self.pretrained else {"pretrained": False}),
+                **({} if self.input_size is None else {"input_size": self.input_size}),
+            },
             "ssl": {"method": self.ssl, **self.options},
             "augment": dict(self.augment),
             "train": {"val_episodes": 0, **self.train, "seed": seed},
@@ -414,6 +424,10 @@ class Protocol(_Frozen):
             for name, default in _ADDED_LATER_METHOD:
                 if entry.get(name) == default:
                     entry.pop(name, None)
+        for entry in payload.get("representations", []):
+            for name, default in _ADDED_LATER_REPRESENTATION:
+                if entry.get(name) == default:
+                    entry.pop(name, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -430,6 +444,8 @@ _ADDED_LATER_TOP: tuple[tuple[str, Any], ...] = (
     ("representations", []),
     ("raw_pixels", {"enabled": True, "grid": 8}),
 )
+#: representation fields added after benchmark runs existed, with their defaults
+_ADDED_LATER_REPRESENTATION: tuple[tuple[str, Any], ...] = (("pretrained", True), ("input_size", None))
 #: method-entry fields added after benchmark runs existed, with their defaults
 _ADDED_LATER_METHOD: tuple[tuple[str, Any], ...] = (
     ("backbone", None),
