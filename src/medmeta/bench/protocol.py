@@ -415,20 +415,20 @@ class Protocol(_Frozen):
         payload = self.as_config()
         payload["data"].pop("data_dir", None)
         for section, name, default in _ADDED_LATER:
-            if payload[section].get(name) == default:
-                payload[section].pop(name, None)
-        for name, default in _ADDED_LATER_TOP:
-            if payload.get(name) == default:
-                payload.pop(name, None)
+            _drop_defaults(payload[section], ((name, default),))
+        _drop_defaults(payload, _ADDED_LATER_TOP)
         for entry in payload["methods"]:
-            for name, default in _ADDED_LATER_METHOD:
-                if entry.get(name) == default:
-                    entry.pop(name, None)
+            _drop_defaults(entry, _ADDED_LATER_METHOD)
         for entry in payload.get("representations", []):
-            for name, default in _ADDED_LATER_REPRESENTATION:
-                if entry.get(name) == default:
-                    entry.pop(name, None)
+            _drop_defaults(entry, _ADDED_LATER_REPRESENTATION)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _drop_defaults(mapping: dict[str, Any], fields: tuple[tuple[str, Any], ...]) -> None:
+    """Remove from `mapping` each ``(name, default)`` of `fields` whose value is that default."""
+    for name, default in fields:
+        if mapping.get(name) == default:
+            mapping.pop(name, None)
 
 
 #: ``(section, field, default)`` of protocol fields added after benchmark runs existed.
