@@ -143,9 +143,6 @@ def posterior_probabilities(logits: Tensor, weights: Tensor, temperatures: Tenso
         temperatures: ``(G,)`` (default `temperature_grid`).
     """
     grid = temperature_grid(len(weights)) if temperatures is None else temperatures.double()
-    z = logits.double()
-    out = torch.zeros_like(z)
-    for w, t in zip(weights.tolist(), grid.tolist(), strict=True):
-        if w > 1e-12:
-            out += w * torch.softmax(z / t, dim=-1)
-    return out
+    shape = (-1,) + (1,) * logits.ndim  # one temperature per leading slice
+    probs = torch.softmax(logits.double()[None] / grid.view(shape), dim=-1)  # (G, ..., k)
+    return (weights.double().view(shape) * probs).sum(0)
