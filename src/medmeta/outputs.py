@@ -139,10 +139,7 @@ def claim_output_folder(path: Path, *, overwrite: bool = False, what: str = "--o
         OutputError: a symlink, FIFO, device or file at `path`, a non-empty folder without `overwrite`,
             a special file inside it, or a folder that cannot be created or written.
     """
-    st = _refuse_special(path, what)
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"{what} {path} is a file, not a folder: choose a folder path")
-    entries = _entries(path) if st is not None else []
+    entries = _folder_entries(path, what)
     if entries and not overwrite:
         raise OutputError(
             f"{what} {path} already holds files ({_few(entries)}): pass --overwrite to write into it "
@@ -170,17 +167,10 @@ def claim_resumable_folder(path: Path, *, marker: str, what: str = "--out") -> b
         OutputError: a symlink, FIFO, device or file at `path` or `marker`, a non-empty folder without
             `marker`, or a folder that cannot be created or written.
     """
-    st = _refuse_special(path, what)
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"{what} {path} is a file, not a folder: choose a folder path")
+    entries = _folder_entries(path, what)
     _check_parent(path, what)
-    entries = _entries(path) if st is not None else []
     if marker in entries:
-        mst = _refuse_special(path / marker, f"{what} {path} holds")
-        if mst is not None and stat.S_ISDIR(mst.st_mode):
-            raise OutputError(
-                f"{what} {path} holds a folder named {marker}, where medmeta writes a file: move it"
-            )
+        _refuse_folder_at_file(path, marker, what)
         _make_folder(path, what)
         return True
     if entries:
@@ -221,6 +211,22 @@ def remove_run_subfolder(root: Path, folder: Path) -> None:
                 "folders it wrote and never through links; move it out of the run folder"
             )
     shutil.rmtree(folder)
+
+
+def _folder_entries(path: Path, what: str) -> list[str]:
+    """The names in folder `path` ([] when it does not exist yet); a link, special file or file there is
+    refused."""
+    st = _refuse_special(path, what)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{what} {path} is a file, not a folder: choose a folder path")
+    return _entries(path) if st is not None else []
+
+
+def _refuse_folder_at_file(path: Path, name: str, what: str) -> None:
+    """`path / name`, where medmeta writes a file, must be a regular file or missing."""
+    st = _refuse_special(path / name, f"{what} {path} holds")
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{what} {path} holds a folder named {name}, where medmeta writes a file: move it")
 
 
 def _entries(folder: Path) -> list[str]:
@@ -292,11 +298,7 @@ def check_run_folder(path: Path, *, overwrite: bool = False, resume: bool = Fals
         return RunFolder(path)
     ours = [n for n in entries if RUN_FILES.fullmatch(n)]
     for name in ours:
-        st = _refuse_special(path / name, f"--out {path} holds")
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise OutputError(
-                f"--out {path} holds a folder named {name}, where medmeta writes a file: move it"
-            )
+        _refuse_folder_at_file(path, name, "--out")
     if resume:
         if STATE_FILE in entries:
             return RunFolder(path, resume=True)
