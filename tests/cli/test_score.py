@@ -168,3 +168,46 @@ def test_adapt_calibrates_on_leave_one_out_predictions_and_predict_uses_it(
     torch.testing.assert_close(
         cal.probabilities(queries), torch.softmax(raw.logits(queries) / cal.temperature, -1)
     )
+
+
+@pytest.mark.data
+def test_a_trained_protonet_records_its_spread_scale_and_adapt_shrinks_the_fit_towards_it(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_checkpoint: Path
+) -> None:
+    """`train` fits the spread scale on its validation episodes and signs it into best.json; `adapt`
+    shrinks the support's leave-one-out fit towards scale x spread (`medmeta.eval.spread`)."""
+    import json
+
+    from medmeta.deploy.adapted import load_adapted
+    from medmeta.deploy.stability import leave_one_out
+    from medmeta.errors import CheckpointError
+    from medmeta.eval.calibration import fit_temperature
+    from medmeta.eval.spread import spread_temperature
+    from medmeta.train.checkpoint import amend_checkpoint, load_checkpoint
+
+    _, meta = load_checkpoint(tiny_checkpoint)  # verified: the amended description is signed
+    scale = meta["calibration"]["spread_scale"]
+    assert scale > 0 and meta["calibration"]["episodes"] >= 4
+
+    support = brain_support(data_dir, tmp_path / "support", 5)
+    code, out, err = run(
+        capsys, "adapt", "--model", str(tiny_checkpoint), "--support", str(support), "--out", str(tmp_path / "m")
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"shrunk towards the support's spread times the scale fitted in training ({scale:.3g})" in out
+    model = load_adapted(tmp_path / "m.json")
+    loo = leave_one_out(model)
+    z, y = loo.logits, torch.from_numpy(loo.true)
+    assert model.temperature == pytest.approx(spread_temperature(z, y, scale), rel=1e-6)
+    assert model.temperature != pytest.approx(fit_temperature(z, y), rel=1e-3)
+
+    # the amended field is covered by the checksum like every other, and the file's own fields cannot be amended
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint.parent, copy)
+    with pytest.raises(ValueError, match="cannot change"):
+        amend_checkpoint(copy / "best.json", {"sha256": "0" * 64})
+    edited = json.loads((copy / "best.json").read_text())
+    edited["calibration"]["spread_scale"] = 1000.0
+    (copy / "best.json").write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match="calibration"):
+        load_checkpoint(copy / "best.json")

@@ -74,7 +74,7 @@ def test_ece_loo_is_scored_on_the_first_episodes_only_and_leaves_every_other_met
     torch.manual_seed(0)
     method = build_method("protonet", Conv4(in_channels=3, hidden=8, image_size=16)).eval()
 
-    def cell(loo: int) -> dict:  # type: ignore[type-arg]
+    def cell(loo: int, spread_scale: float | None = None) -> dict:  # type: ignore[type-arg]
         return evaluate_cell(
             method,
             test,
@@ -84,9 +84,20 @@ def test_ece_loo_is_scored_on_the_first_episodes_only_and_leaves_every_other_met
             seed=1,
             prepare=lambda x: x.float() / 255,
             loo_episodes=loo,
+            spread_scale=spread_scale,
         )
 
-    plain, loo = cell(0), cell(4)
+    plain, loo, spread = cell(0), cell(4), cell(4, spread_scale=0.3)
+    assert loo["pooled_ece_loo_spread"] is None and all(
+        math.isnan(v) for v in loo["per_episode"]["ece_loo_spread"]
+    )
+    assert [math.isfinite(v) for v in spread["per_episode"]["ece_loo_spread"]] == [True] * 4 + [False] * 2
+    assert spread["spread_scale"] == 0.3 and len(spread["loo_temperatures_spread"]) == 4
+    assert 0 <= spread["pooled_ece_loo_spread"] <= 1
+    for t, s in zip(spread["loo_temperatures"], spread["loo_temperatures_spread"], strict=True):
+        assert s != t  # shrunk towards the spread's centre
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "ece_loo"):
+        np.testing.assert_array_equal(spread["per_episode"][k], loo["per_episode"][k], err_msg=k)
     assert all(math.isnan(v) for v in plain["per_episode"]["ece_loo"])
     assert [math.isfinite(v) for v in loo["per_episode"]["ece_loo"]] == [True] * 4 + [False] * 2
     assert len(loo["loo_temperatures"]) == 4 and all(t > 0 for t in loo["loo_temperatures"])

@@ -1,5 +1,6 @@
 """Calibrating a benchmark cell without touching its test episodes: one temperature per (trained model, shots),
-fitted on episodes drawn from the *training* domains' validation images (`medmeta.eval.calibration`).
+fitted on episodes drawn from the *training* domains' validation images (`medmeta.eval.calibration`), and on
+the same episodes the spread scale of methods with distance logits (`medmeta.eval.spread`).
 
 The held-out domain's images are never used, so the calibrated ECE of a cell is an honest estimate of what a
 user gets: a temperature learned where labels exist, applied to a domain where they do not.
@@ -13,9 +14,26 @@ import torch
 
 from medmeta.bench.evaluation import evaluate_with_logits
 from medmeta.data.datasets import ImageDataset
-from medmeta.eval.calibration import fit_temperature
+from medmeta.eval.calibration import fit_pooled_temperature
+from medmeta.eval.spread import episodes_spread_scale
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.sampler import EpisodeSampler
+
+
+def validation_samplers(
+    val_sets: Sequence[ImageDataset], *, n_shot: int, n_query: int, episodes: int, seed: int
+) -> list[EpisodeSampler]:
+    """All-class `n_shot`-shot episodes, `episodes` in all, shared out over the validation sets whose every
+    class can fill them (none when none can)."""
+    usable = [v for v in val_sets if v.n_classes >= 2 and min(v.class_counts().values()) > n_shot]
+    out = []
+    for i, ds in enumerate(usable):
+        count = episodes // len(usable) + (1 if i < episodes % len(usable) else 0)
+        if count < 1:
+            continue
+        queries = min(n_query, min(ds.class_counts().values()) - n_shot)
+        out.append(EpisodeSampler(ds, None, n_shot, queries, seed=seed + i, n_episodes=count))
+    return out
 
 
 def validation_temperature(
@@ -29,29 +47,29 @@ def validation_temperature(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
 ) -> float | None:
-    """The temperature minimising the NLL of `episodes` all-class `n_shot`-shot episodes, shared out over the
-    validation sets whose every class can fill them (None when none can)."""
-    usable = [v for v in val_sets if v.n_classes >= 2 and min(v.class_counts().values()) > n_shot]
-    if not usable or episodes < 1:
-        return None
+    """The temperature minimising the NLL of the `validation_samplers` episodes (None when there are none)."""
     logits, targets = [], []
-    for i, ds in enumerate(usable):
-        count = episodes // len(usable) + (1 if i < episodes % len(usable) else 0)
-        if count < 1:
-            continue
-        queries = min(n_query, min(ds.class_counts().values()) - n_shot)
-        sampler = EpisodeSampler(ds, None, n_shot, queries, seed=seed + i, n_episodes=count)
+    for sampler in validation_samplers(
+        val_sets, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed
+    ):
         _, z, y = evaluate_with_logits(method, sampler, prepare=prepare, device=device)
         logits.append(z.reshape(-1, z.shape[-1]).cpu())  # (T * q, n_way)
         targets.append(y.reshape(-1).cpu())
-    return _pooled_temperature(logits, targets) if logits else None
+    return fit_pooled_temperature(logits, targets) if logits else None
 
 
-def _pooled_temperature(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    """Fit one T over groups of logits, of different widths too: every group is padded to the widest with -inf
-    columns, which leave its softmax, hence its NLL, unchanged."""
-    width = max(z.shape[-1] for z in logits)
-    padded = [
-        torch.cat([z, torch.full((z.shape[0], width - z.shape[-1]), -torch.inf)], dim=-1) for z in logits
-    ]
-    return fit_temperature(torch.cat(padded), torch.cat(targets))
+def validation_spread_scale(
+    method: FewShotMethod,
+    val_sets: Sequence[ImageDataset],
+    *,
+    n_shot: int,
+    n_query: int,
+    episodes: int,
+    seed: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+) -> float | None:
+    """`medmeta.eval.spread.episodes_spread_scale` on the `validation_samplers` episodes (None for a method
+    without distance logits, for 1-shot episodes and when there are none)."""
+    samplers = validation_samplers(val_sets, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed)
+    return episodes_spread_scale(method, samplers, prepare=prepare, device=device)

@@ -7,7 +7,7 @@ together with the pooled reliability counts and a confusion matrix in the domain
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,11 +22,21 @@ from medmeta.eval.calibration import (
 from medmeta.eval.evaluate import EvalResult, evaluate
 from medmeta.eval.loo import LOO_PRIOR_SD, held_out_predictions
 from medmeta.eval.metrics import batch_episode_metrics, calibration_bins, confusion, ece_from_bins, mean_ci
+from medmeta.eval.spread import spread_temperature
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.episode import Support
 from medmeta.tasks.sampler import EpisodeSampler
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "ece_calibrated", "ece_loo")
+METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "auc",
+    "ece",
+    "ece_calibrated",
+    "ece_loo",
+    "ece_loo_spread",
+)
 
 
 def class_confusion(
@@ -88,6 +98,19 @@ def _pooled_ece_of_probs(probs: torch.Tensor, target: torch.Tensor) -> float:
     return float(ece_from_bins(calibration_bins(probs, target).sum(0)))
 
 
+class LooFits(NamedTuple):
+    """The temperatures one episode's leave-one-out predictions give (`loo_temperatures`)."""
+
+    plain: float
+    #: shrunk towards 1 (`medmeta.eval.loo.LOO_PRIOR_SD`)
+    shrunk: float
+    #: posterior weights ``(G,)`` over `medmeta.eval.calibration.temperature_grid`
+    posterior: torch.Tensor
+    #: shrunk towards the support's spread times the model's spread scale (`medmeta.eval.spread`); None
+    #: without a spread scale
+    spread: float | None
+
+
 def loo_temperatures(
     method: FewShotMethod,
     sampler: EpisodeSampler,
@@ -95,30 +118,40 @@ def loo_temperatures(
     *,
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
-) -> list[tuple[float, float, torch.Tensor] | None]:
-    """Leave-one-out temperatures of the supports of episodes ``0..episodes-1``: per episode the plain
-    fit, the fit shrunk towards 1 (`medmeta.eval.loo.LOO_PRIOR_SD`) and the posterior weights ``(G,)`` over
-    `medmeta.eval.calibration.temperature_grid`, from the same held-out predictions; None for a support
-    that cannot be held out (1-shot)."""
+    spread_scale: float | None = None,
+) -> list[LooFits | None]:
+    """Leave-one-out temperatures of the supports of episodes ``0..episodes-1`` (`LooFits`, all from the
+    same held-out predictions); None for a support that cannot be held out (1-shot)."""
     was_training = method.training
     method.eval()
     try:
-        out: list[tuple[float, float, torch.Tensor] | None] = []
+        out: list[LooFits | None] = []
         for i in range(episodes):
             ep = sampler.episode(i).to(device).map_images(prepare)
             held = held_out_predictions(method, Support(ep.support_images, ep.support_labels, ep.n_way))
             out.append(
                 None
                 if held is None
-                else (
+                else LooFits(
                     fit_temperature(*held),
                     fit_temperature(*held, prior_sd=LOO_PRIOR_SD),
                     temperature_posterior(*held),
+                    None if spread_scale is None else spread_temperature(*held, spread_scale),
                 )
             )
         return out
     finally:
         method.train(was_training)
+
+
+def _episode_eces(
+    logits: torch.Tensor, target: torch.Tensor, rows: list[int], temps: list[float]
+) -> np.ndarray:
+    """``(T,)`` ECE of each episode in `rows` after its temperature in `temps`; NaN elsewhere."""
+    out = np.full(logits.shape[0], np.nan)
+    for i, t in zip(rows, temps, strict=True):
+        out[i] = float(batch_episode_metrics(logits[i : i + 1] / t, target[i : i + 1])["ece"][0])
+    return out
 
 
 def evaluate_cell(
@@ -134,6 +167,7 @@ def evaluate_cell(
     progress: Callable[[int, int], None] | None = None,
     temperature: float | None = None,
     loo_episodes: int = 0,
+    spread_scale: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate on `episodes` all-class `n_shot`-shot episodes of `test` (seeded: same for every method).
 
@@ -141,8 +175,10 @@ def evaluate_cell(
     the ECE of ``softmax(logits / temperature)``; the argmax, hence every other metric, is unchanged. Without
     it, ``ece_calibrated`` is NaN. On the first `loo_episodes` episodes, ``ece_loo`` is the ECE after the
     episode's own temperature, fitted on leave-one-out predictions of its support images
-    (`medmeta.eval.loo`: what ``medmeta adapt`` does); NaN on the other episodes and for 1-shot supports,
-    which cannot be held out.
+    (`medmeta.eval.loo`); NaN on the other episodes and for 1-shot supports, which cannot be held out.
+    With `spread_scale` (`medmeta.bench.calibration.validation_spread_scale`), ``ece_loo_spread`` is the
+    same with the fit shrunk towards the support's spread (`medmeta.eval.spread`: what ``medmeta adapt``
+    does for a model with distance logits); NaN without it.
 
     Returns:
         JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and
@@ -150,7 +186,8 @@ def evaluate_cell(
         ``pooled_ece_calibrated``, ``pooled_ece_loo`` and ``pooled_ece_loo_shrunk`` (the temperature shrunk
         towards 1, `medmeta.eval.loo.LOO_PRIOR_SD`), ``pooled_ece_loo_posterior`` (probabilities averaged over
         the temperature posterior, `medmeta.eval.calibration.posterior_probabilities`; ``_t``: one temperature, the
-        posterior mean of log T) with ``pooled_ece_loo_before``, the raw ECE pooled
+        posterior mean of log T), ``pooled_ece_loo_spread`` (None without `spread_scale`) with
+        ``pooled_ece_loo_before``, the raw ECE pooled
         over the same leave-one-out episodes: one episode's own ECE is biased up, a pooled ECE is not),
         ``calibration``
         (``(15, 3)`` counts, correct, summed confidence), ``confusion`` and ``classes``.
@@ -164,23 +201,28 @@ def evaluate_cell(
         values["ece_calibrated"] = np.full(len(values["ece"]), np.nan)
     else:
         values["ece_calibrated"] = batch_episode_metrics(logits / temperature, target)["ece"].numpy()
-    fits = loo_temperatures(method, sampler, min(loo_episodes, episodes), prepare=prepare, device=device)
-    loo = [None if f is None else f[0] for f in fits]
-    shrunk = [f[1] for f in fits if f is not None]
-    posteriors = [f[2] for f in fits if f is not None]
+    fits = loo_temperatures(
+        method,
+        sampler,
+        min(loo_episodes, episodes),
+        prepare=prepare,
+        device=device,
+        spread_scale=spread_scale,
+    )
+    loo = [None if f is None else f.plain for f in fits]
+    shrunk = [f.shrunk for f in fits if f is not None]
+    posteriors = [f.posterior for f in fits if f is not None]
+    spread = [f.spread for f in fits if f is not None and f.spread is not None]
     log_grid = temperature_grid().log()
     scale_posterior = torch.tensor(
         [float((w * log_grid).sum().exp()) for w in posteriors], dtype=torch.float64
     )[:, None, None]  # (E, 1, 1): each episode's posterior mean of log T, as one temperature
-    values["ece_loo"] = np.full(len(values["ece"]), np.nan)
-    for i, t in enumerate(loo):
-        if t is not None:
-            values["ece_loo"][i] = float(
-                batch_episode_metrics(logits[i : i + 1] / t, target[i : i + 1])["ece"][0]
-            )
     done = [i for i, t in enumerate(loo) if t is not None]
+    values["ece_loo"] = _episode_eces(logits, target, done, [t for t in loo if t is not None])
+    values["ece_loo_spread"] = _episode_eces(logits, target, done if spread else [], spread)
     scale = torch.tensor([t for t in loo if t is not None], dtype=torch.float64)[:, None, None]  # (E, 1, 1)
     scale_shrunk = torch.tensor(shrunk, dtype=torch.float64)[:, None, None]  # (E, 1, 1)
+    scale_spread = torch.tensor(spread, dtype=torch.float64)[:, None, None]  # (E, 1, 1)
     probs = torch.softmax(logits.double(), dim=-1)  # (T, n_query_total, n_way)
     classes = np.stack([sampler.indices(i)[2] for i in range(episodes)])  # (T, n_way)
     return {
@@ -191,6 +233,8 @@ def evaluate_cell(
         "temperature": temperature,
         "loo_temperatures": loo,
         "loo_temperatures_shrunk": shrunk,
+        "spread_scale": spread_scale,
+        "loo_temperatures_spread": spread,
         "metrics": metric_summary(values),
         "per_episode": {k: values[k].tolist() for k in METRICS},
         "pooled_ece": result.pooled["ece"],
@@ -211,6 +255,9 @@ def evaluate_cell(
         if done
         else None,
         "loo_temperatures_posterior_mean": scale_posterior.flatten().tolist(),
+        "pooled_ece_loo_spread": pooled_ece(logits[done].double() / scale_spread, target[done])
+        if spread
+        else None,
         "pooled_ece_loo_before": pooled_ece(logits[done], target[done]) if done else None,
         "calibration": calibration_bins(probs, target).sum(0).tolist(),
         "confusion": class_confusion(logits, target, classes, test.n_classes).tolist(),

@@ -22,7 +22,7 @@ from typing import Protocol as TypingProtocol
 
 import torch
 
-from medmeta.bench.calibration import validation_temperature
+from medmeta.bench.calibration import validation_spread_scale, validation_temperature
 from medmeta.bench.cells import (
     Job,
     PretrainJob,
@@ -251,15 +251,8 @@ def _run_train_job(
             progress.start(f"test {cell.method} on {cell.domain} {cell.shots}-shot", protocol.eval.episodes)
         torch.manual_seed(_rng_seed(cell.key))
         t0 = time.perf_counter()
-        temperature = validation_temperature(
-            method,
-            [domains[d].val for d in protocol.training_domains(job.domain)],
-            n_shot=cell.shots,
-            n_query=protocol.eval.n_query,
-            episodes=protocol.eval.calibration_episodes,
-            seed=eval_seed(protocol, cell.seed) + 1_000_003,
-            prepare=prepare,
-            device=device,
+        temperature, spread_scale = _validation_calibration(
+            protocol, job, domains, cell.shots, cell.seed, method, prepare, device
         )
         torch.manual_seed(_rng_seed(cell.key))
         try:
@@ -275,6 +268,7 @@ def _run_train_job(
                 progress=None if progress is None else (lambda _d, _t: progress.advance(1)),
                 temperature=temperature,
                 loo_episodes=protocol.eval.loo_episodes,
+                spread_scale=spread_scale,
             )
         finally:
             if progress is not None:
@@ -293,6 +287,32 @@ def _run_train_job(
             }
         )
         sink.advance(cell_cost(protocol, job, cell.shots, ways))
+
+
+def _validation_calibration(
+    protocol: Protocol,
+    job: TrainJob,
+    domains: dict[str, DomainSplits],
+    shots: int,
+    seed: int,
+    method: FewShotMethod,
+    prepare: Normalization,
+    device: torch.device,
+) -> tuple[float | None, float | None]:
+    """A cell's temperature and spread scale, both fitted on the same episodes of the training domains'
+    validation images (`medmeta.bench.calibration`); the spread scale only when leave-one-out is scored."""
+    kwargs: dict[str, Any] = {
+        "val_sets": [domains[d].val for d in protocol.training_domains(job.domain)],
+        "n_shot": shots,
+        "n_query": protocol.eval.n_query,
+        "episodes": protocol.eval.calibration_episodes,
+        "seed": eval_seed(protocol, seed) + 1_000_003,
+        "prepare": prepare,
+        "device": device,
+    }
+    temperature = validation_temperature(method, **kwargs)
+    spread_scale = validation_spread_scale(method, **kwargs) if protocol.eval.loo_episodes else None
+    return temperature, spread_scale
 
 
 def _frozen_method(

@@ -31,6 +31,7 @@ _NAMES = {
     "ece": "ECE %",
     "ece_calibrated": "ECE cal. %",
     "ece_loo": "ECE LOO %",
+    "ece_loo_spread": "ECE LOO spread %",
 }
 _PACKAGES = ("medmeta", "torch", "numpy", "pydantic", "matplotlib", "scikit-learn", "safetensors", "pillow")
 
@@ -201,8 +202,10 @@ def notes(protocol: Protocol, rows: list[Row], test_sources: dict[str, str]) -> 
         "ECE is the mean per-episode expected calibration error (15 bins); an episode has few queries, so it reads "
         "higher than an ECE pooled over all queries. The reliability diagrams pool every query of every episode. "
         "'ECE cal.' is the ECE after temperature scaling fitted on the training domains' validation episodes; "
-        "'ECE LOO' after a temperature fitted on each episode's own support by leave-one-out (what medmeta adapt "
-        "does; first eval.loo_episodes episodes, 2 shots or more).",
+        "'ECE LOO' after a temperature fitted on each episode's own support by leave-one-out (first "
+        "eval.loo_episodes episodes, 2 shots or more); 'ECE LOO spread' after the same fit shrunk towards the "
+        "support's spread times a factor fitted on the training domains' validation episodes (what medmeta "
+        "adapt does for methods whose logits are negative distances: ProtoNet, SimpleShot; blank for others).",
         "Each episode draws a new support set: 'Spread over support draws' shows how far one user's result (one "
         "handful of labelled images) can fall from the mean, which the CI of the mean does not.",
     ]

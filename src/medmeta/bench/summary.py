@@ -29,7 +29,7 @@ from medmeta.bench.evaluation import METRICS
 from medmeta.bench.protocol import Protocol
 from medmeta.eval.metrics import mean_ci
 
-LOWER_IS_BETTER = frozenset({"ece", "ece_calibrated", "ece_loo"})
+LOWER_IS_BETTER = frozenset({"ece", "ece_calibrated", "ece_loo", "ece_loo_spread"})
 REFERENCE = "supervised reference"
 #: The reference's features in the methods' own few-shot episodes (trained with every label of the domain).
 REFERENCE_FEATURES = "supervised reference features"

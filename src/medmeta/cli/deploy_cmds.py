@@ -120,10 +120,17 @@ def adapt(
             )
             say("recall per class: " + ", ".join(f"{c} {100 * r:.0f}%" for c, r in result.recall().items()))
         if calibrate:
-            t, before, after = fit_calibration(adapted, result)
+            fitted = fit_calibration(adapted, result)
+            how = (
+                ""
+                if fitted.spread_scale is None
+                else ", shrunk towards the support's spread times the scale fitted in training "
+                f"({fitted.spread_scale:.3g})"
+            )
             say(
-                f"probabilities calibrated: temperature {t:.2f} fitted on the leave-one-out predictions of the "
-                f"support (their calibration error {100 * before:.1f}% -> {100 * after:.1f}%)"
+                f"probabilities calibrated: temperature {fitted.temperature:.2f} fitted on the leave-one-out "
+                f"predictions of the support{how} (their calibration error {100 * fitted.ece_before:.1f}% -> "
+                f"{100 * fitted.ece_after:.1f}%)"
             )
     path = save_adapted(adapted, out)
     say(f"wrote {path}")

@@ -94,21 +94,54 @@ def leave_one_out(model: AdaptedModel) -> LeaveOneOut:
     return LeaveOneOut(model.class_names, model.support_files, labels.astype(np.int64), predicted, logits)
 
 
-def calibrate(model: AdaptedModel, loo: LeaveOneOut) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class Calibration:
+    """What `calibrate` fitted.
+
+    Attributes:
+        temperature: the adapted model's new temperature.
+        ece_before: ECE of the leave-one-out predictions at the earlier temperature (15 bins).
+        ece_after: the same at `temperature`.
+        spread_scale: the base model's spread scale the fit was shrunk with (`medmeta.eval.spread`); None
+            for the plain leave-one-out fit.
+    """
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    spread_scale: float | None
+
+
+def model_spread_scale(model: AdaptedModel) -> float | None:
+    """The spread scale ``train`` recorded in the base checkpoint (``calibration.spread_scale``), for a method
+    with distance logits; None otherwise (models trained before it was recorded, pretrained backbones)."""
+    if not model.method.distance_logits:
+        return None
+    record = model.base.meta.get("calibration")
+    value = record.get("spread_scale") if isinstance(record, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
+def calibrate(model: AdaptedModel, loo: LeaveOneOut) -> Calibration:
     """Fit `model`'s temperature on the leave-one-out logits and set it (`AdaptedModel.temperature`).
 
-    Returns:
-        ``(temperature, ece_before, ece_after)`` on those held-out support predictions (15 bins).
+    With the base model's spread scale (`model_spread_scale`), the fit is shrunk towards the support's spread
+    times that scale (`medmeta.eval.spread.spread_temperature`); otherwise it is the plain maximum-likelihood
+    fit (`medmeta.eval.calibration.fit_temperature`). Either way, logits and the argmax are unchanged.
 
     Raises:
         ValueError: fewer than 2 held-out images (each class needs at least 2 support images).
     """
     from medmeta.eval.calibration import fit_temperature
     from medmeta.eval.metrics import calibration_bins, ece_from_bins
+    from medmeta.eval.spread import spread_temperature
 
     rows = loo.predicted >= 0
     z, y = loo.logits[rows], torch.from_numpy(loo.true[rows])
-    t = fit_temperature(z, y)
+    scale = model_spread_scale(model)
+    t = fit_temperature(z, y) if scale is None else spread_temperature(z, y, scale)
 
     def ece(temperature: float) -> float:
         probs = torch.softmax(z.double() / temperature, dim=-1)[None]
@@ -116,7 +149,7 @@ def calibrate(model: AdaptedModel, loo: LeaveOneOut) -> tuple[float, float, floa
 
     before = ece(model.temperature)
     model.temperature = t
-    return t, before, ece(t)
+    return Calibration(t, before, ece(t), scale)
 
 
 def allows_leave_one_out(model: AdaptedModel) -> bool:
@@ -124,7 +157,7 @@ def allows_leave_one_out(model: AdaptedModel) -> bool:
     return int(model.support_labels.bincount(minlength=model.n_way).min()) >= 2
 
 
-def calibrate_when_possible(model: AdaptedModel) -> tuple[float, float, float] | None:
+def calibrate_when_possible(model: AdaptedModel) -> Calibration | None:
     """`calibrate` on a fresh `leave_one_out` when `allows_leave_one_out`; None (left at temperature 1)
     otherwise."""
     return calibrate(model, leave_one_out(model)) if allows_leave_one_out(model) else None

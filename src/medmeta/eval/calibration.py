@@ -78,6 +78,23 @@ def fit_temperature(
     return math.exp(_golden_min(objective, lo, hi, iterations))
 
 
+def fit_pooled_temperature(logits: list[Tensor], targets: list[Tensor]) -> float:
+    """`fit_temperature` over groups of logits of different widths (e.g. episodes of 2 and 8 classes).
+
+    Every group is padded to the widest with -inf columns, which leave its softmax, hence its NLL, unchanged.
+
+    Args:
+        logits: ``(n_i, k_i)`` per group.
+        targets: ``(n_i,)`` per group.
+    """
+    width = max(z.shape[-1] for z in logits)
+    padded = [
+        torch.cat([z, torch.full((z.shape[0], width - z.shape[-1]), -torch.inf, dtype=z.dtype)], dim=-1)
+        for z in logits
+    ]
+    return fit_temperature(torch.cat(padded), torch.cat(targets))
+
+
 def _golden_min(f: Callable[[float], float], lo: float, hi: float, iterations: int) -> float:
     """The minimiser of a unimodal `f` on ``[lo, hi]`` by golden-section search (the bracket's midpoint)."""
     g = (math.sqrt(5) - 1) / 2

@@ -46,6 +46,12 @@ class FewShotMethod(FewShotLearner[Support, Episode]):
     #: never depends on the others sent with it.
     per_image_prediction: ClassVar[bool] = False
 
+    @property
+    def distance_logits(self) -> bool:
+        """True when logits are negative distances to class centres (ProtoNet, SimpleShot): the support's
+        spread then sets the scale of a task's temperature (`medmeta.eval.spread`)."""
+        return False
+
     def __init__(self, backbone: nn.Module, options: MethodOptions | None = None) -> None:
         super().__init__()
         self.backbone = backbone

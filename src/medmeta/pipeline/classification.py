@@ -31,13 +31,14 @@ from medmeta.data.registry import DomainSpec, resolve
 from medmeta.data.transforms import Normalization
 from medmeta.errors import CheckpointError, ConfigError, DataError
 from medmeta.eval.evaluate import AccuracyValidation, EvalResult, evaluate
+from medmeta.eval.spread import episodes_spread_scale
 from medmeta.methods import METHODS, build_method
 from medmeta.methods.base import FewShotMethod
 from medmeta.models.factory import PretrainedStart, make_backbone, names_pretrain_checkpoint
 from medmeta.outputs import RunFolder, check_run_folder
 from medmeta.pipeline.checks import check_method_config
 from medmeta.tasks.sampler import EpisodeSampler, MultiDomainSampler
-from medmeta.train.checkpoint import load_checkpoint, load_state_strictly
+from medmeta.train.checkpoint import amend_checkpoint, load_checkpoint, load_state_strictly
 from medmeta.train.distributed import Distributed
 from medmeta.train.loop import FitResult, ProgressHook, fit, resolve_device
 from medmeta.train.sources import EpisodicBatches
@@ -335,7 +336,29 @@ def train_method(
             distributed=distributed,
             **run,
         )
+    if main and result.best_checkpoint is not None:
+        record_spread_scale(method, val, result.best_checkpoint, prepare=norm, device=cfg.train.device)
     return method, result, data
+
+
+def record_spread_scale(
+    method: FewShotMethod,
+    samplers: list[EpisodeSampler],
+    checkpoint: Path,
+    *,
+    prepare: Normalization,
+    device: str = "auto",
+) -> float | None:
+    """Fit the trained method's spread scale on its validation episodes and add it to `checkpoint` as
+    ``calibration.spread_scale`` (`medmeta.eval.spread`: what ``medmeta adapt`` calibrates a support with).
+
+    Nothing is written for methods without distance logits, 1-shot training episodes or no validation set.
+    """
+    scale = episodes_spread_scale(method, samplers, prepare=prepare, device=resolve_device(device))
+    if scale is not None:
+        episodes = sum(len(s) for s in samplers)
+        amend_checkpoint(checkpoint, {"calibration": {"spread_scale": scale, "episodes": episodes}})
+    return scale
 
 
 def evaluate_on_tests(

@@ -155,6 +155,25 @@ def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], meta: dict
     return json_path
 
 
+def amend_checkpoint(path: str | Path, fields: dict[str, Any]) -> Path:
+    """Add `fields` to a checkpoint's description, signed again; its weights file is left as it is.
+
+    The checkpoint is verified first (`load_checkpoint`), and the JSON replaced atomically.
+
+    Raises:
+        CheckpointError: the checkpoint does not verify.
+        ValueError: `fields` would change what names or checks the weights file.
+    """
+    json_path = checkpoint_json(path)
+    _, meta = load_checkpoint(json_path)
+    owned = {"format", "format_version", "medmeta_version", "weights", "sha256", *_DIGEST_KEYS}
+    if owned & fields.keys():
+        raise ValueError(f"amend_checkpoint cannot change {sorted(owned & fields.keys())}")
+    record = sign({**meta, **json.loads(json.dumps(fields, default=str))})
+    _atomic_write_text(json_path, json.dumps(record, indent=2))
+    return json_path
+
+
 def _read_description(json_path: Path) -> dict[str, Any]:
     try:
         info = json_path.stat()

@@ -74,6 +74,10 @@ class ProtoNet(FewShotMethod):
         else:
             self.register_buffer("scale", scale)
 
+    @property
+    def distance_logits(self) -> bool:
+        return self.options.distance != "cosine"
+
     def adapt(self, support: Support, query_images: Tensor | None = None) -> PrototypePredictor:
         features = embed(self.backbone, support.images)  # (n_support, d)
         prototypes = compute_prototypes(features, support.labels, support.n_way)  # (n_way, d)

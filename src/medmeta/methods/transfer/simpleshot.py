@@ -75,6 +75,10 @@ class SimpleShot(SupervisedMethod):
     options: SimpleShotOptions
     frozen_backbone: ClassVar[bool] = True
 
+    @property
+    def distance_logits(self) -> bool:
+        return True
+
     def adapt(self, support: Support, query_images: Tensor | None = None) -> SimpleShotPredictor:
         mean = self.feature_mean.detach().clone()
         features = self.backbone(support.images)  # (n_support, d)
