@@ -2,8 +2,9 @@
 
 Each support image is predicted by the method adapted on the other support images; fitting a temperature on
 these held-out predictions (`medmeta.eval.calibration.fit_temperature`) calibrates the probabilities of the
-queries of the same task without looking at any query or at another domain. This is what ``medmeta adapt``
-does for a practitioner's support folder (`medmeta.deploy.stability`); the benchmark scores it per episode.
+queries of the same task without looking at any query or at another domain. ``medmeta adapt`` does this for a
+practitioner's support folder (`medmeta.deploy.stability`), shrunk towards the support's spread for methods with
+distance logits (`medmeta.eval.spread`); the benchmark scores both per episode.
 
 An image whose class has a single support image cannot be held out (its class would vanish), so 1-shot
 supports have no leave-one-out predictions at all.
