@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from medmeta.data.datasets import ImageDataset
 from medmeta.tasks.episode import Episode
 
 
@@ -30,3 +32,11 @@ def make_episode(
         query_labels=torch.arange(n_way).repeat_interleave(n_query),
         class_ids=torch.arange(n_way),
     )
+
+
+def three_class_toy() -> ImageDataset:
+    """36 images (16x16 RGB) of 3 classes whose brightness bands overlap a little: 12 per class."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 12)
+    images = (rng.integers(0, 60, (36, 3, 16, 16)) + 60 * labels[:, None, None, None]).astype(np.uint8)
+    return ImageDataset(images=images, labels=labels, class_names=("a", "b", "c"), domain="toy")

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from medmeta.bench.evaluation import evaluate_cell
-from medmeta.data.datasets import ImageDataset
 from medmeta.eval.loo import held_out_rows, loo_temperature, support_loo_logits
 from medmeta.methods import build_method
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Support
-from tests._helpers.episodes import make_episode
+from tests._helpers.episodes import make_episode, three_class_toy
 
 
 def _by_adapting(method: torch.nn.Module, support: Support, alone: bool = True) -> torch.Tensor:
@@ -67,10 +66,7 @@ def test_an_image_alone_in_its_class_is_never_held_out_and_one_shot_has_no_tempe
 
 
 def test_ece_loo_is_scored_on_the_first_episodes_only_and_leaves_every_other_metric_alone() -> None:
-    g = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 12)
-    images = (g.integers(0, 60, (36, 3, 16, 16)) + 60 * labels[:, None, None, None]).astype(np.uint8)
-    test = ImageDataset(images=images, labels=labels, class_names=["a", "b", "c"], domain="toy")
+    test = three_class_toy()
     torch.manual_seed(0)
     method = build_method("protonet", Conv4(in_channels=3, hidden=8, image_size=16)).eval()
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from medmeta.data.datasets import ImageDataset
 from medmeta.eval.calibration import fit_temperature
 from medmeta.eval.loo import support_loo_logits
 from medmeta.eval.spread import episodes_spread_scale, fit_spread_scale, spread_temperature, support_spread
@@ -17,6 +16,7 @@ from medmeta.methods import build_method
 from medmeta.models.backbones import Conv4
 from medmeta.tasks.episode import Support
 from medmeta.tasks.sampler import EpisodeSampler
+from tests._helpers.episodes import three_class_toy
 
 
 class _Identity(torch.nn.Module):
@@ -94,10 +94,7 @@ def test_the_tasks_temperature_is_shrunk_from_its_own_fit_towards_scale_times_sp
 
 
 def test_a_models_spread_scale_is_fitted_on_labelled_episodes_and_absent_where_it_cannot_be() -> None:
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 12)
-    images = (rng.integers(0, 60, (36, 3, 16, 16)) + 60 * labels[:, None, None, None]).astype(np.uint8)
-    val = ImageDataset(images=images, labels=labels, class_names=["a", "b", "c"], domain="toy")
+    val = three_class_toy()
     torch.manual_seed(0)
     protonet = build_method("protonet", Conv4(in_channels=3, hidden=8, image_size=16)).train()
 

@@ -15,7 +15,6 @@ import torch
 from medmeta.bench.evaluation import evaluate_with_logits
 from medmeta.data.datasets import ImageDataset
 from medmeta.eval.calibration import fit_pooled_temperature
-from medmeta.eval.spread import episodes_spread_scale
 from medmeta.methods.base import FewShotMethod
 from medmeta.tasks.sampler import EpisodeSampler
 
@@ -38,38 +37,16 @@ def validation_samplers(
 
 def validation_temperature(
     method: FewShotMethod,
-    val_sets: Sequence[ImageDataset],
+    samplers: Sequence[EpisodeSampler],
     *,
-    n_shot: int,
-    n_query: int,
-    episodes: int,
-    seed: int,
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
 ) -> float | None:
-    """The temperature minimising the NLL of the `validation_samplers` episodes (None when there are none)."""
+    """The temperature minimising the NLL of every episode of `samplers` (`validation_samplers`); None when
+    there are none."""
     logits, targets = [], []
-    for sampler in validation_samplers(
-        val_sets, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed
-    ):
+    for sampler in samplers:
         _, z, y = evaluate_with_logits(method, sampler, prepare=prepare, device=device)
         logits.append(z.reshape(-1, z.shape[-1]).cpu())  # (T * q, n_way)
         targets.append(y.reshape(-1).cpu())
     return fit_pooled_temperature(logits, targets) if logits else None
-
-
-def validation_spread_scale(
-    method: FewShotMethod,
-    val_sets: Sequence[ImageDataset],
-    *,
-    n_shot: int,
-    n_query: int,
-    episodes: int,
-    seed: int,
-    prepare: Callable[[torch.Tensor], torch.Tensor],
-    device: torch.device | str = "cpu",
-) -> float | None:
-    """`medmeta.eval.spread.episodes_spread_scale` on the `validation_samplers` episodes (None for a method
-    without distance logits, for 1-shot episodes and when there are none)."""
-    samplers = validation_samplers(val_sets, n_shot=n_shot, n_query=n_query, episodes=episodes, seed=seed)
-    return episodes_spread_scale(method, samplers, prepare=prepare, device=device)

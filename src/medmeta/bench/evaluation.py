@@ -176,9 +176,9 @@ def evaluate_cell(
     it, ``ece_calibrated`` is NaN. On the first `loo_episodes` episodes, ``ece_loo`` is the ECE after the
     episode's own temperature, fitted on leave-one-out predictions of its support images
     (`medmeta.eval.loo`); NaN on the other episodes and for 1-shot supports, which cannot be held out.
-    With `spread_scale` (`medmeta.bench.calibration.validation_spread_scale`), ``ece_loo_spread`` is the
-    same with the fit shrunk towards the support's spread (`medmeta.eval.spread`: what ``medmeta adapt``
-    does for a model with distance logits); NaN without it.
+    With `spread_scale` (`medmeta.eval.spread.episodes_spread_scale` on the training domains' validation
+    episodes), ``ece_loo_spread`` is the same with the fit shrunk towards the support's spread
+    (`medmeta.eval.spread`: what ``medmeta adapt`` does for a model with distance logits); NaN without it.
 
     Returns:
         JSON-ready fields: ``n_way``, ``n_query``, ``episodes``, ``eval_seed``, ``metrics`` (mean and

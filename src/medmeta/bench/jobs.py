@@ -22,7 +22,7 @@ from typing import Protocol as TypingProtocol
 
 import torch
 
-from medmeta.bench.calibration import validation_spread_scale, validation_temperature
+from medmeta.bench.calibration import validation_samplers, validation_temperature
 from medmeta.bench.cells import (
     Job,
     PretrainJob,
@@ -39,6 +39,7 @@ from medmeta.bench.reference import train_reference
 from medmeta.bench.store import ResultsStore
 from medmeta.config import RunConfig, make_config, make_pretrain_config
 from medmeta.data.transforms import Normalization
+from medmeta.eval.spread import episodes_spread_scale
 from medmeta.methods import METHODS
 from medmeta.methods.base import FewShotMethod
 from medmeta.outputs import remove_run_subfolder
@@ -301,17 +302,19 @@ def _validation_calibration(
 ) -> tuple[float | None, float | None]:
     """A cell's temperature and spread scale, both fitted on the same episodes of the training domains'
     validation images (`medmeta.bench.calibration`); the spread scale only when leave-one-out is scored."""
-    kwargs: dict[str, Any] = {
-        "val_sets": [domains[d].val for d in protocol.training_domains(job.domain)],
-        "n_shot": shots,
-        "n_query": protocol.eval.n_query,
-        "episodes": protocol.eval.calibration_episodes,
-        "seed": eval_seed(protocol, seed) + 1_000_003,
-        "prepare": prepare,
-        "device": device,
-    }
-    temperature = validation_temperature(method, **kwargs)
-    spread_scale = validation_spread_scale(method, **kwargs) if protocol.eval.loo_episodes else None
+    samplers = validation_samplers(
+        [domains[d].val for d in protocol.training_domains(job.domain)],
+        n_shot=shots,
+        n_query=protocol.eval.n_query,
+        episodes=protocol.eval.calibration_episodes,
+        seed=eval_seed(protocol, seed) + 1_000_003,
+    )
+    temperature = validation_temperature(method, samplers, prepare=prepare, device=device)
+    spread_scale = (
+        episodes_spread_scale(method, samplers, prepare=prepare, device=device)
+        if protocol.eval.loo_episodes
+        else None
+    )
     return temperature, spread_scale
 
 
