@@ -210,19 +210,24 @@ def evaluate_cell(
         spread_scale=spread_scale,
     )
     loo = [None if f is None else f.plain for f in fits]
+    done = [i for i, t in enumerate(loo) if t is not None]
+    plain = [f.plain for f in fits if f is not None]
     shrunk = [f.shrunk for f in fits if f is not None]
     posteriors = [f.posterior for f in fits if f is not None]
     spread = [f.spread for f in fits if f is not None and f.spread is not None]
     log_grid = temperature_grid().log()
-    scale_posterior = torch.tensor(
-        [float((w * log_grid).sum().exp()) for w in posteriors], dtype=torch.float64
-    )[:, None, None]  # (E, 1, 1): each episode's posterior mean of log T, as one temperature
-    done = [i for i, t in enumerate(loo) if t is not None]
-    values["ece_loo"] = _episode_eces(logits, target, done, [t for t in loo if t is not None])
+    # each episode's posterior mean of log T, as one temperature
+    posterior_means = [float((w * log_grid).sum().exp()) for w in posteriors]
+    values["ece_loo"] = _episode_eces(logits, target, done, plain)
     values["ece_loo_spread"] = _episode_eces(logits, target, done if spread else [], spread)
-    scale = torch.tensor([t for t in loo if t is not None], dtype=torch.float64)[:, None, None]  # (E, 1, 1)
-    scale_shrunk = torch.tensor(shrunk, dtype=torch.float64)[:, None, None]  # (E, 1, 1)
-    scale_spread = torch.tensor(spread, dtype=torch.float64)[:, None, None]  # (E, 1, 1)
+
+    def pooled_after(temps: list[float]) -> float | None:
+        """Pooled ECE of the leave-one-out episodes, each at its own temperature (None without any)."""
+        if not temps:
+            return None
+        scale = torch.tensor(temps, dtype=torch.float64)[:, None, None]  # (E, 1, 1)
+        return pooled_ece(logits[done].double() / scale, target[done])
+
     probs = torch.softmax(logits.double(), dim=-1)  # (T, n_query_total, n_way)
     classes = np.stack([sampler.indices(i)[2] for i in range(episodes)])  # (T, n_way)
     return {
@@ -239,10 +244,8 @@ def evaluate_cell(
         "per_episode": {k: values[k].tolist() for k in METRICS},
         "pooled_ece": result.pooled["ece"],
         "pooled_ece_calibrated": None if temperature is None else pooled_ece(logits / temperature, target),
-        "pooled_ece_loo": pooled_ece(logits[done].double() / scale, target[done]) if done else None,
-        "pooled_ece_loo_shrunk": pooled_ece(logits[done].double() / scale_shrunk, target[done])
-        if done
-        else None,
+        "pooled_ece_loo": pooled_after(plain),
+        "pooled_ece_loo_shrunk": pooled_after(shrunk),
         "pooled_ece_loo_posterior": _pooled_ece_of_probs(
             torch.stack(
                 [posterior_probabilities(logits[i], w) for i, w in zip(done, posteriors, strict=True)]
@@ -251,13 +254,9 @@ def evaluate_cell(
         )
         if done
         else None,
-        "pooled_ece_loo_posterior_t": pooled_ece(logits[done].double() / scale_posterior, target[done])
-        if done
-        else None,
-        "loo_temperatures_posterior_mean": scale_posterior.flatten().tolist(),
-        "pooled_ece_loo_spread": pooled_ece(logits[done].double() / scale_spread, target[done])
-        if spread
-        else None,
+        "pooled_ece_loo_posterior_t": pooled_after(posterior_means),
+        "loo_temperatures_posterior_mean": posterior_means,
+        "pooled_ece_loo_spread": pooled_after(spread),
         "pooled_ece_loo_before": pooled_ece(logits[done], target[done]) if done else None,
         "calibration": calibration_bins(probs, target).sum(0).tolist(),
         "confusion": class_confusion(logits, target, classes, test.n_classes).tolist(),
